@@ -1,0 +1,8 @@
+"""semaim: semantic-aware autoregressive image modeling (SemAIM, arXiv 2312.10457) in PyTorch."""
+
+from . import orders
+from .config import ORDERS, TARGETS, ModelConfig
+from .model import SemAIM, SemAIMOutput
+
+__all__ = ["ORDERS", "TARGETS", "ModelConfig", "SemAIM", "SemAIMOutput", "orders"]
+__version__ = "0.1.0"
