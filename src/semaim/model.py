@@ -76,7 +76,10 @@ class SemAIM(nn.Module):
         self.register_buffer("pos_embed", sincos_2d(dim, self.grid, cls_token=True)[None])  # fixed
         norm_layer = partial(nn.LayerNorm, eps=1e-6)  # timm's ViT default eps
         self.blocks = nn.ModuleList(
-            [Block(dim, c.num_heads, c.mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(c.depth)]
+            [
+                Block(dim, c.num_heads, c.mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+                for _ in range(c.depth)
+            ]
         )
         # One LayerNorm closes both streams, as in the reference implementation: it normalises the
         # encoder output (similarity map, downstream features) and the decoder output before the head.
@@ -92,7 +95,9 @@ class SemAIM(nn.Module):
         # Targets (Eq. 12).
         self.teacher: Teacher | None = None
         if c.target == "features":
-            self.teacher = Teacher(load_teacher(c.teacher_arch, c.teacher_path, c.teacher_img_size), self.grid)
+            self.teacher = Teacher(
+                load_teacher(c.teacher_arch, c.teacher_path, c.teacher_img_size), self.grid
+            )
             # The teacher is rebuilt from its own file: keep it out of SemAIM checkpoints.
             self.register_state_dict_post_hook(_drop_teacher_keys)
             self.register_load_state_dict_post_hook(_ignore_missing_teacher_keys)
@@ -124,7 +129,9 @@ class SemAIM(nn.Module):
     def _check_images(self, images: torch.Tensor) -> None:
         expected = (self.config.in_chans, *self.img_size)
         if images.dim() != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"images: expected (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}")
+            raise ValueError(
+                f"images: expected (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}"
+            )
 
     def _check_centerness(self, c: torch.Tensor, batch_size: int) -> None:
         if tuple(c.shape) != (batch_size, self.num_patches):

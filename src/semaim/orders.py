@@ -47,14 +47,14 @@ def similarity_map(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def smooth_map(similarity: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """The 3×3 mean filter of Eq. 3: stride 1, borders averaged over the cells that exist. ``-> (B, h, w)``."""
+    """The 3×3 mean filter of Eq. 3 (stride 1, borders averaged over the cells that exist): ``(B, h, w)``."""
     h, w = grid
     s = similarity.reshape(-1, 1, h, w).float()
     return F.avg_pool2d(s, kernel_size=3, stride=1, padding=1, count_include_pad=False)[:, 0]
 
 
 def semantic_center(similarity: torch.Tensor, grid: int | tuple[int, int]) -> torch.Tensor:
-    """Eq. 3: ``(c_y, c_x) = argmax(mean3x3(S))``. ``similarity`` is ``(B, N)`` or ``(B, h, w)``; ``-> (B, 2)``."""
+    """Eq. 3: ``(c_y, c_x) = argmax(mean3x3(S))`` for ``S`` of ``(B, N)`` or ``(B, h, w)``: ``(B, 2)``."""
     grid = to_2tuple(grid, "grid")
     flat = smooth_map(similarity, grid).flatten(1).argmax(dim=1)
     return torch.stack([flat // grid[1], flat % grid[1]], dim=1)
@@ -108,20 +108,20 @@ def find_peaks(similarity: torch.Tensor, grid: tuple[int, int], k: int, radius: 
     return torch.stack(centers, dim=1)
 
 
-def max_safe_lambda(grid: tuple[int, int], half_cells: bool = False) -> float:
+def max_safe_lambda(grid: tuple[int, int], image_center: bool = False) -> float:
     """The smallest gap between two different patch-to-centre distances on this grid.
 
     Eq. 5's noise ``λ·U(0,1)`` cannot reorder patches at different distances when ``λ`` is below it.
-    For a centre on a cell, squared distances are integers up to ``M = (h-1)² + (w-1)²`` and the
-    smallest gap is ``√M − √(M−1)``; for the image centre of an even grid (``half_cells``), squared
-    distances are multiples of ¼.
+    Within one image all squared distances differ by integers (the centre is a cell, or the image centre
+    whose fractional offsets are the same for every patch), so with ``M`` the largest squared distance
+    the smallest gap is ``√M − √(M−1)``. For the paper's 14×14 grid that is 0.027 > λ = 0.01.
     """
     h, w = grid
-    step = 0.25 if half_cells else 1.0
-    largest = (h - 1) ** 2 + (w - 1) ** 2
-    if largest < step:
+    # The image centre, or any cell for the semantic / multi-centre orders.
+    largest = ((h - 1) / 2) ** 2 + ((w - 1) / 2) ** 2 if image_center else (h - 1) ** 2 + (w - 1) ** 2
+    if largest < 1:
         return math.inf
-    return math.sqrt(largest) - math.sqrt(largest - step)
+    return math.sqrt(largest) - math.sqrt(largest - 1)
 
 
 def centerness(
@@ -184,12 +184,11 @@ def centerness(
     else:  # multi-center
         radius = nms_radius if nms_radius is not None else max(1.0, min(h, w) / 4)
         distance = distance_to_centers(find_peaks(similarity, grid, num_centers, radius), grid)
-    half_cells = kind == "center" and (h % 2 == 0 or w % 2 == 0)
-    if lam >= max_safe_lambda(grid, half_cells):
+    safe = max_safe_lambda(grid, image_center=kind == "center")
+    if lam >= safe:
         warnings.warn(
-            f"lam={lam} is not below the smallest distance gap on a {h}x{w} grid "
-            f"({max_safe_lambda(grid, half_cells):.4g}): the noise of Eq. 5 may reorder patches at "
-            "different distances",
+            f"lam={lam} is not below the smallest distance gap on a {h}x{w} grid ({safe:.4g}): "
+            "the noise of Eq. 5 may reorder patches at different distances",
             stacklevel=2,
         )
     return distance + lam * uniform()  # Eq. 5
