@@ -123,3 +123,101 @@ class ModelConfig:
         if isinstance(values.get("img_size"), list):
             values["img_size"] = tuple(values["img_size"])
         return cls(**values)
+
+
+@dataclass
+class DataConfig:
+    """What to train on and how to load it (Table S1 augmentation)."""
+
+    data: str = "fashion-mnist"  # "fashion-mnist", "fashion-mnist:/dir/with/idx/files", or an image folder
+    limit: int | None = None  # only the first N training images
+    workers: int = 2
+    skip_bad_images: bool = False  # skip corrupt/unreadable images instead of stopping
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop scale range
+    hflip: bool = True
+    mean: tuple[float, ...] | None = None  # None: the dataset's own (Fashion-MNIST) or ImageNet's
+    std: tuple[float, ...] | None = None
+
+
+@dataclass
+class TrainConfig:
+    """The pretraining loop (Algorithm 1, Table S1)."""
+
+    epochs: int = 10
+    batch_size: int = 256  # effective batch per optimiser step: all ranks x accumulation steps
+    accum_steps: int = 1
+    blr: float = 2e-4  # lr = blr x batch_size / 256 (Table S1)
+    lr: float | None = None  # an absolute lr; overrides blr
+    min_lr: float = 0.0
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad: float | None = 3.0
+    precision: str = "bf16"  # fp32 | bf16 | fp16 (fp16: CUDA only, with a gradient scaler)
+    ema_decay: float | None = None  # an EMA copy of the model gives the order when set
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    save_every_steps: int = 200  # checkpoint-last.pt at least this often (and at every epoch end)
+    save_every_epochs: int = 0  # also keep checkpoint-EPOCH.pt every N epochs (0: only the last)
+    compile: bool = False  # torch.compile the model
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pretraining run needs; stored in config.yaml and in every checkpoint."""
+
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+
+    def validate(self) -> PretrainConfig:
+        self.model.validate()
+        t = self.train
+        if t.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"train.precision: expected fp32, bf16 or fp16, got {t.precision!r}")
+        for name in ("epochs", "batch_size", "accum_steps"):
+            if getattr(t, name) < 1:
+                raise ValueError(f"train.{name}: expected a positive int, got {getattr(t, name)}")
+        if t.batch_size % t.accum_steps:
+            raise ValueError(
+                f"train.batch_size: {t.batch_size} is not divisible by train.accum_steps {t.accum_steps}"
+            )
+        if t.ema_decay is not None and not 0 < t.ema_decay < 1:
+            raise ValueError(f"train.ema_decay: expected a value in (0, 1) or null, got {t.ema_decay}")
+        if self.data.limit is not None and self.data.limit < 1:
+            raise ValueError(f"data.limit: expected a positive int, got {self.data.limit}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(),
+            "data": _plain(asdict(self.data)),
+            "train": _plain(asdict(self.train)),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
+        unknown = sorted(set(values) - {"model", "data", "train"})
+        if unknown:
+            raise ValueError(f"config: unknown section(s) {unknown}; expected model, data, train")
+        return cls(
+            model=ModelConfig.from_dict(values.get("model", {})),
+            data=_section(DataConfig, values.get("data", {}), "data"),
+            train=_section(TrainConfig, values.get("train", {}), "train"),
+        )
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """Tuples -> lists, so that YAML and JSON write plain sequences."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def _section(cls: type, values: dict[str, Any], name: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{name}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+    out = {}
+    for key, value in values.items():
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return cls(**out)

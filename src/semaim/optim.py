@@ -1,0 +1,40 @@
+"""Optimiser pieces shared by pretraining and fine-tuning: parameter groups and the lr schedule."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "dist_token", "reg_token")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: weight decay on matrices only, none on norms, biases, position embedding, cls."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.split(".")[-1] in NO_DECAY_NAMES:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def scaled_lr(blr: float, batch_size: int) -> float:
+    """Table S1's rule: ``lr = blr × effective batch / 256``."""
+    return blr * batch_size / 256
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float = 0.0) -> float:
+    """Per-iteration linear warmup from 0, then half-cosine decay to ``min_lr`` at ``total_steps``."""
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    if total_steps <= warmup_steps:
+        return base_lr
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
