@@ -3,6 +3,7 @@ against the dataclasses of :mod:`semaim.config`."""
 
 from __future__ import annotations
 
+import contextlib
 import types
 import typing
 from dataclasses import fields, is_dataclass
@@ -48,10 +49,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str) and "," in value and not raw.strip().startswith(("'", '"')):
-        try:  # "0.9,0.95" is a tuple
+        with contextlib.suppress(yaml.YAMLError):  # "0.9,0.95" is a tuple
             value = [yaml.safe_load(v) for v in value.split(",")]
-        except yaml.YAMLError:
-            pass
     return key.strip(), value
 
 
@@ -88,14 +87,11 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
         arms = typing.get_args(hint)
         if value is None and type(None) in arms:
             return None
-        errors = []
         for arm in arms:
             if arm is type(None):
                 continue
-            try:
+            with contextlib.suppress(ValueError):
                 return coerce(value, arm, name)
-            except ValueError as err:
-                errors.append(str(err))
         raise ValueError(f"{name}: expected {_describe(hint)}, got {value!r}")
     if origin is tuple:
         args = typing.get_args(hint)
