@@ -19,3 +19,30 @@ def tiny_model(**overrides) -> SemAIM:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def make_image_folder(root, classes=("cat", "dog"), per_class=8, size=(40, 36), nested=True, seed=0):
+    """Write smooth random PNG/JPEG images: ImageFolder layout (class sub-folders) or a flat folder."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for ci, name in enumerate(classes):
+        folder = root / name if nested else root
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            low = rng.integers(0, 255, size=(4, 4, 3), dtype=np.uint8)
+            img = Image.fromarray(low).resize(size, Image.BILINEAR)
+            ext = ".png" if i % 2 else ".jpg"
+            path = folder / f"{name}_{i}{ext}"
+            img.save(path)
+            paths.append(path)
+    return paths
+
+
+TINY_RUN = [
+    "--set", "model.img_size=32", "--set", "model.patch_size=8", "--set", "model.embed_dim=32",
+    "--set", "model.depth=2", "--set", "model.num_heads=2", "--set", "model.decoder_depth=2",
+    "--workers", "0", "--no-progress",
+]  # fmt: skip

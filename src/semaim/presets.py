@@ -111,6 +111,9 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                return float(value)
     elif hint is str:
         if isinstance(value, str):
             return value
