@@ -28,7 +28,7 @@ def make_image_folder(root, classes=("cat", "dog"), per_class=8, size=(40, 36), 
 
     rng = np.random.default_rng(seed)
     paths = []
-    for ci, name in enumerate(classes):
+    for name in classes:
         folder = root / name if nested else root
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):

@@ -113,7 +113,7 @@ def test_augmentation_is_deterministic_per_seed_and_normalised():
     g = torch.Generator().manual_seed(0)
     for _ in range(200):
         top, left, h, w = sample_crop(28, 40, (0.2, 1.0), (3 / 4, 4 / 3), g)
-        assert 0 <= top and top + h <= 28 and 0 <= left and left + w <= 40
+        assert top >= 0 and top + h <= 28 and left >= 0 and left + w <= 40
         assert 0.2 * 28 * 40 * 0.9 <= h * w <= 28 * 40
 
 
