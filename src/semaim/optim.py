@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "dist_token", "reg_token")
@@ -38,3 +39,34 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr
         return base_lr
     progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise trust ratios (You et al. 2017), as linear probing uses it.
+
+    For every matrix the step is rescaled by ``trust · ‖w‖ / ‖g + wd·w‖``; biases and other 1-d
+    parameters take plain momentum SGD without weight decay.
+    """
+
+    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9, trust: float = 0.001):
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "trust": trust})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad
+                if p.ndim > 1:
+                    update = update.add(p, alpha=group["weight_decay"])
+                    w_norm, u_norm = torch.norm(p), torch.norm(update)
+                    ratio = torch.where(
+                        (w_norm > 0) & (u_norm > 0), group["trust"] * w_norm / u_norm, torch.ones_like(w_norm)
+                    )
+                    update = update.mul(ratio)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"].mul_(group["momentum"]).add_(update)
+                p.add_(mu, alpha=-group["lr"])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import random
 import sys
@@ -43,6 +42,7 @@ from .distributed import (
 )
 from .model import SemAIM
 from .optim import lr_at, param_groups, scaled_lr
+from .runlog import RunLog
 
 LAST = "checkpoint-last.pt"
 
@@ -91,16 +91,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from (a kill leaves some behind)."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.replace(path)
 
 
 @torch.no_grad()
@@ -233,29 +223,13 @@ def _pretrain(
     )
 
     # ---- outputs (rank 0)
-    writer = metrics_file = bar = None
+    log = None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".checkpoint-*.tmp"):  # a save that a kill interrupted
             stale.unlink()
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        if resume:
-            truncate_metrics(out / "metrics.jsonl", step)
-        metrics_file = open(out / "metrics.jsonl", "a" if resume else "w")  # noqa: SIM115
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tb"), purge_step=step if resume else None)
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=total_steps,
-                initial=step,
-                unit="step",
-                dynamic_ncols=True,
-                file=sys.stderr,
-                mininterval=1.0,
-            )
+        log = RunLog(out, "pretrain", total_steps, step, resume, progress)
 
     def save(path: Path) -> None:
         state = {
@@ -334,7 +308,7 @@ def _pretrain(
                 images_per_s = t.batch_size / elapsed
                 images_seen += t.batch_size
                 losses.append(step_loss)
-                if info.is_main:
+                if log is not None:
                     record = {
                         "step": step,
                         "epoch": epoch,
@@ -344,14 +318,13 @@ def _pretrain(
                         "images_per_s": images_per_s,
                         "time": time.time(),
                     }
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                    for key in ("loss", "lr", "grad_norm", "images_per_s"):
-                        writer.add_scalar(f"pretrain/{key}", record[key], step)
-                    if bar is not None:
-                        bar.set_description(f"epoch {epoch + 1}/{t.epochs}")
-                        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}")
-                        bar.update(1)
+                    log.log(
+                        record,
+                        f"epoch {epoch + 1}/{t.epochs}",
+                        loss=f"{step_loss:.4f}",
+                        lr=f"{lr:.2e}",
+                        img_s=f"{images_per_s:.0f}",
+                    )
                 end_of_epoch = step % steps_per_epoch == 0
                 if info.is_main and (end_of_epoch or step % t.save_every_steps == 0):
                     save(out / LAST)
@@ -361,12 +334,8 @@ def _pretrain(
                 barrier(info)
                 micro_index, step_loss, step_start = 0, 0.0, time.perf_counter()
     finally:
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
-        if metrics_file is not None:
-            metrics_file.close()
+        if log is not None:
+            log.close()
 
     wall = time.perf_counter() - run_start
     bad_images = all_reduce_sum(bad_images, info, device)

@@ -1,0 +1,97 @@
+"""Frozen features of an encoder (or raw pixels) over a dataset split, batched, cached on request.
+
+Features are always extracted in eval mode (dropout and drop-path off) with the evaluation transform
+(resize to the encoder's input size, normalise; no augmentation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data import AugmentedDataset, PretrainTransform, collate, open_dataset
+
+POOLS = ("cls", "avg")
+
+
+class RawPixels(nn.Module):
+    """The floor: the normalised input image, flattened."""
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1)[:, None]  # (B, 1, C·H·W): one "cls" token
+
+
+def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """``(B, T, D) -> (B, D)``: the cls token, or the mean of the patch tokens."""
+    if pool == "cls":
+        return tokens[:, 0]
+    if pool == "avg":
+        return tokens[:, num_prefix_tokens:].mean(1)
+    raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    data: str,
+    split: str,
+    img_size: tuple[int, int],
+    in_chans: int = 3,
+    pool: str = "cls",
+    batch_size: int = 256,
+    workers: int = 2,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    cache: str | Path | None = None,
+    cache_key: str = "",
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features (N, D) float32, labels (N,))`` of every image of ``split``.
+
+    With ``cache`` (a folder) the result is stored under a name derived from ``cache_key`` (which
+    should identify the encoder), the data spec, the split, the pool and the input size.
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+    path = None
+    if cache is not None:
+        key = json.dumps([cache_key, data, split, pool, list(img_size), in_chans])
+        path = Path(cache) / f"features-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+        if path.is_file():
+            stored = torch.load(path, map_location="cpu")
+            return stored["features"], stored["labels"]
+    base = open_dataset(data, split, in_chans)
+    transform = PretrainTransform(img_size, base.mean, base.std, in_chans, train=False)
+    loader = DataLoader(
+        AugmentedDataset(base, transform),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+    was_training = encoder.training
+    encoder.eval().to(device)
+    prefix = getattr(encoder, "num_prefix_tokens", 1)
+    feats, labels = [], []
+    autocast = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == "bf16")
+    try:
+        for images, y, _ in tqdm(loader, desc=f"features {split}", disable=not progress, leave=False):
+            with autocast:
+                tokens = encoder.forward_features(images.to(device, non_blocking=True))
+            feats.append(pool_tokens(tokens, pool, prefix).float().cpu())
+            labels.append(y)
+    finally:
+        encoder.train(was_training)
+    features, labels_t = torch.cat(feats), torch.cat(labels)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"features": features, "labels": labels_t}, tmp)
+        tmp.replace(path)
+    return features, labels_t
