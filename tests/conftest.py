@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+
+import numpy as np
+
 import pytest
 import torch
 
@@ -46,3 +50,17 @@ TINY_RUN = [
     "--set", "model.depth=2", "--set", "model.num_heads=2", "--set", "model.decoder_depth=2",
     "--workers", "0", "--no-progress",
 ]  # fmt: skip
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_fmnist_dir(root, n_train=12, n_test=6):
+    rng = np.random.default_rng(0)
+    write_idx(root / "train-images-idx3-ubyte.gz", rng.integers(0, 255, (n_train, 28, 28)))
+    write_idx(root / "train-labels-idx1-ubyte.gz", np.arange(n_train) % 10)
+    write_idx(root / "t10k-images-idx3-ubyte.gz", rng.integers(0, 255, (n_test, 28, 28)))
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", np.arange(n_test) % 10)

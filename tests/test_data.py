@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-
-import numpy as np
 import pytest
 import torch
 
@@ -20,21 +17,7 @@ from semaim.data import (
     read_idx,
     sample_crop,
 )
-from tests.conftest import make_image_folder
-
-
-def write_idx(path, array):
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def make_fmnist_dir(root, n_train=12, n_test=6):
-    rng = np.random.default_rng(0)
-    write_idx(root / "train-images-idx3-ubyte.gz", rng.integers(0, 255, (n_train, 28, 28)))
-    write_idx(root / "train-labels-idx1-ubyte.gz", np.arange(n_train) % 10)
-    write_idx(root / "t10k-images-idx3-ubyte.gz", rng.integers(0, 255, (n_test, 28, 28)))
-    write_idx(root / "t10k-labels-idx1-ubyte.gz", np.arange(n_test) % 10)
+from tests.conftest import make_fmnist_dir, make_image_folder
 
 
 def test_fashion_mnist_from_a_folder_of_idx_files(tmp_path):

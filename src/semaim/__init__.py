@@ -2,7 +2,8 @@
 
 from . import orders
 from .config import ORDERS, TARGETS, ModelConfig
+from .export import load_encoder
 from .model import SemAIM, SemAIMOutput
 
-__all__ = ["ORDERS", "TARGETS", "ModelConfig", "SemAIM", "SemAIMOutput", "orders"]
+__all__ = ["ORDERS", "TARGETS", "ModelConfig", "SemAIM", "SemAIMOutput", "load_encoder", "orders"]
 __version__ = "0.1.0"

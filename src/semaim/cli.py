@@ -1,12 +1,13 @@
 """``semaim <command>``: the command line. ``python -m semaim`` is the same program.
 
-Commands: ``pretrain`` (Algorithm 1). Configuration comes from a preset (``configs/*.yaml``), then the
+Commands: ``pretrain`` (Algorithm 1), ``knn``, ``linprobe``, ``finetune`` (evaluation), ``export``. Configuration comes from a preset (``configs/*.yaml``), then the
 flags, then ``--set section.field=value`` overrides, all checked against the typed config.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,16 +100,140 @@ def run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
+    from .evaluate.common import add_encoder_arguments
+    from .evaluate.finetune import FINETUNE_PRESETS
+    from .evaluate.linear import LINPROBE_PRESETS
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("knn", help="weighted k-NN accuracy of frozen features", formatter_class=fmt)
+    add_encoder_arguments(p)
+    p.add_argument("--ks", type=int, nargs="+", default=[10, 20, 100], help="numbers of neighbours")
+    p.add_argument("--temperature", type=float, default=0.07)
+
+    p = sub.add_parser("linprobe", help="linear probe on frozen features", formatter_class=fmt)
+    add_encoder_arguments(p)
+    p.add_argument(
+        "--recipe", choices=sorted(LINPROBE_PRESETS), default="cpu", help="paper: 90 ep, batch 4096, LARS"
+    )
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--probe-batch-size", type=int, help="batch of the probe's optimiser")
+    p.add_argument("--blr", type=float)
+    p.add_argument("--optimizer", choices=["lars", "sgd"])
+
+    p = sub.add_parser("finetune", help="end-to-end fine-tuning (Table S2)", formatter_class=fmt)
+    p.add_argument("--checkpoint", required=True, help="pretraining checkpoint or exported .safetensors")
+    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or a folder with train/ and val/")
+    p.add_argument("--recipe", choices=sorted(FINETUNE_PRESETS), default="cpu", help="paper: Table S2")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any recipe field, e.g. epochs=5"
+    )
+    p.add_argument("--limit", type=int, help="only the first N training images")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/finetune")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("export", help="the encoder alone, in timm's format (safetensors + json)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", default="encoder.safetensors")
+
+
+def _print_results(title: str, rows: dict[str, dict[str, float]]) -> None:
+    print(title)
+    for metric, values in rows.items():
+        print(f"  {metric:5s} " + "  ".join(f"k={k}: {v:6.2f}%" for k, v in values.items()))
+
+
+def _write_json(path: str | None, result: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def run_knn(args: argparse.Namespace) -> int:
+    from .evaluate.common import choose_encoder, split_features
+    from .evaluate.knn import knn_accuracy
+
+    enc = choose_encoder(args)
+    train_f, train_y, test_f, test_y = split_features(args, enc)
+    result = knn_accuracy(train_f, train_y, test_f, test_y, tuple(args.ks), args.temperature)
+    _print_results(f"k-NN ({enc.description}, {args.pool}, T={args.temperature}) on {args.data}", result)
+    _write_json(args.out, {**result, "encoder": enc.description, "data": args.data, "pool": args.pool})
+    return 0
+
+
+def run_linprobe(args: argparse.Namespace) -> int:
+    from dataclasses import asdict, replace
+
+    from .evaluate.common import choose_encoder, split_features
+    from .evaluate.linear import LINPROBE_PRESETS, train_linear_probe
+
+    cfg = LINPROBE_PRESETS[args.recipe]
+    changes = {
+        "epochs": args.epochs,
+        "batch_size": args.probe_batch_size,
+        "blr": args.blr,
+        "optimizer": args.optimizer,
+    }
+    cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    enc = choose_encoder(args)
+    train_f, train_y, test_f, test_y = split_features(args, enc)
+    result = train_linear_probe(train_f, train_y, test_f, test_y, cfg, progress=not args.no_progress)
+    print(
+        f"linear probe ({enc.description}, {args.pool}) on {args.data}: top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%"
+    )
+    _write_json(args.out, {**result, "encoder": enc.description, "data": args.data, "recipe": asdict(cfg)})
+    return 0
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    import typing
+    from dataclasses import replace
+
+    from .evaluate.finetune import FINETUNE_PRESETS, FinetuneConfig, finetune
+    from .presets import coerce
+
+    cfg = FINETUNE_PRESETS[args.recipe]
+    hints = typing.get_type_hints(FinetuneConfig)
+    for assignment in args.set:
+        key, value = parse_assignment(assignment)
+        if key not in hints:
+            raise ValueError(f"--set: unknown fine-tuning field {key!r}; known fields are {sorted(hints)}")
+        cfg = replace(cfg, **{key: coerce(value, hints[key], key)})
+    finetune(
+        args.checkpoint, args.data, args.out, cfg, args.device, args.limit, args.resume, args.force,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_encoder
+
+    weights, meta = export_encoder(args.checkpoint, args.out)
+    print(f"wrote {weights} and {meta}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="semaim", description="SemAIM: semantic-aware autoregressive image modeling"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     add_pretrain_parser(sub)
+    add_eval_parsers(sub)
     return parser
 
 
-COMMANDS = {"pretrain": run_pretrain}
+COMMANDS = {
+    "pretrain": run_pretrain,
+    "knn": run_knn,
+    "linprobe": run_linprobe,
+    "finetune": run_finetune,
+    "export": run_export,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

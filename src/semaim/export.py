@@ -65,7 +65,9 @@ def encoder_from_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], 
     if ckpt["kind"] == KIND_FINETUNE:
         state = {k: v for k, v in ckpt["model"].items() if not k.startswith("head.")}
         return state, ckpt["model_args"]
-    raise ValueError(f"checkpoint {path}: expected a semaim pretraining or fine-tuning checkpoint, got {ckpt['kind']!r}")
+    raise ValueError(
+        f"checkpoint {path}: expected a semaim pretraining or fine-tuning checkpoint, got {ckpt['kind']!r}"
+    )
 
 
 def load_encoder(path: str | Path, **overrides: Any) -> VisionTransformer:

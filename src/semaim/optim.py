@@ -48,8 +48,12 @@ class LARS(torch.optim.Optimizer):
     parameters take plain momentum SGD without weight decay.
     """
 
-    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9, trust: float = 0.001):
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "trust": trust})
+    def __init__(
+        self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9, trust: float = 0.001
+    ):
+        super().__init__(
+            params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "trust": trust}
+        )
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102
@@ -70,3 +74,33 @@ class LARS(torch.optim.Optimizer):
                     state["mu"] = torch.zeros_like(p)
                 mu = state["mu"].mul_(group["momentum"]).add_(update)
                 p.add_(mu, alpha=-group["lr"])
+
+
+def layer_decay_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float, num_layers: int
+) -> list[dict]:
+    """Fine-tuning groups with layer-wise lr decay (BEiT / MAE): block ``i`` gets ``decay^(L − i)``.
+
+    Layer 0 is the embedding (patch, cls, position), layers ``1..L`` the blocks, ``L+1`` the final norm
+    and head. Each group carries ``lr_scale``; norms, biases, cls and position take no weight decay.
+    """
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith(("cls_token", "pos_embed", "patch_embed", "reg_token")):
+            layer = 0
+        elif name.startswith("blocks."):
+            layer = int(name.split(".")[1]) + 1
+        else:
+            layer = num_layers + 1
+        no_decay = param.ndim <= 1 or name.split(".")[-1] in NO_DECAY_NAMES
+        key = (layer, no_decay)
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr_scale": layer_decay ** (num_layers + 1 - layer),
+            }
+        groups[key]["params"].append(param)
+    return [groups[k] for k in sorted(groups)]

@@ -27,7 +27,9 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("encoder (one of)")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="pretraining / fine-tuning checkpoint or exported .safetensors")
-    src.add_argument("--random", action="store_true", help="floor: a randomly initialised encoder (of --preset)")
+    src.add_argument(
+        "--random", action="store_true", help="floor: a randomly initialised encoder (of --preset)"
+    )
     src.add_argument("--pixels", action="store_true", help="floor: raw pixels, flattened and normalised")
     g.add_argument("--preset", default="cpu-tiny", help="model shape and input size for --random / --pixels")
     g.add_argument("--seed", type=int, default=0, help="initialisation seed for --random")
