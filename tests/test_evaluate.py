@@ -200,3 +200,33 @@ def test_finetune_command(tmp_path, pretrained, capsys):
     assert main(args) == 2
     assert main([*args[:-6], "--set", "epohcs=2"]) == 2
     assert "unknown fine-tuning field" in capsys.readouterr().err
+
+
+def test_finetune_resumes_exactly(tmp_path, pretrained, monkeypatch):
+    import semaim.evaluate.finetune as ft
+
+    data = tmp_path / "data"
+    make_image_folder(data / "train", classes=("a", "b"), per_class=8)
+    make_image_folder(data / "val", classes=("a", "b"), per_class=2, seed=1)
+    base = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--no-progress", "--set", "epochs=2",
+            "--set", "batch_size=4", "--set", "workers=0", "--set", "save_every_steps=1"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "whole")]) == 0
+
+    real_save, calls = ft.save_atomic, {"n": 0}
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # a kill right after the third checkpoint (mid-epoch: 4 steps per epoch)
+
+    monkeypatch.setattr(ft, "save_atomic", save_then_die)
+    assert main([*base, "--out", str(tmp_path / "cut")]) == 130
+    monkeypatch.setattr(ft, "save_atomic", real_save)
+    assert main([*base, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+
+    def losses(run):
+        return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert len(losses(tmp_path / "whole")) == 8
+    assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "whole"), rel=1e-5)

@@ -80,8 +80,9 @@ class FinetuneDataset(Dataset):
         if isinstance(img, torch.Tensor):
             img = Image.fromarray(img[0].numpy())
         img = img.convert(self.mode)
-        if self.seeded:  # timm's transforms draw from the global generators
+        if self.seeded:  # timm's transforms draw from the global generators (all three of them)
             random.seed(seed)
+            np.random.seed(seed % 2**32)
             torch.manual_seed(seed)
         return self.transform(img), int(self.base.labels[index])
 
