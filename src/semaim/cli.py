@@ -1,6 +1,7 @@
 """``semaim <command>``: the command line. ``python -m semaim`` is the same program.
 
-Commands: ``pretrain`` (Algorithm 1), ``knn``, ``linprobe``, ``finetune`` (evaluation), ``export``. Configuration comes from a preset (``configs/*.yaml``), then the
+Commands: ``pretrain`` (Algorithm 1), ``knn``, ``linprobe``, ``finetune`` (evaluation), ``export``,
+``visualize`` and ``plot-metrics`` (figures). Configuration comes from a preset (``configs/*.yaml``), then the
 flags, then ``--set section.field=value`` overrides, all checked against the typed config.
 """
 
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 import yaml
 
 from .config import PretrainConfig
@@ -140,6 +142,74 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="encoder.safetensors")
 
 
+def add_figure_parsers(sub: argparse._SubParsersAction) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser(
+        "visualize", help="every order, cls attention and similarity map on images", formatter_class=fmt
+    )
+    p.add_argument("images", nargs="*", help="image files or folders")
+    p.add_argument(
+        "--samples", nargs="*", metavar="NAME", help="scikit-image photos (astronaut chelsea coffee rocket …)"
+    )
+    p.add_argument("--data", help="take images from a dataset's test split, e.g. fashion-mnist")
+    p.add_argument("--count", type=int, default=8, help="how many images with --data")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--checkpoint", help="pretraining checkpoint or exported encoder (default: a random model)"
+    )
+    g.add_argument("--teacher", help="a teacher checkpoint file (with --teacher-arch)")
+    p.add_argument("--teacher-arch", help="timm architecture of --teacher")
+    p.add_argument("--preset", default="cpu-tiny", help="model shape of the random model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="figure.png")
+    p.add_argument("--pdf", action="store_true", help="also write a PDF beside the PNG")
+
+    p = sub.add_parser("plot-metrics", help="loss, lr and throughput curves of runs", formatter_class=fmt)
+    p.add_argument("runs", nargs="+", help="run folders (with metrics.jsonl)")
+    p.add_argument("--out", default="curves.png")
+    p.add_argument("--smooth", type=int, default=20, help="moving-average window of the loss")
+
+
+def run_visualize(args: argparse.Namespace) -> int:
+    from .data import IMAGENET_MEAN, IMAGENET_STD, open_dataset
+    from .export import load_encoder, random_encoder
+    from .teacher import load_teacher
+    from .visualize import dataset_images, load_images, order_figure, sample_images
+
+    sources = sum(bool(x) for x in (args.images, args.samples is not None, args.data))
+    if sources != 1:
+        raise ValueError("images: give exactly one of image paths, --samples or --data")
+    if args.checkpoint:
+        vit, what = load_encoder(args.checkpoint), f"checkpoint {Path(args.checkpoint).name}"
+    elif args.teacher:
+        if not args.teacher_arch:
+            raise ValueError("--teacher-arch: the timm architecture of --teacher is required")
+        vit, what = load_teacher(args.teacher_arch, args.teacher), f"teacher {args.teacher_arch}"
+    else:
+        torch.manual_seed(args.seed)
+        vit, what = random_encoder(load_preset(args.preset).model, args.seed), f"random {args.preset} model"
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if args.data:
+        images = dataset_images(args.data, args.count)
+        base = open_dataset(args.data, "test")
+        mean, std = base.mean * (3 // len(base.mean)), base.std * (3 // len(base.std))
+    elif args.samples is not None:
+        images = sample_images(args.samples)
+    else:
+        images = load_images(args.images)
+    size = tuple(vit.patch_embed.img_size)
+    out = order_figure(vit, images, size, mean, std, args.out, args.pdf, title=what, seed=args.seed)
+    print(f"wrote {out}" + (f" and {out.with_suffix('.pdf')}" if args.pdf else ""))
+    return 0
+
+
+def run_plot_metrics(args: argparse.Namespace) -> int:
+    from .visualize import metrics_figure
+
+    print(f"wrote {metrics_figure(args.runs, args.out, args.smooth)}")
+    return 0
+
+
 def _print_results(title: str, rows: dict[str, dict[str, float]]) -> None:
     print(title)
     for metric, values in rows.items():
@@ -224,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_pretrain_parser(sub)
     add_eval_parsers(sub)
+    add_figure_parsers(sub)
     return parser
 
 
@@ -233,6 +304,8 @@ COMMANDS = {
     "linprobe": run_linprobe,
     "finetune": run_finetune,
     "export": run_export,
+    "visualize": run_visualize,
+    "plot-metrics": run_plot_metrics,
 }
 
 
