@@ -163,6 +163,7 @@ def add_figure_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="figure.png")
     p.add_argument("--pdf", action="store_true", help="also write a PDF beside the PNG")
+    p.add_argument("--dpi", type=int, default=110, help="resolution of the PNG")
 
     p = sub.add_parser("plot-metrics", help="loss, lr and throughput curves of runs", formatter_class=fmt)
     p.add_argument("runs", nargs="+", help="run folders (with metrics.jsonl)")
@@ -198,7 +199,7 @@ def run_visualize(args: argparse.Namespace) -> int:
     else:
         images = load_images(args.images)
     size = tuple(vit.patch_embed.img_size)
-    out = order_figure(vit, images, size, mean, std, args.out, args.pdf, title=what, seed=args.seed)
+    out = order_figure(vit, images, size, mean, std, args.out, args.pdf, what, args.seed, args.dpi)
     print(f"wrote {out}" + (f" and {out.with_suffix('.pdf')}" if args.pdf else ""))
     return 0
 
