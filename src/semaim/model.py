@@ -24,6 +24,7 @@ from timm.layers import Mlp, PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from .attention import Attention
 from .config import ModelConfig, to_2tuple
 from .orders import NEEDS_SIMILARITY, centerness, similarity_map
 from .pos_embed import sincos_2d
@@ -77,7 +78,9 @@ class SemAIM(nn.Module):
         norm_layer = partial(nn.LayerNorm, eps=1e-6)  # timm's ViT default eps
         self.blocks = nn.ModuleList(
             [
-                Block(dim, c.num_heads, c.mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+                Block(
+                    dim, c.num_heads, c.mlp_ratio, qkv_bias=True, norm_layer=norm_layer, attn_layer=Attention
+                )
                 for _ in range(c.depth)
             ]
         )

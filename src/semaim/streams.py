@@ -18,9 +18,10 @@ than from ``C`` itself: identical when ``C`` has no ties, and still a strict ord
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
+
+from .attention import attend
 
 
 def encoder_mask(rank: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,7 @@ def decoder_mask(rank: torch.Tensor) -> torch.Tensor:
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention from queries ``g`` to keys/values ``h`` (Eq. 10), through SDPA."""
+    """Multi-head attention from queries ``g`` to keys/values ``h`` (Eq. 10)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
@@ -71,7 +72,7 @@ class CrossAttention(nn.Module):
         n_kv = h.shape[1]
         q = self.q(g).reshape(b, n_q, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = self.kv(h).reshape(b, n_kv, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        out = attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         return self.proj(out.transpose(1, 2).reshape(b, n_q, dim))
 
 
