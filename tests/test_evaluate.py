@@ -230,3 +230,17 @@ def test_finetune_resumes_exactly(tmp_path, pretrained, monkeypatch):
 
     assert len(losses(tmp_path / "whole")) == 8
     assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "whole"), rel=1e-5)
+
+
+def test_randaugment_posterize_survives_full_magnitude():
+    from PIL import Image
+    from timm.data.auto_augment import rand_augment_transform
+
+    import semaim.evaluate.finetune  # noqa: F401  (installs the posterize fix)
+
+    op = rand_augment_transform("rand-n1-m10-inc1", {"img_mean": (128, 128, 128)})
+    op.ops = [o for o in op.ops if o.name == "PosterizeIncreasing"]
+    for o in op.ops:
+        o.prob, o.magnitude_std = 1.0, 0
+    img = Image.new("RGB", (8, 8), (200, 100, 50))
+    assert op(img).size == (8, 8)

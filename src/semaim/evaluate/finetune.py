@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from timm.data import Mixup, create_transform
+from PIL import Image, ImageOps
+from timm.data import Mixup, auto_augment, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -33,6 +33,18 @@ from ..optim import layer_decay_groups, lr_at, scaled_lr
 from ..runlog import RunLog
 from ..train import LAST, autocast_context, check_out_dir, format_seconds
 from .linear import top_k_accuracy
+
+
+def _posterize_at_least_one_bit(img: Image.Image, bits_to_keep: int, **_: object) -> Image.Image:
+    """timm's ``posterize`` with ``bits`` clamped to ≥ 1: RandAugment's ``inc1`` variant asks for 0 bits
+    at magnitude 10, which Pillow ≥ 13 rejects (older Pillow returned a black image)."""
+    if bits_to_keep >= 8:
+        return img
+    return ImageOps.posterize(img, max(1, int(bits_to_keep)))
+
+
+for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+    auto_augment.NAME_TO_OP[_name] = _posterize_at_least_one_bit
 
 
 @dataclass
