@@ -211,6 +211,31 @@ def run_plot_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    from .bench import CONFIGS
+
+    p = sub.add_parser(
+        "bench", help="time the full pretraining step: fast path vs explicit masks",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
+    p.add_argument(
+        "--config", nargs="+", default=["vit-t16-224", "vit-s16-224", "vit-t4-32"], choices=sorted(CONFIGS)
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per path")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--out", help="write the rows as JSON")
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(args.config, args.device, args.precision, args.steps, args.warmup, not args.no_memory, args.out)
+    return 0
+
+
 def _print_results(title: str, rows: dict[str, dict[str, float]]) -> None:
     print(title)
     for metric, values in rows.items():
@@ -296,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_parser(sub)
     add_eval_parsers(sub)
     add_figure_parsers(sub)
+    add_bench_parser(sub)
     return parser
 
 
@@ -307,6 +333,7 @@ COMMANDS = {
     "export": run_export,
     "visualize": run_visualize,
     "plot-metrics": run_plot_metrics,
+    "bench": run_bench_command,
 }
 
 

@@ -1,0 +1,221 @@
+"""``semaim bench``: the full pretraining step, fast path against the explicit-mask path.
+
+A step is what Algorithm 1 does per batch: the order pass (no-grad encoder), the forward of both
+streams, the backward and the optimiser update. Both paths run on the same model and inputs,
+interleaved after warm-up; the median images/s of each is reported with their ratio, the achieved
+FLOP/s (FLOPs counted analytically, see :func:`step_flops`) and the matmul ceiling measured on the
+spot in the same precision. Peak memory is measured in a fresh process per path (RSS on CPU; on CUDA
+the allocator's peak).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .model import SemAIM
+from .train import autocast_context
+
+FORMULA = (
+    "per image, T = N+1 tokens, D width, L encoder / L' decoder blocks, P patch, t target dim:\n"
+    "  encoder fwd   = L·(24·T·D² + 2·T²·D)        (linears + the causal half of QKᵀ and AV)\n"
+    "  decoder fwd   = L'·(24·N·D² + 2·N²·D)\n"
+    "  embed + head  = 2·N·P²·3·D + 2·N·(4D·D + 4D·t)\n"
+    "  order pass    = L·(24·T·D² + 4·T²·D)         (forward only, full attention)\n"
+    "  step          = 3·(encoder + decoder + embed/head) + order pass"
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str
+    img_size: int
+    patch_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    decoder_depth: int
+    batch_size: int
+
+    def model_kwargs(self) -> dict:
+        return {
+            "img_size": self.img_size, "patch_size": self.patch_size, "embed_dim": self.embed_dim,
+            "depth": self.depth, "num_heads": self.num_heads, "decoder_depth": self.decoder_depth,
+            "order": "semantic",
+        }  # fmt: skip
+
+
+CONFIGS = {
+    c.name: c
+    for c in (
+        BenchConfig("vit-t16-224", 224, 16, 192, 12, 3, 12, 16),
+        BenchConfig("vit-s16-224", 224, 16, 384, 12, 6, 12, 8),
+        BenchConfig("vit-t4-32", 32, 4, 192, 12, 3, 12, 64),
+        BenchConfig("vit-b16-224", 224, 16, 768, 12, 12, 12, 64),
+    )
+}
+
+
+def step_flops(cfg: BenchConfig) -> float:
+    """Useful FLOPs of one training step per image (only the causal half of masked attention)."""
+    n = (cfg.img_size // cfg.patch_size) ** 2
+    t, d = n + 1, cfg.embed_dim
+    target = cfg.patch_size**2 * 3
+    encoder = cfg.depth * (24 * t * d * d + 2 * t * t * d)
+    decoder = cfg.decoder_depth * (24 * n * d * d + 2 * n * n * d)
+    embed_head = 2 * n * cfg.patch_size**2 * 3 * d + 2 * n * (4 * d * d + 4 * d * target)
+    order = cfg.depth * (24 * t * d * d + 4 * t * t * d)
+    return 3 * (encoder + decoder + embed_head) + order
+
+
+def matmul_ceiling(device: torch.device, precision: str, n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of an ``n×n`` matmul in this precision, best of ``repeats``."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 2):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(
+    model: SemAIM, optimizer: torch.optim.Optimizer, images: torch.Tensor, precision: str, path: str
+):
+    device = images.device
+
+    def step() -> None:
+        with autocast_context(device, precision):
+            if path == "fast":
+                loss = model(images).loss
+            else:
+                loss = model.forward_reference(images, model.compute_centerness(images)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def build(cfg: BenchConfig, device: torch.device, seed: int = 0):
+    torch.manual_seed(seed)
+    model = SemAIM(**cfg.model_kwargs()).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    images = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device)
+    return model, optimizer, images
+
+
+def time_paths(
+    cfg: BenchConfig,
+    device: torch.device,
+    precision: str,
+    steps: int,
+    warmup: int,
+    paths=("fast", "reference"),
+) -> dict[str, list[float]]:
+    """Seconds per step of each path, interleaved so that both see the same machine state."""
+    model, optimizer, images = build(cfg, device)
+    runs = {p: make_step(model, optimizer, images, precision, p) for p in paths}
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {p: [] for p in paths}
+    for _ in range(steps):
+        for p, run in runs.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            run()
+            _sync(device)
+            times[p].append(time.perf_counter() - t0)
+    return times
+
+
+def peak_memory(cfg_name: str, device: str, precision: str, path: str, steps: int = 2) -> float:
+    """Peak memory (bytes) of ``steps`` steps of one path, measured in a fresh Python process."""
+    code = (
+        "import json, resource, torch, sys; from semaim.bench import CONFIGS, build, make_step;"
+        f"d = torch.device({device!r}); m, o, x = build(CONFIGS[{cfg_name!r}], d);"
+        f"s = make_step(m, o, x, {precision!r}, {path!r});"
+        f"[s() for _ in range({steps})];"
+        "peak = torch.cuda.max_memory_allocated(d) if d.type == 'cuda' else "
+        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024;"
+        "print(json.dumps(peak))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def sdpa_kernels(cfg: BenchConfig, device: torch.device, precision: str) -> list[str]:
+    """Names of the attention kernels one fast step launches (CUDA only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, optimizer, images = build(cfg, device)
+    step = make_step(model, optimizer, images, precision, "fast")
+    step()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        _sync(device)
+    names = {e.key for e in prof.key_averages()}
+    keys = ("flash", "fmha", "efficient", "attention", "cudnn_sdpa")
+    return sorted(n for n in names if any(k in n.lower() for k in keys))[:6]
+
+
+def run_bench(
+    names: list[str], device: str = "cpu", precision: str = "bf16", steps: int = 5, warmup: int = 2,
+    memory: bool = True, out: str | None = None,
+) -> list[dict]:  # fmt: skip
+    dev = torch.device(device)
+    ceiling = matmul_ceiling(dev, precision)
+    print(FORMULA)
+    print(
+        f"\nmatmul ceiling ({precision}, 2048², {dev}): {ceiling / 1e12:.2f} TFLOP/s; threads {torch.get_num_threads()}"
+    )
+    header = f"{'config':12s} {'batch':>5s} {'fast img/s':>10s} {'ref img/s':>9s} {'ratio':>6s} {'TFLOP/s':>8s} {'of ceil':>7s}"
+    if memory:
+        header += f" {'fast MiB':>9s} {'ref MiB':>8s}"
+    print(header)
+    rows = []
+    for name in names:
+        if name not in CONFIGS:
+            raise ValueError(f"--config: unknown {name!r}; choose from {sorted(CONFIGS)}")
+        cfg = CONFIGS[name]
+        times = time_paths(cfg, dev, precision, steps, warmup)
+        fast = cfg.batch_size / statistics.median(times["fast"])
+        ref = cfg.batch_size / statistics.median(times["reference"])
+        achieved = fast * step_flops(cfg)
+        row = {
+            "config": name, "batch_size": cfg.batch_size, "precision": precision, "device": str(dev),
+            "fast_images_per_s": fast, "reference_images_per_s": ref, "ratio": fast / ref,
+            "flops_per_image": step_flops(cfg), "achieved_flops": achieved, "ceiling_flops": ceiling,
+        }  # fmt: skip
+        line = (
+            f"{name:12s} {cfg.batch_size:5d} {fast:10.2f} {ref:9.2f} {fast / ref:6.2f} "
+            f"{achieved / 1e12:8.3f} {100 * achieved / ceiling:6.1f}%"
+        )
+        if memory:
+            row["fast_peak_bytes"] = peak_memory(name, device, precision, "fast")
+            row["reference_peak_bytes"] = peak_memory(name, device, precision, "reference")
+            line += f" {row['fast_peak_bytes'] / 2**20:9.0f} {row['reference_peak_bytes'] / 2**20:8.0f}"
+        if dev.type == "cuda":
+            row["sdpa_kernels"] = sdpa_kernels(cfg, dev, precision)
+            line += f"  kernels: {', '.join(row['sdpa_kernels'])}"
+        print(line, flush=True)
+        rows.append(row)
+    if out:
+        with open(out, "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
