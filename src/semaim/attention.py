@@ -4,8 +4,8 @@ On GPUs and for fp32 on CPUs, ``F.scaled_dot_product_attention`` (flash / memory
 kernels) is the fastest. For bf16 on CPUs it is not: measured on this project's AMX CPU, the flash
 kernel's backward is 2-5x slower than two plain bf16 matmuls around a softmax at the sequence
 lengths of ViT pretraining (65-197 tokens), because the matmul form runs on the AMX tiles. So on CPU
-in reduced precision :func:`attend` computes ``softmax(q kᵀ / √d + mask) v`` explicitly (softmax in
-float32), everywhere else it calls SDPA. Both give the same result up to rounding.
+in reduced precision :func:`attend` computes ``softmax(q kᵀ / √d + mask) v`` explicitly, everywhere
+else it calls SDPA. Both give the same result up to rounding.
 """
 
 from __future__ import annotations
