@@ -1,9 +1,10 @@
 """Scaled dot-product attention, with the kernel chosen for speed on the device at hand.
 
 On GPUs and for fp32 on CPUs, ``F.scaled_dot_product_attention`` (flash / memory-efficient / fused
-kernels) is the fastest. For bf16 on CPUs it is not: measured on this project's AMX CPU, the flash
-kernel's backward is 2-5x slower than two plain bf16 matmuls around a softmax at the sequence
-lengths of ViT pretraining (65-197 tokens), because the matmul form runs on the AMX tiles. So on CPU
+kernels) is the fastest. For bf16 on CPUs it is not: measured on this project's CPU (AVX512-BF16),
+the flash kernel's backward is 2-5x slower than two plain bf16 matmuls around a softmax at the
+sequence lengths of ViT pretraining (65-197 tokens), because the matmul form runs on oneDNN's bf16
+GEMMs. So on CPU
 in reduced precision :func:`attend` computes ``softmax(q kᵀ / √d + mask) v`` explicitly, everywhere
 else it calls SDPA. Both give the same result up to rounding.
 """

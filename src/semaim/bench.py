@@ -4,8 +4,8 @@ A step is what Algorithm 1 does per batch: the order pass (no-grad encoder), the
 streams, the backward and the optimiser update. Both paths run on the same model and inputs,
 interleaved after warm-up; the median images/s of each is reported with their ratio, the achieved
 FLOP/s (FLOPs counted analytically, see :func:`step_flops`) and the matmul ceiling measured on the
-spot in the same precision. Peak memory is measured in a fresh process per path (RSS on CPU; on CUDA
-the allocator's peak).
+spot in the same precision. Peak memory is measured in a fresh process per path (on CPU the peak RSS
+the steps add on top of the loaded model; on CUDA the allocator's peak).
 """
 
 from __future__ import annotations
@@ -145,15 +145,18 @@ def time_paths(
 
 
 def peak_memory(cfg_name: str, device: str, precision: str, path: str, steps: int = 2) -> float:
-    """Peak memory (bytes) of ``steps`` steps of one path, measured in a fresh Python process."""
+    """Peak memory (bytes) that ``steps`` steps of one path add, measured in a fresh Python process.
+
+    CPU: peak RSS (VmHWM) minus the RSS after imports, model, optimiser and inputs exist (VmHWM is the
+    process's own; ``ru_maxrss`` would carry the parent's peak across exec). CUDA: the allocator's peak.
+    """
     code = (
-        "import json, resource, torch, sys; from semaim.bench import CONFIGS, build, make_step;"
+        "import json, re, torch; from semaim.bench import CONFIGS, build, make_step;"
+        "kib = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024;"
         f"d = torch.device({device!r}); m, o, x = build(CONFIGS[{cfg_name!r}], d);"
-        f"s = make_step(m, o, x, {precision!r}, {path!r});"
+        f"s = make_step(m, o, x, {precision!r}, {path!r}); base = kib('VmRSS');"
         f"[s() for _ in range({steps})];"
-        "peak = torch.cuda.max_memory_allocated(d) if d.type == 'cuda' else "
-        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024;"
-        "print(json.dumps(peak))"
+        "print(json.dumps(torch.cuda.max_memory_allocated(d) if d.type == 'cuda' else kib('VmHWM') - base))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
