@@ -47,3 +47,16 @@ def test_bench_reports_both_paths(tmp_path, monkeypatch, capsys):
     assert "encoder fwd" in printed and "matmul ceiling" in printed and "tiny" in printed
     with pytest.raises(SystemExit):  # argparse rejects an unknown config by name
         main(["bench", "--config", "nope"])
+
+
+def test_sweep_reports_prediction_from_the_base_config(monkeypatch, capsys):
+    import semaim.bench as bench
+
+    small = BenchConfig("t-224/16", 32, 8, 32, 2, 2, 2, 4)  # stands in for the base row
+    larger = BenchConfig("more-tokens", 32, 4, 32, 2, 2, 2, 4)
+    monkeypatch.setattr(bench, "SWEEP", (small, larger))
+    rows = bench.run_sweep(steps=1, warmup=1)
+    assert [r["tokens"] for r in rows] == [17, 65]
+    assert rows[0]["predicted_s"] == pytest.approx(rows[0]["fast_s"])  # the base predicts itself
+    assert rows[1]["predicted_s"] > rows[0]["predicted_s"]  # more tokens, more FLOPs
+    assert "predicted s" in capsys.readouterr().out

@@ -177,6 +177,47 @@ def sdpa_kernels(cfg: BenchConfig, device: torch.device, precision: str) -> list
     return sorted(n for n in names if any(k in n.lower() for k in keys))[:6]
 
 
+SWEEP = (
+    # tokens: ViT-T, decoder depth 12, batch 16
+    BenchConfig("t-32/4", 32, 4, 192, 12, 3, 12, 16),
+    BenchConfig("t-64/8", 64, 8, 192, 12, 3, 12, 16),
+    BenchConfig("t-224/16", 224, 16, 192, 12, 3, 12, 16),
+    BenchConfig("t-128/8", 128, 8, 192, 12, 3, 12, 16),
+    BenchConfig("t-224/8", 224, 8, 192, 12, 3, 12, 16),
+    # decoder depth at 224/16
+    BenchConfig("t-224/16-d1", 224, 16, 192, 12, 3, 1, 16),
+    BenchConfig("t-224/16-d6", 224, 16, 192, 12, 3, 6, 16),
+)
+
+
+def run_sweep(device: str = "cpu", precision: str = "bf16", steps: int = 3, warmup: int = 1) -> list[dict]:
+    """Step time against tokens and decoder depth, next to the FLOP-count prediction.
+
+    The prediction scales the measured time of ``t-224/16`` by the ratio of :func:`step_flops`.
+    """
+    dev = torch.device(device)
+    print(
+        f"{'config':12s} {'tokens':>6s} {'L':>3s} {'fast s/step':>11s} {'masks s/step':>12s} {'masks/fast':>10s} {'GFLOP/step':>10s} {'predicted s':>11s}"
+    )
+    rows, base = [], None
+    for cfg in SWEEP:
+        times = time_paths(cfg, dev, precision, steps, warmup)
+        fast, ref = statistics.median(times["fast"]), statistics.median(times["reference"])
+        flops = step_flops(cfg) * cfg.batch_size
+        if cfg.name == "t-224/16":
+            base = fast / flops
+        rows.append({"config": cfg.name, "tokens": (cfg.img_size // cfg.patch_size) ** 2 + 1,
+                     "decoder_depth": cfg.decoder_depth, "fast_s": fast, "reference_s": ref, "flops": flops})  # fmt: skip
+    for row in rows:
+        row["predicted_s"] = row["flops"] * base if base else float("nan")
+        print(
+            f"{row['config']:12s} {row['tokens']:6d} {row['decoder_depth']:3d} {row['fast_s']:11.3f} "
+            f"{row['reference_s']:12.3f} {row['reference_s'] / row['fast_s']:10.2f} {row['flops'] / 1e9:10.1f} "
+            f"{row['predicted_s']:11.3f}"
+        )
+    return rows
+
+
 def run_bench(
     names: list[str], device: str = "cpu", precision: str = "bf16", steps: int = 5, warmup: int = 2,
     memory: bool = True, out: str | None = None,

@@ -226,12 +226,18 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps per path")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--sweep", action="store_true", help="step time against tokens and decoder depth instead")
     p.add_argument("--out", help="write the rows as JSON")
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .bench import run_bench, run_sweep
 
+    if args.sweep:
+        rows = run_sweep(args.device, args.precision, args.steps, args.warmup)
+        if args.out:
+            _write_json(args.out, {"sweep": rows})
+        return 0
     run_bench(args.config, args.device, args.precision, args.steps, args.warmup, not args.no_memory, args.out)
     return 0
 
