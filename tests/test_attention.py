@@ -38,3 +38,15 @@ def test_fast_path_equals_oracle_under_bf16_autocast():
         fast, ref = model(images, c), model.forward_reference(images, c)
     assert (fast.pred.float() - ref.pred.float()).abs().max() < 5e-2
     assert abs(fast.loss.item() - ref.loss.item()) < 1e-2
+
+
+def test_long_sequences_go_back_to_sdpa(monkeypatch):
+    import semaim.attention as attention
+
+    calls = []
+    monkeypatch.setattr(attention, "matmul_attention", lambda *a, **k: calls.append("matmul") or a[0])
+    short = torch.randn(1, 1, attention.MATMUL_MAX_KEYS, 8, dtype=torch.bfloat16)
+    long = torch.randn(1, 1, attention.MATMUL_MAX_KEYS + 1, 8, dtype=torch.bfloat16)
+    attention.attend(short, short, short, is_causal=True)
+    out = attention.attend(long, long, long, is_causal=True)
+    assert calls == ["matmul"] and out.shape == long.shape

@@ -3,10 +3,10 @@
 On GPUs and for fp32 on CPUs, ``F.scaled_dot_product_attention`` (flash / memory-efficient / fused
 kernels) is the fastest. For bf16 on CPUs it is not: measured on this project's CPU (AVX512-BF16),
 the flash kernel's backward is 2-5x slower than two plain bf16 matmuls around a softmax at the
-sequence lengths of ViT pretraining (65-197 tokens), because the matmul form runs on oneDNN's bf16
-GEMMs. So on CPU
-in reduced precision :func:`attend` computes ``softmax(q kᵀ / √d + mask) v`` explicitly, everywhere
-else it calls SDPA. Both give the same result up to rounding.
+sequence lengths of small-image and ViT-/16 pretraining (65-257 tokens), because the matmul form
+runs on oneDNN's bf16 GEMMs. So on CPU in reduced precision and up to ``MATMUL_MAX_KEYS`` keys,
+:func:`attend` computes ``softmax(q kᵀ / √d + mask) v`` explicitly; everywhere else (longer
+sequences, fp32, GPUs) it calls SDPA. Both give the same result up to rounding.
 """
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ def matmul_attention(
     return weights @ v
 
 
+MATMUL_MAX_KEYS = 320
+"""Above this many keys the matmul form's B×H×N×N tensors become memory-bound and SDPA's tiled kernel
+wins (measured bf16 fwd+bwd, 16×3 heads×64: 257 keys 20 vs 28 ms, 401 keys 68 vs 53, 785 keys 345 vs 118)."""
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -53,7 +58,11 @@ def attend(
     is_causal: bool = False,
 ) -> torch.Tensor:
     """Attention over ``(B, H, N, d)`` tensors with the fastest kernel for this device and dtype."""
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+    if (
+        q.device.type == "cpu"
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and k.shape[-2] <= MATMUL_MAX_KEYS
+    ):
         return matmul_attention(q, k, v, attn_mask, is_causal)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
 
