@@ -191,9 +191,12 @@ def run_visualize(args: argparse.Namespace) -> int:
         vit, what = random_encoder(load_preset(args.preset).model, args.seed), f"random {args.preset} model"
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if args.data:
-        images = dataset_images(args.data, args.count)
         base = open_dataset(args.data, "test")
-        mean, std = base.mean * (3 // len(base.mean)), base.std * (3 // len(base.std))
+        images, mean, std = (
+            dataset_images(base, args.count),
+            base.mean,
+            base.std,
+        )  # greyscale stats are replicated
     elif args.samples is not None:
         images = sample_images(args.samples)
     else:

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from .config import ORDERS
-from .data import IMAGE_EXTENSIONS, BadImageError, PretrainTransform, open_dataset
+from .data import IMAGE_EXTENSIONS, BadImageError, PretrainTransform
 from .orders import centerness, similarity_map
 
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
@@ -60,8 +60,8 @@ def sample_images(names: list[str] | None = None) -> list[Image.Image]:
     return out
 
 
-def dataset_images(spec: str, count: int, split: str = "test") -> list[Image.Image]:
-    base = open_dataset(spec, split)
+def dataset_images(base, count: int) -> list[Image.Image]:
+    """The first ``count`` images of an opened dataset, as RGB PIL images."""
     out = []
     for i in range(min(count, len(base))):
         img = base.load(i)
