@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from ..distributed import resolve_device
-from ..export import encoder_from_checkpoint, load_encoder, random_encoder
+from ..export import load_encoder, random_encoder
 from ..presets import load_preset
 from .features import RawPixels, extract_features
 
@@ -48,12 +48,11 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
 def choose_encoder(args: argparse.Namespace) -> EncoderChoice:
     if args.checkpoint:
         path = Path(args.checkpoint)
-        _, model_args = encoder_from_checkpoint(path)  # validates the file and its kind
         vit = load_encoder(path)
         stat = path.stat()
         key = f"{path.resolve()}:{stat.st_mtime_ns}:{stat.st_size}"
         return EncoderChoice(
-            vit, tuple(vit.patch_embed.img_size), model_args["in_chans"], key, f"checkpoint {path}"
+            vit, tuple(vit.patch_embed.img_size), vit.patch_embed.proj.in_channels, key, f"checkpoint {path}"
         )
     cfg = load_preset(args.preset).model
     img = (cfg.img_size, cfg.img_size) if isinstance(cfg.img_size, int) else tuple(cfg.img_size)
