@@ -19,9 +19,10 @@ from timm.layers import Attention as TimmAttention
 
 
 @functools.lru_cache(maxsize=32)
-def _causal_mask(n_q: int, n_k: int, device: torch.device) -> torch.Tensor:
-    """Top-left aligned causal mask, True = masked out (as SDPA's ``is_causal`` aligns it)."""
-    return torch.ones(n_q, n_k, dtype=torch.bool, device=device).triu(1)
+def _causal_bias(n_q: int, n_k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Top-left aligned causal mask as an additive bias (0 or -inf), as SDPA's ``is_causal`` aligns it."""
+    masked = torch.ones(n_q, n_k, dtype=torch.bool, device=device).triu(1)
+    return torch.zeros(n_q, n_k, dtype=dtype, device=device).masked_fill(masked, float("-inf"))
 
 
 def matmul_attention(
@@ -31,23 +32,33 @@ def matmul_attention(
     attn_mask: torch.Tensor | None = None,
     is_causal: bool = False,
 ) -> torch.Tensor:
-    """``softmax(q kᵀ / √d + mask) v`` with explicit matmuls; boolean masks mean True = may attend."""
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    """``softmax(q kᵀ / √d + mask) v`` with explicit matmuls; boolean masks mean True = may attend.
+
+    The causal mask is added inside the score GEMM (``baddbmm``'s bias, scale as its ``alpha``), so
+    neither the scaling nor the masking is a separate pass over the B×H×N×N scores in forward or
+    backward; the softmax stays in the input dtype (the CPU kernel accumulates in fp32) so no fp32
+    copy of the scores is kept for backward. Together ~1.8× faster fwd+bwd in bf16 at 65-257 tokens
+    than scale + ``masked_fill`` + fp32 softmax, and half the saved attention memory.
+    """
+    *batch, n_q, d = q.shape
+    n_k = k.shape[-2]
+    q3, k3, v3 = q.reshape(-1, n_q, d), k.reshape(-1, n_k, d), v.reshape(-1, n_k, v.shape[-1])
     if is_causal:
-        scores = scores.masked_fill(_causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+        bias = _causal_bias(n_q, n_k, q.dtype, q.device)
+        scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=d**-0.5)
+    else:
+        scores = torch.bmm(q3 * d**-0.5, k3.transpose(1, 2))
     if attn_mask is not None:
-        scores = (
-            scores.masked_fill(~attn_mask, float("-inf"))
-            if attn_mask.dtype == torch.bool
-            else scores + attn_mask
-        )
-    weights = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
-    return weights @ v
+        mask = attn_mask.expand(*batch, n_q, n_k).reshape(-1, n_q, n_k)
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return torch.bmm(scores.softmax(dim=-1), v3).reshape(*batch, n_q, v.shape[-1])
 
 
-MATMUL_MAX_KEYS = 320
+MATMUL_MAX_KEYS = 512
 """Above this many keys the matmul form's B×H×N×N tensors become memory-bound and SDPA's tiled kernel
-wins (measured bf16 fwd+bwd, 16×3 heads×64: 257 keys 20 vs 28 ms, 401 keys 68 vs 53, 785 keys 345 vs 118)."""
+wins. Measured bf16 causal fwd+bwd, 16×3 heads×64, matmul vs SDPA: 65 keys 1.4 vs 6.5 ms, 197 keys
+7.5 vs 18.0, 257 keys 12.7 vs 27.4, 401 keys 30.2 vs 53.8, 785 keys 175 vs 125. In fp32 SDPA is the
+faster at every length (197 keys: 13.8 vs 18.3 ms), so fp32 always uses it."""
 
 
 def attend(
