@@ -44,7 +44,9 @@ PATHS = ("semaim-bf16", "semaim-fp32", "ref-fp32", "ref-bf16")
 def load_reference(reference_dir: Path) -> types.ModuleType:
     """Import ``models/models_semaim.py`` from a clone of the reference repository."""
     if not (reference_dir / "models" / "models_semaim.py").is_file():
-        raise SystemExit(f"--reference-dir: {reference_dir} has no models/models_semaim.py (clone skyoux/SemAIM)")
+        raise SystemExit(
+            f"--reference-dir: {reference_dir} has no models/models_semaim.py (clone skyoux/SemAIM)"
+        )
     sys.path.insert(0, str(reference_dir))
     if not (reference_dir / "util" / "pos_embed.py").is_file():
         from semaim.pos_embed import sincos_2d
@@ -110,7 +112,16 @@ def measure_memory(path: str, cfg: BenchConfig, reference_dir: Path, steps: int 
 
 
 def memory_in_fresh_process(path: str, cfg: BenchConfig, reference_dir: Path) -> dict:
-    cmd = [sys.executable, __file__, "--reference-dir", str(reference_dir), "--config", cfg.name, "--memory-of", path]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--reference-dir",
+        str(reference_dir),
+        "--config",
+        cfg.name,
+        "--memory-of",
+        path,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -143,7 +154,9 @@ def main() -> None:
         print(json.dumps(measure_memory(args.memory_of, CONFIGS[args.config[0]], args.reference_dir)))
         return
     load_reference(args.reference_dir)  # fail early on a bad directory
-    print(f"{torch.get_num_threads()} threads; images/s (median of {args.steps}), step memory MiB added / process peak")
+    print(
+        f"{torch.get_num_threads()} threads; images/s (median of {args.steps}), step memory MiB added / process peak"
+    )
     rows = []
     for name in args.config:
         cfg = CONFIGS[name]

@@ -322,6 +322,37 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reproduce", help="the order study (Tables 1 and 3 at small scale): every order x seeds",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or cluttered-fashion-mnist")
+    p.add_argument("--quick", action="store_true", help="a ~5-minute smoke test of the whole pipeline")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; --quick: 2)")
+    p.add_argument("--out", help="study folder (default: runs/reproduce-DATA[-quick]); rerun to resume")
+    p.add_argument("--report-dir", help="where reproduce-DATA.md and .png go (default: the study folder)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import plot_study, run_study, study_plan, write_report
+
+    name = args.data.split(":", 1)[0].rstrip("/").split("/")[-1]
+    plan = study_plan(args.data, args.quick, args.seeds)
+    folder = Path(args.out or f"runs/reproduce-{name}{'-quick' if args.quick else ''}")
+    rows = run_study(plan, folder, progress=not args.no_progress)
+    report_dir = Path(args.report_dir or folder)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    chart = report_dir / f"reproduce-{name}.png"
+    plot_study(rows, plan, chart)
+    command = f"semaim reproduce --data {args.data}" + " --quick" * args.quick
+    command += f" --seeds {args.seeds}" if args.seeds else ""
+    write_report(rows, plan, command, report_dir / f"reproduce-{name}.md", chart)
+    print(f"wrote {report_dir / f'reproduce-{name}.md'} and {chart}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="semaim", description="SemAIM: semantic-aware autoregressive image modeling"
@@ -331,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parsers(sub)
     add_figure_parsers(sub)
     add_bench_parser(sub)
+    add_reproduce_parser(sub)
     return parser
 
 
@@ -343,6 +375,7 @@ COMMANDS = {
     "visualize": run_visualize,
     "plot-metrics": run_plot_metrics,
     "bench": run_bench_command,
+    "reproduce": run_reproduce,
 }
 
 

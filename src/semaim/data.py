@@ -4,6 +4,8 @@ Data specs:
 
 - ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` (IDX files in ``/usr/share/datasets/fashion-mnist``);
   ``fashion-mnist:/some/dir`` reads the same four files from another folder.
+- ``cluttered-fashion-mnist``: the same items off-centre among clutter on a 64 px canvas
+  (:mod:`semaim.cluttered`); ``cluttered-fashion-mnist:/some/dir`` likewise.
 - any other string: a folder of images, ImageFolder layout (class sub-folders give labels) or a flat or
   nested folder without labels. A folder with ``train/`` (and ``val/``) sub-folders uses them as splits.
 
@@ -145,8 +147,14 @@ class ImageFolder(Dataset):
         return str(self.files[index])
 
 
-def open_dataset(spec: str, split: str = "train", in_chans: int = 3) -> FashionMNIST | ImageFolder:
+def open_dataset(spec: str, split: str = "train", in_chans: int = 3) -> Dataset:
     """The base dataset behind a data spec (see the module docstring); ``split`` is train or test/val."""
+    from .cluttered import SPEC as CLUTTERED  # it builds on FashionMNIST
+    from .cluttered import ClutteredFashionMNIST
+
+    if spec == CLUTTERED or spec.startswith(CLUTTERED + ":"):
+        root = spec.split(":", 1)[1] if ":" in spec else FASHION_MNIST_DIR
+        return ClutteredFashionMNIST(root, "train" if split == "train" else "test")
     if spec == "fashion-mnist" or spec.startswith("fashion-mnist:"):
         root = spec.split(":", 1)[1] if ":" in spec else FASHION_MNIST_DIR
         return FashionMNIST(root, "train" if split == "train" else "test")

@@ -51,8 +51,9 @@ def extract_features(
     cache: str | Path | None = None,
     cache_key: str = "",
     progress: bool = True,
+    limit: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(features (N, D) float32, labels (N,))`` of every image of ``split``.
+    """``(features (N, D) float32, labels (N,))`` of every image of ``split`` (the first ``limit``).
 
     With ``cache`` (a folder) the result is stored under a name derived from ``cache_key`` (which
     should identify the encoder), the data spec, the split, the pool and the input size.
@@ -61,7 +62,9 @@ def extract_features(
         raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
     path = None
     if cache is not None:
-        key = json.dumps([cache_key, data, split, pool, list(img_size), in_chans])
+        key = json.dumps(
+            [cache_key, data, split, pool, list(img_size), in_chans] + ([limit] if limit else [])
+        )
         path = Path(cache) / f"features-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
         if path.is_file():
             stored = torch.load(path, map_location="cpu")
@@ -71,6 +74,7 @@ def extract_features(
     loader = DataLoader(
         AugmentedDataset(base, transform),
         batch_size=batch_size,
+        sampler=range(min(limit, len(base))) if limit else None,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=torch.device(device).type == "cuda",
