@@ -20,12 +20,13 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import Mlp, PatchEmbed
+from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from .attention import Attention
 from .config import ModelConfig, to_2tuple
+from .mlp import Mlp
 from .orders import NEEDS_SIMILARITY, centerness, similarity_map
 from .pos_embed import sincos_2d
 from .streams import DecoderBlock, decoder_mask, encoder_mask
@@ -79,7 +80,13 @@ class SemAIM(nn.Module):
         self.blocks = nn.ModuleList(
             [
                 Block(
-                    dim, c.num_heads, c.mlp_ratio, qkv_bias=True, norm_layer=norm_layer, attn_layer=Attention
+                    dim,
+                    c.num_heads,
+                    c.mlp_ratio,
+                    qkv_bias=True,
+                    norm_layer=norm_layer,
+                    attn_layer=Attention,
+                    mlp_layer=Mlp,
                 )
                 for _ in range(c.depth)
             ]

@@ -331,7 +331,10 @@ def plot_study(rows: list[dict[str, Any]], plan: StudyPlan, path: str | Path, dp
         finite = [m - s for m, s in zip(means, stds, strict=False) if m == m]
         floors = [summarise(rows, f, 0).get(metric, (1e9,))[0] for f in ("pixels", "random")]
         low = min(finite + floors) if finite else 0
-        high = max([m + s for m, s in zip(means, stds, strict=False) if m == m] + [f for f in floors if f < 1e9] or [100])
+        high = max(
+            [m + s for m, s in zip(means, stds, strict=False) if m == m] + [f for f in floors if f < 1e9]
+            or [100]
+        )
         ax.set_ylim(low - 0.15 * (high - low + 1), high + 0.1 * (high - low + 1))
         ax.set_xticks(range(len(plan.orders)), plan.orders, rotation=40, ha="right")
         ax.set_title(METRIC_NAMES[metric])

@@ -18,10 +18,10 @@ than from ``C`` itself: identical when ``C`` has no ties, and still a strict ord
 from __future__ import annotations
 
 import torch
-from timm.layers import Mlp
 from torch import nn
 
 from .attention import attend
+from .mlp import Mlp
 
 
 def encoder_mask(rank: torch.Tensor) -> torch.Tensor:
