@@ -9,7 +9,16 @@ import pytest
 from PIL import Image
 
 from semaim.cli import main
-from semaim.reproduce import StudyPlan, best_order, plot_study, run_study, study_plan, summarise, write_report
+from semaim.reproduce import (
+    StudyPlan,
+    best_order,
+    paired_difference,
+    plot_study,
+    run_study,
+    study_plan,
+    summarise,
+    write_report,
+)
 
 from .conftest import make_fmnist_dir
 
@@ -58,6 +67,7 @@ def test_study_runs_every_configuration_and_resumes(tmp_path):
     write_report(again, plan, "semaim reproduce --quick", folder / "report.md", folder / "chart.png")
     plot_study(again, plan, folder / "chart.png", dpi=50)
     text = (folder / "report.md").read_text()
+    assert "| `semantic` − `raster` |" in text and "| `raster` − its initialisation |" in text
     assert "| `semantic` |" in text and "±" in text and "raw pixels" in text and f"order `{best}`" in text
     with Image.open(folder / "chart.png") as img:
         assert img.size == (int(12.8 * 50), int(3.4 * 50))
@@ -86,3 +96,14 @@ def test_reproduce_quick_command(tmp_path, capsys):
     name = "fashion-mnist"
     assert (reports / f"reproduce-{name}.md").is_file() and (reports / f"reproduce-{name}.png").is_file()
     assert "--quick --seeds 1" in (reports / f"reproduce-{name}.md").read_text()
+
+
+def test_paired_difference_is_taken_seed_by_seed():
+    def row(order, seed, value):
+        return {"order": order, "decoder_depth": 4, "seed": seed, "knn_cls": value}
+
+    rows = [row("raster", 0, 60.0), row("raster", 1, 70.0), row("semantic", 0, 61.0), row("semantic", 1, 72.0),
+            row("semantic", 2, 99.0)]  # fmt: skip
+    mean, std, n = paired_difference(rows, ("semantic", 4), ("raster", 4))["knn_cls"]
+    assert n == 2 and mean == pytest.approx(1.5) and std == pytest.approx(0.5**0.5)
+    assert summarise(rows, "semantic", 4)["knn_cls"][2] == 3  # the unpaired mean uses every seed

@@ -348,6 +348,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     plot_study(rows, plan, chart)
     command = f"semaim reproduce --data {args.data}" + " --quick" * args.quick
     command += f" --seeds {args.seeds}" if args.seeds else ""
+    command += f" --out {args.out}" if args.out else ""
+    command += f" --report-dir {args.report_dir}" if args.report_dir else ""
     write_report(rows, plan, command, report_dir / f"reproduce-{name}.md", chart)
     print(f"wrote {report_dir / f'reproduce-{name}.md'} and {chart}")
     return 0
