@@ -16,27 +16,26 @@ from torch import nn
 
 
 class _GeluLinear(torch.autograd.Function):
-    """``linear(gelu(h), weight, bias)``, saving ``h`` (and the weight in ``h``'s dtype) only."""
+    """``linear(gelu(h), weight, bias)``, saving only ``h`` (and a reference to the weight)."""
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        # Under autocast fc1 already produced h in the low precision; compute fc2 in h's dtype, as
-        # autocast would, and keep that copy of the weight for backward.
-        w = weight.to(h.dtype)
-        b = bias.to(h.dtype) if bias is not None else None
-        ctx.save_for_backward(h, w)
+        # The ambient autocast (if any) still applies here, so fc2 runs in the low precision with
+        # autocast's cached weight copy; backward saves the fp32 parameter itself (no extra memory)
+        # and casts it to h's dtype, the precision the forward computed in.
+        ctx.save_for_backward(h, weight)
         ctx.has_bias = bias is not None
-        return F.linear(F.gelu(h), w, b)
+        return F.linear(F.gelu(h), weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        h, w = ctx.saved_tensors
+        h, weight = ctx.saved_tensors
         grad_out = grad_out.to(h.dtype)
         a = F.gelu(h)  # recomputed instead of stored
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         grad_w = g2.T @ a.reshape(-1, a.shape[-1])
         grad_b = g2.sum(0) if ctx.has_bias else None
-        grad_h = torch.ops.aten.gelu_backward(grad_out @ w, h)
+        grad_h = torch.ops.aten.gelu_backward(grad_out @ weight.to(h.dtype), h)
         return grad_h, grad_w, grad_b
 
 
