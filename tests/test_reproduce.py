@@ -95,6 +95,7 @@ def test_reproduce_quick_command(tmp_path, capsys):
                                           "center", "multi-center"}  # fmt: skip
     name = "fashion-mnist"
     assert (reports / f"reproduce-{name}.md").is_file() and (reports / f"reproduce-{name}.png").is_file()
+    assert (reports / f"reproduce-{name}.jsonl").read_text() == (out / "results.jsonl").read_text()
     assert "--quick --seeds 1" in (reports / f"reproduce-{name}.md").read_text()
 
 

@@ -351,6 +351,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     command += f" --out {args.out}" if args.out else ""
     command += f" --report-dir {args.report_dir}" if args.report_dir else ""
     write_report(rows, plan, command, report_dir / f"reproduce-{name}.md", chart)
+    if report_dir.resolve() != folder.resolve():  # keep the per-run rows beside the report
+        (report_dir / f"reproduce-{name}.jsonl").write_text((folder / "results.jsonl").read_text())
     print(f"wrote {report_dir / f'reproduce-{name}.md'} and {chart}")
     return 0
 

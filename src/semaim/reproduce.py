@@ -349,7 +349,8 @@ def write_report(rows: list[dict[str, Any]], plan: StudyPlan, command: str, path
         f"- wall time: {format_seconds(wall)} for {len(rows)} runs (pretraining + evaluation)",
         f"- machine: {machine()}",
         "- settings: " + json.dumps(asdict(plan)),
-        "- per-run rows (losses, steps, times): `results.jsonl` in the study folder",
+        "- per-run rows (scores, steps, final loss, times): `results.jsonl` in the study folder, copied as "
+        "`reproduce-<data>.jsonl` beside this report when it is written elsewhere",
     ]
     if chart:
         lines += ["", f"![orders]({Path(chart).name})"]
