@@ -28,13 +28,12 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
 import torch
 
-from semaim.bench import CONFIGS, BenchConfig, make_step, step_flops
+from semaim.bench import CONFIGS, BenchConfig, make_step, step_flops, time_interleaved
 from semaim.model import SemAIM
 from semaim.optim import param_groups
 
@@ -128,17 +127,7 @@ def memory_in_fresh_process(path: str, cfg: BenchConfig, reference_dir: Path) ->
 
 def time_all(cfg: BenchConfig, reference_dir: Path, steps: int, warmup: int) -> dict[str, list[float]]:
     images = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size)
-    runs = {p: make_path(p, cfg, reference_dir, images) for p in PATHS}
-    for _ in range(warmup):
-        for run in runs.values():
-            run()
-    times: dict[str, list[float]] = {p: [] for p in PATHS}
-    for _ in range(steps):
-        for p, run in runs.items():
-            t0 = time.perf_counter()
-            run()
-            times[p].append(time.perf_counter() - t0)
-    return times
+    return time_interleaved({p: make_path(p, cfg, reference_dir, images) for p in PATHS}, steps, warmup)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from semaim import SemAIM, load_encoder
 from semaim.cli import main
-from semaim.evaluate.features import extract_features
+from semaim.evaluate.features import extract_features, extract_pooled_features
 from semaim.evaluate.knn import knn_accuracy, knn_scores
 from semaim.evaluate.linear import LinProbeConfig, train_linear_probe
 from semaim.export import build_vit, export_encoder, random_encoder
@@ -57,6 +57,28 @@ def test_feature_cache(tmp_path, fmnist):
     torch.nn.init.zeros_(vit.blocks[0].mlp.fc2.weight)  # a cached result does not recompute
     b, _ = extract_features(vit, fmnist, "train", (32, 32), **kwargs)
     assert torch.equal(a, b)
+
+
+def test_one_pass_gives_every_pool_and_fills_their_caches(tmp_path, fmnist):
+    vit = build_vit(
+        {"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    )
+    both = extract_pooled_features(vit, fmnist, "test", (32, 32), workers=0, progress=False, limit=12,
+                                   cache=tmp_path, cache_key="k")  # fmt: skip
+    for pool in ("cls", "avg"):
+        single, labels = extract_features(
+            vit, fmnist, "test", (32, 32), pool=pool, workers=0, progress=False, limit=12
+        )
+        assert (
+            single.shape == (12, 32)
+            and torch.allclose(both[pool][0], single)
+            and torch.equal(both[pool][1], labels)
+        )
+    assert not torch.allclose(both["cls"][0], both["avg"][0])
+    torch.nn.init.zeros_(vit.blocks[0].mlp.fc2.weight)  # the per-pool cache files answer the single-pool call
+    cached, _ = extract_features(vit, fmnist, "test", (32, 32), pool="avg", workers=0, progress=False, limit=12,
+                                 cache=tmp_path, cache_key="k")  # fmt: skip
+    assert torch.equal(cached, both["avg"][0])
 
 
 def brute_force_knn(train_f, train_y, test_f, k, num_classes, t):

@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -119,21 +120,15 @@ def build(cfg: BenchConfig, device: torch.device, seed: int = 0):
     return model, optimizer, images
 
 
-def time_paths(
-    cfg: BenchConfig,
-    device: torch.device,
-    precision: str,
-    steps: int,
-    warmup: int,
-    paths=("fast", "reference"),
+def time_interleaved(
+    runs: dict[str, Callable[[], None]], steps: int, warmup: int, device: torch.device | None = None
 ) -> dict[str, list[float]]:
-    """Seconds per step of each path, interleaved so that both see the same machine state."""
-    model, optimizer, images = build(cfg, device)
-    runs = {p: make_step(model, optimizer, images, precision, p) for p in paths}
+    """Seconds per call of each step function, interleaved so that all see the same machine state."""
+    device = device or torch.device("cpu")
     for _ in range(warmup):
         for run in runs.values():
             run()
-    times: dict[str, list[float]] = {p: [] for p in paths}
+    times: dict[str, list[float]] = {p: [] for p in runs}
     for _ in range(steps):
         for p, run in runs.items():
             _sync(device)
@@ -142,6 +137,20 @@ def time_paths(
             _sync(device)
             times[p].append(time.perf_counter() - t0)
     return times
+
+
+def time_paths(
+    cfg: BenchConfig,
+    device: torch.device,
+    precision: str,
+    steps: int,
+    warmup: int,
+    paths=("fast", "reference"),
+) -> dict[str, list[float]]:
+    """Seconds per step of each path on one model and batch, interleaved."""
+    model, optimizer, images = build(cfg, device)
+    runs = {p: make_step(model, optimizer, images, precision, p) for p in paths}
+    return time_interleaved(runs, steps, warmup, device)
 
 
 def peak_memory(cfg_name: str, device: str, precision: str, path: str, steps: int = 2) -> float:

@@ -328,7 +328,9 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )  # fmt: skip
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or cluttered-fashion-mnist")
-    p.add_argument("--quick", action="store_true", help="a ~5-minute smoke test of the whole pipeline")
+    p.add_argument(
+        "--quick", action="store_true", help="a tiny smoke test of the whole pipeline (~35 s on 2 cores)"
+    )
     p.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; --quick: 2)")
     p.add_argument("--out", help="study folder (default: runs/reproduce-DATA[-quick]); rerun to resume")
     p.add_argument("--report-dir", help="where reproduce-DATA.md and .png go (default: the study folder)")

@@ -27,14 +27,13 @@ import torch
 
 from .checkpoint import KIND_PRETRAIN, load_checkpoint
 from .config import ORDERS
-from .evaluate.features import RawPixels, extract_features
+from .evaluate.features import POOLS, RawPixels, extract_pooled_features
 from .evaluate.knn import knn_accuracy
 from .evaluate.linear import LINPROBE_PRESETS, train_linear_probe
 from .export import load_encoder, random_encoder
 from .presets import load_preset
 from .train import LAST, format_seconds, pretrain
 
-POOLS = ("cls", "avg")
 METRICS = ("knn_cls", "linear_cls", "knn_avg", "linear_avg")
 METRIC_NAMES = {
     "knn_cls": "k-NN@20 cls", "linear_cls": "linear cls", "knn_avg": "k-NN@20 avg", "linear_avg": "linear avg",
@@ -100,28 +99,15 @@ def run_name(order: str, decoder_depth: int, seed: int) -> str:
 # --------------------------------------------------------------------------- evaluation
 def evaluate_encoder(encoder: torch.nn.Module, plan: StudyPlan, progress: bool) -> dict[str, float]:
     """k-NN@20 and linear-probe top-1 (%) on the cls token and the average patch token."""
+    pools = ("cls",) if isinstance(encoder, RawPixels) else POOLS  # pixels have no patch tokens
+    train, test = (
+        extract_pooled_features(encoder, plan.data, split, (plan.img_size, plan.img_size), 3, pools, 256,
+                                plan.workers, "cpu", "fp32", progress=progress, limit=limit)
+        for split, limit in (("train", plan.eval_train), ("test", plan.eval_test))
+    )  # fmt: skip
     scores = {}
-    for pool in POOLS:
-        if isinstance(encoder, RawPixels) and pool == "avg":
-            continue
-        feats = [
-            extract_features(
-                encoder,
-                plan.data,
-                split,
-                (plan.img_size, plan.img_size),
-                3,
-                pool,
-                256,
-                plan.workers,
-                "cpu",
-                "fp32",
-                progress=progress,
-                limit=limit,
-            )  # fmt: skip
-            for split, limit in (("train", plan.eval_train), ("test", plan.eval_test))
-        ]
-        (train_f, train_y), (test_f, test_y) = feats
+    for pool in pools:
+        (train_f, train_y), (test_f, test_y) = train[pool], test[pool]
         scores[f"knn_{pool}"] = knn_accuracy(train_f, train_y, test_f, test_y, ks=(20,))["top1"]["20"]
         probe = train_linear_probe(train_f, train_y, test_f, test_y, LINPROBE_PRESETS["cpu"], progress=False)
         scores[f"linear_{pool}"] = probe["top1"]
@@ -206,21 +192,21 @@ def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True) -> lis
     return rows
 
 
+def _statistics(values: dict[str, list[float]]) -> dict[str, tuple[float, float, int]]:
+    """``metric -> (mean, sample std, n)`` for every metric that has values."""
+    return {
+        m: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+        for m, v in values.items()
+        if v
+    }
+
+
 def summarise(
     rows: list[dict[str, Any]], order: str, decoder_depth: int
 ) -> dict[str, tuple[float, float, int]]:
     """``metric -> (mean, sample std, n)`` over the seeds of one configuration."""
     picked = [r for r in rows if r["order"] == order and r["decoder_depth"] == decoder_depth]
-    out = {}
-    for metric in METRICS:
-        values = [r[metric] for r in picked if metric in r]
-        if values:
-            out[metric] = (
-                statistics.mean(values),
-                statistics.stdev(values) if len(values) > 1 else 0.0,
-                len(values),
-            )
-    return out
+    return _statistics({m: [r[m] for r in picked if m in r] for m in METRICS})
 
 
 def paired_difference(
@@ -236,20 +222,8 @@ def paired_difference(
         return {r["seed"]: r for r in rows if r["order"] == order and r["decoder_depth"] == depth}
 
     a, b = by_seed(*config), by_seed(*base)
-    out = {}
-    for metric in METRICS:
-        diffs = [
-            a[s][metric] - b[s][metric]
-            for s in sorted(a.keys() & b.keys())
-            if metric in a[s] and metric in b[s]
-        ]
-        if diffs:
-            out[metric] = (
-                statistics.mean(diffs),
-                statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-                len(diffs),
-            )
-    return out
+    seeds = sorted(a.keys() & b.keys())
+    return _statistics({m: [a[s][m] - b[s][m] for s in seeds if m in a[s] and m in b[s]] for m in METRICS})
 
 
 def best_order(rows: list[dict[str, Any]], plan: StudyPlan) -> str:

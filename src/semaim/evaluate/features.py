@@ -36,7 +36,6 @@ def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int = 1) -> 
     raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
 
 
-@torch.no_grad()
 def extract_features(
     encoder: nn.Module,
     data: str,
@@ -58,17 +57,43 @@ def extract_features(
     With ``cache`` (a folder) the result is stored under a name derived from ``cache_key`` (which
     should identify the encoder), the data spec, the split, the pool and the input size.
     """
-    if pool not in POOLS:
-        raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
-    path = None
+    return extract_pooled_features(
+        encoder, data, split, img_size, in_chans, (pool,), batch_size, workers, device, precision,
+        cache, cache_key, progress, limit,
+    )[pool]  # fmt: skip
+
+
+@torch.no_grad()
+def extract_pooled_features(
+    encoder: nn.Module,
+    data: str,
+    split: str,
+    img_size: tuple[int, int],
+    in_chans: int = 3,
+    pools: tuple[str, ...] = POOLS,
+    batch_size: int = 256,
+    workers: int = 2,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    cache: str | Path | None = None,
+    cache_key: str = "",
+    progress: bool = True,
+    limit: int | None = None,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`extract_features` for several pools from one pass over the data: ``pool -> (features, labels)``."""
+    for pool in pools:
+        if pool not in POOLS:
+            raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+    paths: dict[str, Path] = {}
     if cache is not None:
-        key = json.dumps(
-            [cache_key, data, split, pool, list(img_size), in_chans] + ([limit] if limit else [])
-        )
-        path = Path(cache) / f"features-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
-        if path.is_file():
-            stored = torch.load(path, map_location="cpu")
-            return stored["features"], stored["labels"]
+        for pool in pools:
+            key = json.dumps(
+                [cache_key, data, split, pool, list(img_size), in_chans] + ([limit] if limit else [])
+            )
+            paths[pool] = Path(cache) / f"features-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+        if all(path.is_file() for path in paths.values()):
+            stored = {pool: torch.load(path, map_location="cpu") for pool, path in paths.items()}
+            return {pool: (d["features"], d["labels"]) for pool, d in stored.items()}
     base = open_dataset(data, split, in_chans)
     transform = PretrainTransform(img_size, base.mean, base.std, in_chans, train=False)
     loader = DataLoader(
@@ -82,20 +107,23 @@ def extract_features(
     was_training = encoder.training
     encoder.eval().to(device)
     prefix = getattr(encoder, "num_prefix_tokens", 1)
-    feats, labels = [], []
+    feats: dict[str, list[torch.Tensor]] = {pool: [] for pool in pools}
+    labels = []
     autocast = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == "bf16")
     try:
         for images, y, _ in tqdm(loader, desc=f"features {split}", disable=not progress, leave=False):
             with autocast:
                 tokens = encoder.forward_features(images.to(device, non_blocking=True))
-            feats.append(pool_tokens(tokens, pool, prefix).float().cpu())
+            for pool in pools:
+                feats[pool].append(pool_tokens(tokens, pool, prefix).float().cpu())
             labels.append(y)
     finally:
         encoder.train(was_training)
-    features, labels_t = torch.cat(feats), torch.cat(labels)
-    if path is not None:
+    labels_t = torch.cat(labels)
+    out = {pool: (torch.cat(f), labels_t) for pool, f in feats.items()}
+    for pool, path in paths.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({"features": features, "labels": labels_t}, tmp)
+        torch.save({"features": out[pool][0], "labels": labels_t}, tmp)
         tmp.replace(path)
-    return features, labels_t
+    return out
