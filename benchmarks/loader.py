@@ -17,8 +17,10 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from semaim.data import AugmentedDataset, EpochSampler, ImageFolder, PretrainTransform, collate
-from semaim.visualize import sample_images
+from semaim.data.folders import ImageFolder
+from semaim.data.sampler import AugmentedDataset, EpochSampler, collate
+from semaim.data.transforms import PretrainTransform
+from semaim.figures.orders import sample_images
 
 
 def write_jpegs(folder: Path, count: int, size: int) -> None:

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 from semaim.bench import CONFIGS, BenchConfig, make_step, step_flops, time_interleaved
-from semaim.model import SemAIM
-from semaim.optim import param_groups
+from semaim.engine.optim import param_groups
+from semaim.model.semaim import SemAIM
 
 PATHS = ("semaim-bf16", "semaim-fp32", "ref-fp32", "ref-bf16")
 
@@ -48,7 +48,7 @@ def load_reference(reference_dir: Path) -> types.ModuleType:
         )
     sys.path.insert(0, str(reference_dir))
     if not (reference_dir / "util" / "pos_embed.py").is_file():
-        from semaim.pos_embed import sincos_2d
+        from semaim.model.pos_embed import sincos_2d
 
         stub = types.ModuleType("util.pos_embed")
         stub.get_2d_sincos_pos_embed = lambda dim, size, cls_token=False: sincos_2d(

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from semaim.bench import CONFIGS, BenchConfig, run_bench, step_flops
 from semaim.cli import main
-from semaim.model import SemAIM
+from semaim.model.semaim import SemAIM
 
 TINY = BenchConfig("tiny", 32, 8, 32, 2, 2, 2, 4)
 

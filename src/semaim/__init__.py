@@ -1,9 +1,9 @@
 """semaim: semantic-aware autoregressive image modeling (SemAIM, arXiv 2312.10457) in PyTorch."""
 
-from . import orders
 from .config import ORDERS, TARGETS, ModelConfig
 from .export import load_encoder
-from .model import SemAIM, SemAIMOutput
+from .model import orders
+from .model.semaim import SemAIM, SemAIMOutput
 
 __all__ = ["ORDERS", "TARGETS", "ModelConfig", "SemAIM", "SemAIMOutput", "load_encoder", "orders"]
 __version__ = "0.1.0"

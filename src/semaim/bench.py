@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import SemAIM
-from .train import autocast_context
+from .engine.run import autocast_context, resolve_precision
+from .errors import ConfigError
+from .model.semaim import SemAIM
 
 FORMULA = (
     "per image, T = N+1 tokens, D width, L encoder / L' decoder blocks, P patch, t target dim:\n"
@@ -199,12 +200,13 @@ SWEEP = (
 )
 
 
-def run_sweep(device: str = "cpu", precision: str = "bf16", steps: int = 3, warmup: int = 1) -> list[dict]:
+def run_sweep(device: str = "cpu", precision: str = "auto", steps: int = 3, warmup: int = 1) -> list[dict]:
     """Step time against tokens and decoder depth, next to the FLOP-count prediction.
 
     The prediction scales the measured time of ``t-224/16`` by the ratio of :func:`step_flops`.
     """
     dev = torch.device(device)
+    precision = resolve_precision(precision, dev)
     print(
         f"{'config':12s} {'tokens':>6s} {'L':>3s} {'fast s/step':>11s} {'masks s/step':>12s} {'masks/fast':>10s} {'GFLOP/step':>10s} {'predicted s':>11s}"
     )
@@ -228,10 +230,11 @@ def run_sweep(device: str = "cpu", precision: str = "bf16", steps: int = 3, warm
 
 
 def run_bench(
-    names: list[str], device: str = "cpu", precision: str = "bf16", steps: int = 5, warmup: int = 2,
+    names: list[str], device: str = "cpu", precision: str = "auto", steps: int = 5, warmup: int = 2,
     memory: bool = True, out: str | None = None,
 ) -> list[dict]:  # fmt: skip
     dev = torch.device(device)
+    precision = resolve_precision(precision, dev)
     ceiling = matmul_ceiling(dev, precision)
     print(FORMULA)
     print(
@@ -244,7 +247,7 @@ def run_bench(
     rows = []
     for name in names:
         if name not in CONFIGS:
-            raise ValueError(f"--config: unknown {name!r}; choose from {sorted(CONFIGS)}")
+            raise ConfigError(f"--config: unknown {name!r}; choose from {sorted(CONFIGS)}")
         cfg = CONFIGS[name]
         times = time_paths(cfg, dev, precision, steps, warmup)
         fast = cfg.batch_size / statistics.median(times["fast"])

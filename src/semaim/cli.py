@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import yaml
 
-from .config import PretrainConfig
-from .presets import load_preset, parse_assignment, preset_names, set_field
+from .config import FinetuneRunConfig, KnnRunConfig, LinprobeRunConfig, PretrainConfig
+from .errors import ConfigError, NonFiniteLossError, SemAIMError
+from .presets import build_config, load_preset, preset_names
 
 # flag -> config field; None values mean "not given"
 PRETRAIN_FLAGS = {
@@ -78,60 +79,99 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def run_preset(args: argparse.Namespace, name: str, default: str | None) -> str | None:
+    """``--preset`` / ``--recipe``; when resuming without one, the run folder's own ``config.yaml``."""
+    given = getattr(args, name)
+    saved = Path(args.out) / "config.yaml"
+    if given is None and getattr(args, "resume", False) and saved.is_file():
+        return str(saved)
+    return given or default
+
+
+def flag_values(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, object]:
+    """``{config key: value}`` of the flags given on the command line (``None`` = not given)."""
+    return {key: getattr(args, flag) for flag, key in flags.items()}
+
+
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
     """Preset (or, when resuming without --preset, the run's own config), then flags, then --set."""
-    saved = Path(args.out) / "config.yaml"
-    if args.resume and args.preset is None and saved.is_file():
-        cfg = PretrainConfig.from_dict(yaml.safe_load(saved.read_text()))
-    else:
-        cfg = load_preset(args.preset or "cpu-tiny")
-    for flag, key in PRETRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            set_field(cfg, key, value)
-    for assignment in args.set:
-        set_field(cfg, *parse_assignment(assignment))
-    return cfg.validate()
+    preset = run_preset(args, "preset", "cpu-tiny")
+    return build_config(PretrainConfig, preset, flag_values(args, PRETRAIN_FLAGS), args.set)
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from .train import pretrain
+    from .engine.pretrain import pretrain
 
     cfg = pretrain_config(args)
     pretrain(cfg, args.out, resume=args.resume, force=args.force, progress=not args.no_progress)
     return 0
 
 
-def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
-    from .evaluate.common import add_encoder_arguments
-    from .evaluate.finetune import FINETUNE_PRESETS
-    from .evaluate.linear import LINPROBE_PRESETS
+ENCODER_FLAGS = {"checkpoint": "encoder.checkpoint", "random": "encoder.random", "pixels": "encoder.pixels",
+                 "preset": "encoder.preset", "seed": "encoder.seed"}  # fmt: skip
+FEATURE_FLAGS = {"data": "features.data", "pool": "features.pool", "batch_size": "features.batch_size",
+                 "workers": "features.workers", "device": "features.device", "precision": "features.precision",
+                 "cache": "features.cache"}  # fmt: skip
+LINPROBE_FLAGS = {"epochs": "probe.epochs", "probe_batch_size": "probe.batch_size", "blr": "probe.blr",
+                  "optimizer": "probe.optimizer"}  # fmt: skip
+FINETUNE_FLAGS = {"checkpoint": "encoder.checkpoint", "data": "finetune.data", "limit": "finetune.limit",
+                  "device": "finetune.device"}  # fmt: skip
 
+
+def add_set_argument(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"any config field, e.g. {example}")  # fmt: skip
+
+
+def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``knn`` and ``linprobe``: which encoder, which features, where the result goes."""
+    g = p.add_argument_group("encoder (one of)")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="pretraining / fine-tuning checkpoint or exported .safetensors")
+    src.add_argument("--random", action="store_const", const=True,
+                     help="floor: a randomly initialised encoder (of --preset)")  # fmt: skip
+    src.add_argument("--pixels", action="store_const", const=True,
+                     help="floor: raw pixels, flattened and normalised")  # fmt: skip
+    g.add_argument("--preset", help="model shape and input size for --random / --pixels [default: cpu-tiny]")
+    g.add_argument("--seed", type=int, help="initialisation seed for --random [default: 0]")
+    g = p.add_argument_group("features")
+    g.add_argument("--data", help="'fashion-mnist' or a folder with train/ and val/ [default: fashion-mnist]")
+    g.add_argument("--pool", choices=["cls", "avg"], help="cls token or mean of patch tokens [default: cls]")
+    g.add_argument("--batch-size", type=int, help="feature extraction batch [default: 256]")
+    g.add_argument("--workers", type=int, help="[default: 2]")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N [default: auto]")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="[default: fp32]")
+    g.add_argument("--cache", help="folder to cache extracted features in")
+    g.add_argument("--out", help="write the results as JSON here")
+    g.add_argument("--no-progress", action="store_true")
+
+
+def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser("knn", help="weighted k-NN accuracy of frozen features", formatter_class=fmt)
     add_encoder_arguments(p)
-    p.add_argument("--ks", type=int, nargs="+", default=[10, 20, 100], help="numbers of neighbours")
-    p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--ks", type=int, nargs="+", help="numbers of neighbours [default: 10 20 100]")
+    p.add_argument("--temperature", type=float, help="[default: 0.07]")
+    add_set_argument(p, "knn.temperature=0.1")
 
     p = sub.add_parser("linprobe", help="linear probe on frozen features", formatter_class=fmt)
     add_encoder_arguments(p)
-    p.add_argument(
-        "--recipe", choices=sorted(LINPROBE_PRESETS), default="cpu", help="paper: 90 ep, batch 4096, LARS"
-    )
+    p.add_argument("--recipe", help=f"one of {preset_names(LinprobeRunConfig)} or a YAML file [default: cpu]"
+                   " (paper: 90 ep, batch 4096, LARS)")  # fmt: skip
     p.add_argument("--epochs", type=int)
     p.add_argument("--probe-batch-size", type=int, help="batch of the probe's optimiser")
     p.add_argument("--blr", type=float)
     p.add_argument("--optimizer", choices=["lars", "sgd"])
+    add_set_argument(p, "probe.epochs=10")
 
     p = sub.add_parser("finetune", help="end-to-end fine-tuning (Table S2)", formatter_class=fmt)
-    p.add_argument("--checkpoint", required=True, help="pretraining checkpoint or exported .safetensors")
-    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or a folder with train/ and val/")
-    p.add_argument("--recipe", choices=sorted(FINETUNE_PRESETS), default="cpu", help="paper: Table S2")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any recipe field, e.g. epochs=5"
-    )
+    p.add_argument("--checkpoint", help="pretraining checkpoint or exported .safetensors")
+    p.add_argument("--data", help="'fashion-mnist' or a folder with train/ and val/ [default: fashion-mnist]")
+    p.add_argument("--recipe", help=f"one of {preset_names(FinetuneRunConfig)} or a YAML file such as a "
+                   "run's config.yaml [default: cpu] (paper: Table S2)")  # fmt: skip
+    add_set_argument(p, "finetune.epochs=5 (or epochs=5)")
     p.add_argument("--limit", type=int, help="only the first N training images")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N [default: auto]")
     p.add_argument("--out", default="runs/finetune")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--force", action="store_true")
@@ -172,19 +212,20 @@ def add_figure_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_visualize(args: argparse.Namespace) -> int:
-    from .data import IMAGENET_MEAN, IMAGENET_STD, open_dataset
+    from .data import open_dataset
+    from .data.folders import IMAGENET_MEAN, IMAGENET_STD
     from .export import load_encoder, random_encoder
-    from .teacher import load_teacher
-    from .visualize import dataset_images, load_images, order_figure, sample_images
+    from .figures.orders import dataset_images, load_images, order_figure, sample_images
+    from .model.teacher import load_teacher
 
     sources = sum(bool(x) for x in (args.images, args.samples is not None, args.data))
     if sources != 1:
-        raise ValueError("images: give exactly one of image paths, --samples or --data")
+        raise ConfigError("images: give exactly one of image paths, --samples or --data")
     if args.checkpoint:
         vit, what = load_encoder(args.checkpoint), f"checkpoint {Path(args.checkpoint).name}"
     elif args.teacher:
         if not args.teacher_arch:
-            raise ValueError("--teacher-arch: the timm architecture of --teacher is required")
+            raise ConfigError("--teacher-arch: the timm architecture of --teacher is required")
         vit, what = load_teacher(args.teacher_arch, args.teacher), f"teacher {args.teacher_arch}"
     else:
         torch.manual_seed(args.seed)
@@ -208,7 +249,7 @@ def run_visualize(args: argparse.Namespace) -> int:
 
 
 def run_plot_metrics(args: argparse.Namespace) -> int:
-    from .visualize import metrics_figure
+    from .figures.curves import metrics_figure
 
     print(f"wrote {metrics_figure(args.runs, args.out, args.smooth)}")
     return 0
@@ -225,7 +266,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         "--config", nargs="+", default=["vit-t16-224", "vit-s16-224", "vit-t4-32"], choices=sorted(CONFIGS)
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 where the device computes it natively, else fp32")  # fmt: skip
     p.add_argument("--steps", type=int, default=5, help="timed steps per path")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
@@ -254,64 +296,65 @@ def _print_results(title: str, rows: dict[str, dict[str, float]]) -> None:
 def _write_json(path: str | None, result: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+        tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(path)
 
 
 def run_knn(args: argparse.Namespace) -> int:
-    from .evaluate.common import choose_encoder, split_features
+    from .evaluate.encoders import choose_encoder, split_features
     from .evaluate.knn import knn_accuracy
 
-    enc = choose_encoder(args)
-    train_f, train_y, test_f, test_y = split_features(args, enc)
-    result = knn_accuracy(train_f, train_y, test_f, test_y, tuple(args.ks), args.temperature)
-    _print_results(f"k-NN ({enc.description}, {args.pool}, T={args.temperature}) on {args.data}", result)
-    _write_json(args.out, {**result, "encoder": enc.description, "data": args.data, "pool": args.pool})
+    flags = {**ENCODER_FLAGS, **FEATURE_FLAGS, "ks": "knn.ks", "temperature": "knn.temperature"}
+    cfg = build_config(KnnRunConfig, None, flag_values(args, flags), args.set)
+    check_writable(args.out)
+    enc = choose_encoder(cfg.encoder)
+    train_f, train_y, test_f, test_y = split_features(cfg.features, enc, not args.no_progress)
+    result = knn_accuracy(train_f, train_y, test_f, test_y, cfg.knn.ks, cfg.knn.temperature)
+    f = cfg.features
+    _print_results(f"k-NN ({enc.description}, {f.pool}, T={cfg.knn.temperature}) on {f.data}", result)
+    _write_json(args.out, {**result, "encoder": enc.description, "data": f.data, "pool": f.pool,
+                           "config": cfg.to_dict()})  # fmt: skip
     return 0
 
 
 def run_linprobe(args: argparse.Namespace) -> int:
-    from dataclasses import asdict, replace
+    from .evaluate.encoders import choose_encoder, split_features
+    from .evaluate.linear import train_linear_probe
 
-    from .evaluate.common import choose_encoder, split_features
-    from .evaluate.linear import LINPROBE_PRESETS, train_linear_probe
-
-    cfg = LINPROBE_PRESETS[args.recipe]
-    changes = {
-        "epochs": args.epochs,
-        "batch_size": args.probe_batch_size,
-        "blr": args.blr,
-        "optimizer": args.optimizer,
-    }
-    cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None})
-    enc = choose_encoder(args)
-    train_f, train_y, test_f, test_y = split_features(args, enc)
-    result = train_linear_probe(train_f, train_y, test_f, test_y, cfg, progress=not args.no_progress)
-    print(
-        f"linear probe ({enc.description}, {args.pool}) on {args.data}: top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%"
-    )
-    _write_json(args.out, {**result, "encoder": enc.description, "data": args.data, "recipe": asdict(cfg)})
+    flags = {**ENCODER_FLAGS, **FEATURE_FLAGS, **LINPROBE_FLAGS}
+    cfg = build_config(LinprobeRunConfig, args.recipe or "cpu", flag_values(args, flags), args.set)
+    check_writable(args.out)
+    enc = choose_encoder(cfg.encoder)
+    train_f, train_y, test_f, test_y = split_features(cfg.features, enc, not args.no_progress)
+    result = train_linear_probe(train_f, train_y, test_f, test_y, cfg.probe, progress=not args.no_progress)
+    f = cfg.features
+    print(f"linear probe ({enc.description}, {f.pool}) on {f.data}: top-1 {result['top1']:.2f}%, "
+          f"top-5 {result['top5']:.2f}%")  # fmt: skip
+    _write_json(args.out, {**result, "encoder": enc.description, "data": f.data, "recipe": cfg.to_dict()["probe"],
+                           "config": cfg.to_dict()})  # fmt: skip
     return 0
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    import typing
-    from dataclasses import replace
+    from .evaluate.finetune import finetune
 
-    from .evaluate.finetune import FINETUNE_PRESETS, FinetuneConfig, finetune
-    from .presets import coerce
-
-    cfg = FINETUNE_PRESETS[args.recipe]
-    hints = typing.get_type_hints(FinetuneConfig)
-    for assignment in args.set:
-        key, value = parse_assignment(assignment)
-        if key not in hints:
-            raise ValueError(f"--set: unknown fine-tuning field {key!r}; known fields are {sorted(hints)}")
-        cfg = replace(cfg, **{key: coerce(value, hints[key], key)})
-    finetune(
-        args.checkpoint, args.data, args.out, cfg, args.device, args.limit, args.resume, args.force,
-        progress=not args.no_progress,
-    )  # fmt: skip
+    preset = run_preset(args, "recipe", "cpu")
+    cfg = build_config(FinetuneRunConfig, preset, flag_values(args, FINETUNE_FLAGS), args.set)
+    finetune(cfg, args.out, args.resume, args.force, progress=not args.no_progress)
     return 0
+
+
+def check_writable(path: str | None) -> None:
+    """Fail before hours of feature extraction, not after, when ``--out`` cannot be written."""
+    if not path:
+        return
+    folder = Path(path).parent
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise ConfigError(f"--out: cannot write {path} ({probe} is not a writable folder)")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -334,14 +377,19 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; --quick: 2)")
     p.add_argument("--out", help="study folder (default: runs/reproduce-DATA[-quick]); rerun to resume")
     p.add_argument("--report-dir", help="where reproduce-DATA.md and .png go (default: the study folder)")
+    add_set_argument(p, "study.limit=38400")
     p.add_argument("--no-progress", action="store_true")
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import plot_study, run_study, study_plan, write_report
+    from .config import parse_assignment
+    from .study.reproduce import ReproduceConfig, plot_study, run_study, study_plan, write_report
 
     name = args.data.split(":", 1)[0].rstrip("/").split("/")[-1]
-    plan = study_plan(args.data, args.quick, args.seeds)
+    cfg = ReproduceConfig(study_plan(args.data, args.quick, args.seeds))
+    for assignment in args.set:
+        cfg.set(*parse_assignment(assignment))
+    plan = cfg.validate().study
     folder = Path(args.out or f"runs/reproduce-{name}{'-quick' if args.quick else ''}")
     rows = run_study(plan, folder, progress=not args.no_progress)
     report_dir = Path(args.report_dir or folder)
@@ -352,6 +400,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     command += f" --seeds {args.seeds}" if args.seeds else ""
     command += f" --out {args.out}" if args.out else ""
     command += f" --report-dir {args.report_dir}" if args.report_dir else ""
+    command += "".join(f" --set {a}" for a in args.set)
     write_report(rows, plan, command, report_dir / f"reproduce-{name}.md", chart)
     if report_dir.resolve() != folder.resolve():  # keep the per-run rows beside the report
         (report_dir / f"reproduce-{name}.jsonl").write_text((folder / "results.jsonl").read_text())
@@ -386,15 +435,15 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. A :class:`~semaim.errors.SemAIMError` (something the user can fix) prints its
+    message and exits 2; a non-finite loss exits 1; any other exception is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    from .train import NonFiniteLossError
-
     try:
         return COMMANDS[args.command](args)
     except NonFiniteLossError as err:
         print(f"semaim {args.command}: stopped: {err}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as err:
+    except SemAIMError as err:
         print(f"semaim {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

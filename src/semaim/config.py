@@ -1,14 +1,28 @@
-"""The typed model configuration shared by the Python API, the CLI, the YAML presets and checkpoints.
+"""The one typed configuration every command, preset and checkpoint shares.
 
-A :class:`ModelConfig` is everything needed to rebuild a :class:`semaim.SemAIM` (the teacher's weights
-are read again from ``teacher_path``).  ``validate()`` turns an impossible configuration into a
-``ValueError`` that names the field, what it got and what it expected, before any tensor is allocated.
+A command's configuration is a :class:`Sections` dataclass whose fields are *sections*, themselves
+dataclasses of plain values: pretraining is ``model`` + ``data`` + ``train``, fine-tuning ``encoder`` +
+``finetune``, the linear probe ``encoder`` + ``features`` + ``probe``, k-NN ``encoder`` + ``features`` +
+``knn``. The same object is read from a YAML preset (:mod:`semaim.presets`), changed by the command's
+flags and by ``--set section.field=value`` (type-checked here), validated, written to the run folder's
+``config.yaml`` and stored in every checkpoint, so that either rebuilds the run.
+
+``validate()`` turns an impossible value into a :class:`~semaim.errors.ConfigError` that names the field,
+what it got and what it expected, before any tensor is allocated or any file written.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+import contextlib
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, ClassVar
+
+import yaml
+
+from .errors import ConfigError
 
 ORDERS = ("raster", "stochastic", "similarity", "semantic", "center", "multi-center")
 """Every autoregression order (Table 1 of the paper, plus the `center` control and `multi-center`)."""
@@ -16,19 +30,44 @@ ORDERS = ("raster", "stochastic", "similarity", "semantic", "center", "multi-cen
 TARGETS = ("pixels", "features")
 """Prediction targets (Eq. 12): patch pixels, or a frozen teacher's patch features."""
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""``auto``: bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32."""
+
 
 def to_2tuple(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    """``32 -> (32, 32)``; ``(32, 48) -> (32, 48)``; anything else is a ``ValueError`` naming ``name``."""
+    """``32 -> (32, 32)``; ``(32, 48) -> (32, 48)``; anything else is a ``ConfigError`` naming ``name``."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value, value
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return int(value[0]), int(value[1])
-    raise ValueError(f"{name}: expected an int or a pair of ints (height, width), got {value!r}")
+    raise ConfigError(f"{name}: expected an int or a pair of ints (height, width), got {value!r}")
 
 
+# --------------------------------------------------------------------------- checks
+def require(ok: bool, name: str, expected: str, got: Any) -> None:
+    """``ConfigError("name: expected ..., got ...")`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{name}: expected {expected}, got {got!r}")
+
+
+def require_positive(section: Any, prefix: str, *names: str, allow_zero: bool = False) -> None:
+    """Every named field is a finite number > 0 (>= 0 with ``allow_zero``); ``None`` is allowed."""
+    for name in names:
+        value = getattr(section, name)
+        if value is None:
+            continue
+        ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+        require(ok, f"{prefix}{name}", "a number >= 0" if allow_zero else "a number > 0", value)
+
+
+def require_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
+    require(value in choices, name, f"one of {choices}", value)
+
+
+# --------------------------------------------------------------------------- sections
 @dataclass
 class ModelConfig:
-    """Architecture, order and target of a SemAIM model (DESIGN §1)."""
+    """Architecture, order and target of a SemAIM model (docs/design.md §1)."""
 
     img_size: int | tuple[int, int] = 32
     patch_size: int = 4
@@ -63,71 +102,54 @@ class ModelConfig:
         h, w = self.grid
         return h * w
 
-    def validate(self) -> ModelConfig:
-        """Raise ``ValueError`` for an impossible configuration; return ``self`` otherwise."""
-        height, width = to_2tuple(self.img_size, "img_size")
+    def validate(self, prefix: str = "") -> ModelConfig:
+        """Raise :class:`ConfigError` for an impossible configuration; return ``self`` otherwise."""
+        height, width = to_2tuple(self.img_size, f"{prefix}img_size")
+        require(height > 0 and width > 0, f"{prefix}img_size", "positive sizes", self.img_size)
         for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "decoder_depth"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            require(ok, f"{prefix}{name}", "a positive int", value)
         if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"patch_size: {self.patch_size} must divide img_size {(height, width)} "
+            raise ConfigError(
+                f"{prefix}patch_size: {self.patch_size} must divide img_size {(height, width)} "
                 f"(got a remainder of {(height % self.patch_size, width % self.patch_size)})"
             )
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"num_heads: {self.num_heads} must divide embed_dim {self.embed_dim}")
-        if self.embed_dim % 4:
-            raise ValueError(
-                f"embed_dim: the 2-D sin-cos position embedding needs a multiple of 4, got {self.embed_dim}"
-            )
+            raise ConfigError(f"{prefix}num_heads: {self.num_heads} must divide embed_dim {self.embed_dim}")
+        require(self.embed_dim % 4 == 0, f"{prefix}embed_dim",
+                "a multiple of 4 (the 2-D sin-cos position embedding)", self.embed_dim)  # fmt: skip
         if self.depth % self.decoder_depth:
-            raise ValueError(
-                f"decoder_depth: must divide depth {self.depth} so that decoder blocks read uniformly "
-                f"spaced encoder blocks (DESIGN §1.8), got {self.decoder_depth}"
+            raise ConfigError(
+                f"{prefix}decoder_depth: must divide depth {self.depth} so that decoder blocks read uniformly "
+                f"spaced encoder blocks (docs/design.md §1), got {self.decoder_depth}"
             )
-        if self.order not in ORDERS:
-            raise ValueError(f"order: expected one of {ORDERS}, got {self.order!r}")
-        if self.target not in TARGETS:
-            raise ValueError(f"target: expected one of {TARGETS}, got {self.target!r}")
+        require_positive(self, prefix, "mlp_ratio", "nms_radius", "blur_sigma")
+        require_positive(self, prefix, "lam", allow_zero=True)
+        require_choice(self.order, f"{prefix}order", ORDERS)
+        require_choice(self.target, f"{prefix}target", TARGETS)
         if self.target == "features" and not (self.teacher_arch and self.teacher_path):
-            raise ValueError(
-                "teacher_arch/teacher_path: target='features' needs a timm architecture name and a local "
-                f"checkpoint file, got teacher_arch={self.teacher_arch!r}, teacher_path={self.teacher_path!r}"
+            raise ConfigError(
+                f"{prefix}teacher_arch/teacher_path: target='features' needs a timm architecture name and a "
+                f"local checkpoint file, got teacher_arch={self.teacher_arch!r}, teacher_path={self.teacher_path!r}"
             )
-        if self.lam < 0:
-            raise ValueError(f"lam: expected >= 0, got {self.lam}")
-        if self.num_centers < 1:
-            raise ValueError(f"num_centers: expected >= 1, got {self.num_centers}")
-        if self.blur_sigma is not None and (self.blur_sigma <= 0 or self.blur_kernel % 2 == 0):
-            raise ValueError(
-                "blur_sigma/blur_kernel: expected sigma > 0 and an odd kernel size, "
-                f"got sigma={self.blur_sigma}, kernel={self.blur_kernel}"
-            )
+        require(self.num_centers >= 1, f"{prefix}num_centers", ">= 1", self.num_centers)
+        require(self.blur_kernel >= 1 and self.blur_kernel % 2 == 1, f"{prefix}blur_kernel", "an odd size",
+                self.blur_kernel)  # fmt: skip
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        if isinstance(out["img_size"], tuple):
-            out["img_size"] = list(out["img_size"])
-        return out
+        return plain(asdict(self))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        """Build from a plain dict (YAML, checkpoint); unknown keys are a ``ValueError``."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"model config: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        values = dict(values)
-        if isinstance(values.get("img_size"), list):
-            values["img_size"] = tuple(values["img_size"])
-        return cls(**values)
+        """Build from a plain dict (YAML, checkpoint); unknown keys are a ``ConfigError``."""
+        return make_section(cls, values, "model")
 
 
 @dataclass
 class DataConfig:
-    """What to train on and how to load it (Table S1 augmentation)."""
+    """What to pretrain on and how to load it (Table S1 augmentation)."""
 
     data: str = "fashion-mnist"  # "fashion-mnist", "fashion-mnist:/dir/with/idx/files", or an image folder
     limit: int | None = None  # only the first N training images
@@ -137,6 +159,22 @@ class DataConfig:
     hflip: bool = True
     mean: tuple[float, ...] | None = None  # None: the dataset's own (Fashion-MNIST) or ImageNet's
     std: tuple[float, ...] | None = None
+
+    def validate(self, prefix: str = "data.") -> DataConfig:
+        require(self.limit is None or self.limit >= 1, f"{prefix}limit", "a positive int or null", self.limit)
+        require(self.workers >= 0, f"{prefix}workers", "an int >= 0", self.workers)
+        low, high = self.crop_scale
+        require(0 < low <= high <= 1, f"{prefix}crop_scale", "[min, max] with 0 < min <= max <= 1",
+                list(self.crop_scale))  # fmt: skip
+        require(self.std is None or all(s > 0 for s in self.std), f"{prefix}std", "values > 0", self.std)
+        return self
+
+    def check_channels(self, in_chans: int, prefix: str = "data.") -> None:
+        """``mean`` / ``std`` give one value (replicated) or one per input channel."""
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            ok = values is None or len(values) in (1, in_chans)
+            require(ok, f"{prefix}{name}", f"1 or {in_chans} values (model.in_chans)", values)
 
 
 @dataclass
@@ -153,7 +191,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float | None = 3.0
-    precision: str = "bf16"  # fp32 | bf16 | fp16 (fp16: CUDA only, with a gradient scaler)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16: CUDA only, with a gradient scaler)
     ema_decay: float | None = None  # an EMA copy of the model gives the order when set
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -161,63 +199,322 @@ class TrainConfig:
     save_every_epochs: int = 0  # also keep checkpoint-EPOCH.pt every N epochs (0: only the last)
     compile: bool = False  # torch.compile the model
 
+    def validate(self, prefix: str = "train.") -> TrainConfig:
+        for name in ("epochs", "batch_size", "accum_steps", "save_every_steps"):
+            require(getattr(self, name) >= 1, f"{prefix}{name}", "a positive int", getattr(self, name))
+        require(self.save_every_epochs >= 0, f"{prefix}save_every_epochs", "an int >= 0", self.save_every_epochs)
+        if self.batch_size % self.accum_steps:
+            raise ConfigError(
+                f"{prefix}batch_size: {self.batch_size} is not divisible by {prefix}accum_steps {self.accum_steps}"
+            )
+        require_positive(self, prefix, "blr", "lr", "clip_grad")
+        require_positive(self, prefix, "min_lr", "warmup_epochs", "weight_decay", allow_zero=True)
+        require(all(0 <= b < 1 for b in self.betas), f"{prefix}betas", "two values in [0, 1)", list(self.betas))
+        require_choice(self.precision, f"{prefix}precision", PRECISIONS)
+        ok = self.ema_decay is None or 0 < self.ema_decay < 1
+        require(ok, f"{prefix}ema_decay", "a value in (0, 1) or null", self.ema_decay)
+        return self
+
 
 @dataclass
-class PretrainConfig:
-    """Everything a pretraining run needs; stored in config.yaml and in every checkpoint."""
+class EncoderConfig:
+    """Which encoder an evaluation uses: a checkpoint, or a floor (random init of a preset's shape, pixels)."""
 
-    model: ModelConfig
-    data: DataConfig
-    train: TrainConfig
+    checkpoint: str | None = None  # pretraining / fine-tuning checkpoint or exported .safetensors
+    random: bool = False  # the encoder exactly as pretraining initialises it (shape of `preset`)
+    pixels: bool = False  # the normalised input image, flattened
+    preset: str = "cpu-tiny"  # model shape and input size of the floors
+    seed: int = 0  # initialisation seed of `random`
 
-    def validate(self) -> PretrainConfig:
-        self.model.validate()
-        t = self.train
-        if t.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"train.precision: expected fp32, bf16 or fp16, got {t.precision!r}")
-        for name in ("epochs", "batch_size", "accum_steps"):
-            if getattr(t, name) < 1:
-                raise ValueError(f"train.{name}: expected a positive int, got {getattr(t, name)}")
-        if t.batch_size % t.accum_steps:
-            raise ValueError(
-                f"train.batch_size: {t.batch_size} is not divisible by train.accum_steps {t.accum_steps}"
-            )
-        if t.ema_decay is not None and not 0 < t.ema_decay < 1:
-            raise ValueError(f"train.ema_decay: expected a value in (0, 1) or null, got {t.ema_decay}")
-        if self.data.limit is not None and self.data.limit < 1:
-            raise ValueError(f"data.limit: expected a positive int, got {self.data.limit}")
+    def validate(self, prefix: str = "encoder.") -> EncoderConfig:
+        chosen = [n for n in ("checkpoint", "random", "pixels") if getattr(self, n)]
+        require(len(chosen) == 1, f"{prefix}checkpoint/random/pixels", "exactly one of them", chosen)
+        return self
+
+
+@dataclass
+class FeaturesConfig:
+    """Frozen features for k-NN and the linear probe: data, pooling, extraction."""
+
+    data: str = "fashion-mnist"  # 'fashion-mnist' or a folder with train/ and val/
+    pool: str = "cls"  # cls token or mean of the patch tokens
+    batch_size: int = 256
+    workers: int = 2
+    device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 | auto
+    cache: str | None = None  # a folder to cache extracted features in
+
+    def validate(self, prefix: str = "features.") -> FeaturesConfig:
+        require_choice(self.pool, f"{prefix}pool", ("cls", "avg"))
+        require(self.batch_size >= 1, f"{prefix}batch_size", "a positive int", self.batch_size)
+        require(self.workers >= 0, f"{prefix}workers", "an int >= 0", self.workers)
+        require_choice(self.precision, f"{prefix}precision", ("auto", "fp32", "bf16"))
+        return self
+
+
+@dataclass
+class KnnConfig:
+    """Weighted k-NN (DINO's protocol)."""
+
+    ks: tuple[int, ...] = (10, 20, 100)
+    temperature: float = 0.07
+
+    def validate(self, prefix: str = "knn.") -> KnnConfig:
+        require(len(self.ks) > 0 and all(k >= 1 for k in self.ks), f"{prefix}ks", "positive ints", list(self.ks))
+        require_positive(self, prefix, "temperature")
+        return self
+
+
+@dataclass
+class LinProbeConfig:
+    """Recipe of a linear probe. ``paper`` = the paper's (MAE's) recipe; ``cpu`` = a quick one."""
+
+    epochs: int = 90
+    batch_size: int = 4096
+    blr: float = 0.1  # lr = blr × batch / 256
+    warmup_epochs: int = 10
+    weight_decay: float = 0.0
+    optimizer: str = "lars"  # lars | sgd
+    seed: int = 0
+
+    def validate(self, prefix: str = "probe.") -> LinProbeConfig:
+        require(self.epochs >= 1 and self.batch_size >= 1, f"{prefix}epochs/batch_size", "positive ints",
+                [self.epochs, self.batch_size])  # fmt: skip
+        require_positive(self, prefix, "blr")
+        require_positive(self, prefix, "warmup_epochs", "weight_decay", allow_zero=True)
+        require_choice(self.optimizer, f"{prefix}optimizer", ("lars", "sgd"))
+        if self.optimizer == "lars":  # timm's Lars equals MAE's only without weight decay
+            require(self.weight_decay == 0, f"{prefix}weight_decay", "0 with optimizer lars", self.weight_decay)
+        return self
+
+
+@dataclass
+class FinetuneConfig:
+    """End-to-end fine-tuning (Table S2 recipe) and what it runs on."""
+
+    data: str = "fashion-mnist"  # 'fashion-mnist' or a folder with train/ and val/
+    limit: int | None = None  # only the first N training images
+    device: str = "auto"
+    epochs: int = 100
+    batch_size: int = 1024
+    blr: float = 5e-4  # lr = blr × batch / 256
+    min_lr: float = 1e-6
+    warmup_epochs: float = 20
+    weight_decay: float = 0.05
+    layer_decay: float = 0.65
+    betas: tuple[float, float] = (0.9, 0.999)
+    drop_path: float = 0.1
+    randaug: str = "rand-m9-mstd0.5-inc1"  # RandAugment(9, 0.5) in timm's notation ("" = none)
+    reprob: float = 0.25  # random erasing
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    smoothing: float = 0.1
+    clip_grad: float | None = None
+    precision: str = "auto"  # auto | fp32 | bf16
+    workers: int = 2
+    seed: int = 0
+    save_every_steps: int = 500
+
+    def validate(self, prefix: str = "finetune.") -> FinetuneConfig:
+        for name in ("epochs", "batch_size", "save_every_steps"):
+            require(getattr(self, name) >= 1, f"{prefix}{name}", "a positive int", getattr(self, name))
+        require(self.limit is None or self.limit >= 1, f"{prefix}limit", "a positive int or null", self.limit)
+        require(self.workers >= 0, f"{prefix}workers", "an int >= 0", self.workers)
+        require_positive(self, prefix, "blr", "clip_grad")
+        require_positive(self, prefix, "min_lr", "warmup_epochs", "weight_decay", "mixup", "cutmix",
+                         allow_zero=True)  # fmt: skip
+        require(0 < self.layer_decay <= 1, f"{prefix}layer_decay", "a value in (0, 1]", self.layer_decay)
+        for name in ("drop_path", "reprob", "smoothing"):
+            require(0 <= getattr(self, name) < 1, f"{prefix}{name}", "a value in [0, 1)", getattr(self, name))
+        require(all(0 <= b < 1 for b in self.betas), f"{prefix}betas", "two values in [0, 1)", list(self.betas))
+        require_choice(self.precision, f"{prefix}precision", ("auto", "fp32", "bf16"))
+        return self
+
+
+# --------------------------------------------------------------------------- the mechanism
+class Sections:
+    """Base of a command's config: a dataclass whose fields are sections (dataclasses of plain values).
+
+    ``set("section.field", value)`` type-checks against the section's annotations; a bare ``field``
+    works when exactly one section has it. ``to_dict`` / ``from_dict`` round-trip through YAML and JSON.
+    """
+
+    PRESETS: ClassVar[str] = ""  # the folder of configs/ holding this command's presets ("" = configs/)
+
+    @classmethod
+    def section_types(cls) -> dict[str, type]:
+        return {f.name: typing.get_type_hints(cls)[f.name] for f in fields(cls)}
+
+    @classmethod
+    def default(cls) -> Sections:
+        return cls(**{name: kind() for name, kind in cls.section_types().items()})
+
+    def validate(self) -> Sections:
+        for name in self.section_types():
+            section = getattr(self, name)
+            if hasattr(section, "validate"):
+                section.validate(prefix=f"{name}.")
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.to_dict(),
-            "data": _plain(asdict(self.data)),
-            "train": _plain(asdict(self.train)),
-        }
+        return {name: plain(asdict(getattr(self, name))) for name in self.section_types()}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
-        unknown = sorted(set(values) - {"model", "data", "train"})
+    def from_dict(cls, values: dict[str, Any]) -> Sections:
+        types_ = cls.section_types()
+        unknown = sorted(set(values) - set(types_))
         if unknown:
-            raise ValueError(f"config: unknown section(s) {unknown}; expected model, data, train")
-        return cls(
-            model=ModelConfig.from_dict(values.get("model", {})),
-            data=_section(DataConfig, values.get("data", {}), "data"),
-            train=_section(TrainConfig, values.get("train", {}), "train"),
-        )
+            raise ConfigError(f"config: unknown section(s) {unknown}; expected {list(types_)}")
+        return cls(**{name: make_section(kind, values.get(name) or {}, name) for name, kind in types_.items()})
+
+    def set(self, key: str, value: Any) -> None:
+        """Set ``section.field`` (or a bare ``field`` that only one section has) with a type check."""
+        section, name = self._resolve(key)
+        target = getattr(self, section)
+        hint = typing.get_type_hints(type(target))[name]
+        setattr(target, name, coerce(value, hint, f"{section}.{name}"))
+
+    def _resolve(self, key: str) -> tuple[str, str]:
+        types_ = self.section_types()
+        if "." in key:
+            section, name = key.split(".", 1)
+            if section not in types_:
+                raise ConfigError(f"--set: unknown section {section!r} in {key!r}; expected one of {list(types_)}")
+            known = sorted(f.name for f in fields(types_[section]))
+            if name not in known:
+                raise ConfigError(f"--set: unknown field {key!r}; {section} has {known}")
+            return section, name
+        owners = [s for s, kind in types_.items() if key in {f.name for f in fields(kind)}]
+        if len(owners) != 1:
+            hint = "no section has it" if not owners else f"it is in {owners}: write section.{key}"
+            raise ConfigError(f"--set: unknown field {key!r} ({hint})")
+        return owners[0], key
 
 
-def _plain(values: dict[str, Any]) -> dict[str, Any]:
+@dataclass
+class PretrainConfig(Sections):
+    """Everything a pretraining run needs; stored in config.yaml and in every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> PretrainConfig:
+        self.model.validate(prefix="model.")
+        self.data.validate()
+        self.data.check_channels(self.model.in_chans)
+        self.train.validate()
+        return self
+
+
+@dataclass
+class FinetuneRunConfig(Sections):
+    """``semaim finetune``: the encoder to start from and the recipe; the run folder's config.yaml."""
+
+    PRESETS: ClassVar[str] = "finetune"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+@dataclass
+class LinprobeRunConfig(Sections):
+    """``semaim linprobe``: encoder, features, probe recipe."""
+
+    PRESETS: ClassVar[str] = "linprobe"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    probe: LinProbeConfig = field(default_factory=LinProbeConfig)
+
+
+@dataclass
+class KnnRunConfig(Sections):
+    """``semaim knn``: encoder, features, k-NN settings."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)
+
+
+# --------------------------------------------------------------------------- values
+def plain(values: dict[str, Any]) -> dict[str, Any]:
     """Tuples -> lists, so that YAML and JSON write plain sequences."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
-def _section(cls: type, values: dict[str, Any], name: str) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
+def make_section(cls: type, values: dict[str, Any], name: str) -> Any:
+    """A section from a plain dict (YAML, checkpoint), every value type-checked; unknown keys refused."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{name}: unknown field(s) {unknown}; known fields are {sorted(known)}")
-    out = {}
-    for key, value in values.items():
-        out[key] = tuple(value) if isinstance(value, list) else value
-    return cls(**out)
+        raise ConfigError(f"{name}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+    return cls(**{key: coerce(value, hints[key], f"{name}.{key}") for key, value in values.items()})
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"train.lr=1e-3" -> ("train.lr", 0.001)``: the value is read as YAML (``null``, ``true``, ``[1, 2]``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set: expected key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and "," in value and not raw.strip().startswith(("'", '"')):
+        with contextlib.suppress(yaml.YAMLError):  # "0.9,0.95" is a tuple
+            value = [yaml.safe_load(v) for v in value.split(",")]
+    return key.strip(), value
+
+
+def coerce(value: Any, hint: Any, name: str) -> Any:
+    """Check ``value`` against a type hint; convert where it is unambiguous (int -> float, list -> tuple)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        arms = typing.get_args(hint)
+        if value is None and type(None) in arms:
+            return None
+        for arm in arms:
+            if arm is type(None):
+                continue
+            with contextlib.suppress(ConfigError):
+                return coerce(value, arm, name)
+        raise ConfigError(f"{name}: expected {_describe(hint)}, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected {_describe(hint)}, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], name) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{name}: expected {len(args)} values, got {value!r}")
+        return tuple(coerce(v, a, name) for v, a in zip(value, args, strict=True))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif is_dataclass(hint):
+        raise ConfigError(f"{name}: set its fields one by one ({name}.FIELD=...)")
+    raise ConfigError(f"{name}: expected {_describe(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is tuple:
+        return "a list " + str(list(typing.get_args(hint))).replace("Ellipsis", "...")
+    return getattr(hint, "__name__", str(hint))

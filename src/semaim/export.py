@@ -19,9 +19,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
-from .checkpoint import KIND_PRETRAIN, load_checkpoint
 from .config import ModelConfig, PretrainConfig
-from .model import ENCODER_KEYS, SemAIM
+from .engine.checkpoint import KIND_PRETRAIN, load_checkpoint
+from .errors import CheckpointError, ConfigError, MissingFileError
+from .model.semaim import ENCODER_KEYS, SemAIM
 
 KIND_FINETUNE = "semaim-finetune"
 
@@ -53,9 +54,9 @@ def encoder_from_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], 
     if path.suffix == ".safetensors":
         meta = path.with_suffix(".json")
         if not meta.is_file():
-            raise FileNotFoundError(f"encoder file {path}: its description {meta} is missing")
+            raise MissingFileError(f"encoder file {path}: its description {meta} is missing")
         if not path.is_file():
-            raise FileNotFoundError(f"encoder file not found: {path}")
+            raise MissingFileError(f"encoder file not found: {path}")
         return load_file(str(path)), json.loads(meta.read_text())["model_args"]
     ckpt = load_checkpoint(path, kind=None)
     if ckpt["kind"] == KIND_PRETRAIN:
@@ -65,7 +66,7 @@ def encoder_from_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], 
     if ckpt["kind"] == KIND_FINETUNE:
         state = {k: v for k, v in ckpt["model"].items() if not k.startswith("head.")}
         return state, ckpt["model_args"]
-    raise ValueError(
+    raise CheckpointError(
         f"checkpoint {path}: expected a semaim pretraining or fine-tuning checkpoint, got {ckpt['kind']!r}"
     )
 
@@ -95,7 +96,7 @@ def export_encoder(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]
     """Write ``out`` (safetensors, timm keys) and ``out`` with ``.json`` (``{"model_args": ...}``)."""
     out = Path(out)
     if out.suffix != ".safetensors":
-        raise ValueError(f"--out: expected a .safetensors file name, got {out}")
+        raise ConfigError(f"--out: expected a .safetensors file name, got {out}")
     state, args = encoder_from_checkpoint(checkpoint)
     build_vit(args).load_state_dict(state, strict=True)  # refuse to write something timm cannot load
     out.parent.mkdir(parents=True, exist_ok=True)

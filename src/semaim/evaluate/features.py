@@ -15,7 +15,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data import AugmentedDataset, PretrainTransform, collate, open_dataset
+from ..data import open_dataset
+from ..data.sampler import AugmentedDataset, collate
+from ..data.transforms import PretrainTransform
+from ..errors import ConfigError
 
 POOLS = ("cls", "avg")
 
@@ -33,7 +36,7 @@ def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int = 1) -> 
         return tokens[:, 0]
     if pool == "avg":
         return tokens[:, num_prefix_tokens:].mean(1)
-    raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+    raise ConfigError(f"pool: expected one of {POOLS}, got {pool!r}")
 
 
 def extract_features(
@@ -83,7 +86,7 @@ def extract_pooled_features(
     """:func:`extract_features` for several pools from one pass over the data: ``pool -> (features, labels)``."""
     for pool in pools:
         if pool not in POOLS:
-            raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+            raise ConfigError(f"pool: expected one of {POOLS}, got {pool!r}")
     paths: dict[str, Path] = {}
     if cache is not None:
         for pool in pools:

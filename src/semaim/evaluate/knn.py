@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import DataError
+
 KS = (10, 20, 100)
 
 
@@ -45,7 +47,7 @@ def knn_accuracy(
 ) -> dict[str, dict[str, float]]:
     """``{"top1": {"10": %, ...}, "top5": {...}}`` for every ``k`` in ``ks``."""
     if (train_labels < 0).any() or (test_labels < 0).any():
-        raise ValueError("k-NN needs labels: the data has unlabeled images (use class sub-folders)")
+        raise DataError("k-NN needs labels: the data has unlabeled images (use class sub-folders)")
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     result: dict[str, dict[str, float]] = {"top1": {}, "top5": {}}
     for k in ks:

@@ -1,0 +1,41 @@
+"""Datasets, the pretraining augmentation (Table S1) and a resumable, distributed sampler.
+
+Data specs (the ``--data`` of every command):
+
+- ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` (IDX files in ``/usr/share/datasets/fashion-mnist``);
+  ``fashion-mnist:/some/dir`` reads the same four files from another folder (:mod:`.idx`).
+- ``cluttered-fashion-mnist``: the same items off-centre among clutter on a 64 px canvas
+  (:mod:`.cluttered`); ``cluttered-fashion-mnist:/some/dir`` likewise.
+- any other string: a folder of images (:mod:`.folders`), ImageFolder layout (class sub-folders give
+  labels) or a flat or nested folder without labels. A folder with ``train/`` (and ``val/``)
+  sub-folders uses them as splits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from ..errors import MissingFileError
+from .cluttered import SPEC as CLUTTERED
+from .cluttered import ClutteredFashionMNIST
+from .folders import ImageFolder
+from .idx import FASHION_MNIST_DIR, FashionMNIST
+
+
+def open_dataset(spec: str, split: str = "train", in_chans: int = 3) -> Dataset:
+    """The base dataset behind a data spec (see the module docstring); ``split`` is train or test/val."""
+    name, _, root = spec.partition(":")
+    split = "train" if split == "train" else "test"
+    if name == CLUTTERED:
+        return ClutteredFashionMNIST(root or FASHION_MNIST_DIR, split)
+    if name == "fashion-mnist":
+        return FashionMNIST(root or FASHION_MNIST_DIR, split)
+    folder = Path(spec)
+    sub = folder / ("train" if split == "train" else "val")
+    if sub.is_dir():
+        folder = sub
+    elif split != "train":
+        raise MissingFileError(f"data: {folder} has no val/ sub-folder to evaluate on")
+    return ImageFolder(folder, mode="RGB" if in_chans == 3 else "L")

@@ -1,0 +1,98 @@
+"""Cluttered Fashion-MNIST: the object off-centre, among low-contrast clutter, on a noise texture.
+
+On plain Fashion-MNIST every object sits in the middle of the frame, so "start from the image centre"
+and "start from the semantic centre" (Eq. 3-5) are nearly the same order. Here they are not: each
+item is pasted at a random scale and position on a larger canvas, over a smooth noise texture and a
+few faint, shrunken copies of other items. Labels are the pasted item's. Every image is a pure
+function of ``(seed, split, index)``, generated on the fly, so no cache is needed and any worker
+builds the same image.
+
+Data spec: ``cluttered-fashion-mnist`` (64 px canvas, seed 0), reading Debian's Fashion-MNIST;
+``cluttered-fashion-mnist:/dir`` reads the four IDX files from another folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError
+from .idx import FASHION_MNIST_DIR, FashionMNIST
+
+SPEC = "cluttered-fashion-mnist"
+
+
+class ClutteredFashionMNIST(Dataset):
+    """``load(i)`` gives a ``(1, canvas, canvas)`` uint8 tensor; ``labels[i]`` the pasted item's class.
+
+    Per image, drawn from ``numpy.random.default_rng((seed, split, i))``:
+    - background: 8×8 uniform noise upsampled bilinearly to the canvas, in ``[0, texture]`` grey levels;
+    - clutter: ``clutter`` other items of the split, each shrunk to 8-18 px, dimmed to 15-35 % contrast,
+      pasted anywhere (max-composited, so they never cover the object's bright pixels);
+    - the object: item ``i`` rescaled to 22-40 px (the original is 28) at a uniform random position
+      that keeps it fully inside the canvas.
+    """
+
+    mean, std = (0.153,), (0.184,)  # measured over 2000 training images
+
+    def __init__(
+        self,
+        root: str | Path = FASHION_MNIST_DIR,
+        split: str = "train",
+        canvas: int = 64,
+        seed: int = 0,
+        clutter: int = 3,
+        texture: int = 48,
+    ) -> None:
+        if canvas < 40:
+            raise ConfigError(f"canvas: expected at least 40 px (objects are up to 40 px), got {canvas}")
+        self.source = FashionMNIST(root, split)
+        self.labels, self.classes = self.source.labels, self.source.classes
+        self.split_code = 0 if split == "train" else 1
+        self.canvas, self.seed, self.clutter, self.texture = canvas, seed, clutter, texture
+        self.name = f"{SPEC}/{split}"
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _item(self, index: int, size: int) -> np.ndarray:
+        img = Image.fromarray(self.source.images[index].numpy())
+        return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32)
+
+    @staticmethod
+    def _paste(canvas: np.ndarray, item: np.ndarray, top: int, left: int) -> None:
+        """Max-composite ``item`` at ``(top, left)``, clipped to the canvas."""
+        h, w = item.shape
+        t0, l0 = max(top, 0), max(left, 0)
+        t1, l1 = min(top + h, canvas.shape[0]), min(left + w, canvas.shape[1])
+        if t1 > t0 and l1 > l0:
+            region = canvas[t0:t1, l0:l1]
+            np.maximum(region, item[t0 - top : t1 - top, l0 - left : l1 - left], out=region)
+
+    def render(self, index: int) -> np.ndarray:
+        """The ``(canvas, canvas)`` uint8 image of item ``index``."""
+        rng = np.random.default_rng((self.seed, self.split_code, index))
+        c = self.canvas
+        # the object first, so its size and place do not depend on the clutter settings
+        size = int(rng.integers(22, 41))
+        top, left = int(rng.integers(0, c - size + 1)), int(rng.integers(0, c - size + 1))
+        coarse = Image.fromarray(rng.uniform(0, self.texture, (8, 8)).astype(np.float32), mode="F")
+        image = np.asarray(coarse.resize((c, c), Image.BILINEAR), dtype=np.float32).copy()
+        for other in rng.integers(0, len(self.source), self.clutter):
+            s = int(rng.integers(8, 19))
+            item = self._item(int(other), s) * rng.uniform(0.15, 0.35)
+            self._paste(
+                image, item, int(rng.integers(-s // 2, c - s // 2)), int(rng.integers(-s // 2, c - s // 2))
+            )
+        self._paste(image, self._item(index, size), top, left)
+        return np.clip(image, 0, 255).astype(np.uint8)
+
+    def load(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(self.render(index))[None]
+
+    def describe(self, index: int) -> str:
+        return f"{self.name}[{index}]"

@@ -1,0 +1,356 @@
+"""The pretraining loop (Algorithm 1 of the paper, recipe of Table S1).
+
+For every batch: compute the order (the model's own no-grad similarity pass, an EMA copy's, or the
+teacher's), run both streams, Eq. 12 loss, backward, AdamW with per-iteration warmup + cosine lr,
+gradient clipping, optional accumulation, mixed precision and DistributedDataParallel.
+
+Outputs in the run folder: ``config.yaml``, ``metrics.jsonl`` (one JSON object per optimiser step),
+TensorBoard events in ``tb/``, ``checkpoint-last.pt`` (atomic, every ``save_every_steps`` steps and at
+every epoch end) and ``checkpoint-EPOCH.pt`` every ``save_every_epochs`` epochs. A resumed run continues
+from ``checkpoint-last.pt`` exactly where it stopped, mid-epoch included, with the same losses an
+uninterrupted run would have had. The folder is locked for the run's life (:class:`.run.RunFolder`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from ..config import PretrainConfig
+from ..data import open_dataset
+from ..data.sampler import AugmentedDataset, EpochSampler, collate, sample_seed
+from ..data.transforms import PretrainTransform
+from ..errors import ConfigError, RunDirError
+from ..model.semaim import SemAIM
+from .checkpoint import KIND_PRETRAIN, load_checkpoint, model_config_diff, save_atomic
+from .distributed import (
+    DistInfo,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    init_distributed,
+    resolve_device,
+)
+from .optim import lr_at, param_groups, scaled_lr
+from .run import (
+    LAST,
+    RunFolder,
+    autocast_context,
+    check_finite,
+    format_seconds,
+    resolve_precision,
+    rng_states,
+    set_rng_states,
+)
+from .runlog import RunLog
+
+
+@dataclass
+class TrainState:
+    """What the loop updates and a checkpoint stores: model, EMA copy, optimiser, scaler, step."""
+
+    model: SemAIM
+    forward_model: torch.nn.Module  # the model as called: compiled and/or wrapped in DDP
+    ema: SemAIM | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    base_lr: float
+    precision: str  # fp32 | bf16 | fp16: train.precision with "auto" resolved for the device
+    step: int = 0
+
+
+# --------------------------------------------------------------------------- entry point
+def pretrain(
+    cfg: PretrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Pretrain a SemAIM model; returns a summary (steps, wall time, throughput, losses).
+
+    Everything that can be wrong with the configuration, the data or the output folder is checked
+    before anything is written; ``--force`` clears the old run's files only once all checks passed.
+    """
+    cfg.validate()
+    device = resolve_device(cfg.train.device)
+    info = init_distributed(device)
+    if info.enabled and device.type == "cuda":
+        device = resolve_device(cfg.train.device, info.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        with RunFolder(Path(out_dir), resume, force, lock=info.is_main) as folder:
+            return _pretrain(cfg, folder, progress, device, info)
+    finally:
+        cleanup(info)
+
+
+def _pretrain(cfg: PretrainConfig, folder: RunFolder, progress: bool, device: torch.device,
+              info: DistInfo) -> dict[str, Any]:  # fmt: skip
+    t = cfg.train
+    micro = micro_batch_size(cfg, device, info)
+    ckpt = resume_checkpoint(folder.path, cfg) if folder.resume else None
+    base = open_dataset(cfg.data.data, "train", cfg.model.in_chans)
+    num_images = min(len(base), cfg.data.limit or len(base))
+    sampler = EpochSampler(num_images, micro, t.accum_steps, t.seed, info.rank, info.world)
+    state = build_state(cfg, device, info)
+    if ckpt is not None:
+        restore_state(state, ckpt, sampler.steps_per_epoch)
+    loader = build_loader(cfg, base, sampler, micro, device, state.model.img_size)
+    log = None
+    if info.is_main:
+        folder.start(cfg.to_dict())
+        log = RunLog(folder.path, "pretrain", sampler.steps_per_epoch * t.epochs, state.step, folder.resume,
+                     progress)  # fmt: skip
+        print(
+            f"semaim pretrain: {num_images} images from {cfg.data.data}, {sampler.steps_per_epoch} steps/epoch "
+            f"× {t.epochs} epochs, batch {t.batch_size} (micro {micro} × {info.world} ranks × {t.accum_steps} "
+            f"accum), lr {state.base_lr:.3g}, {state.precision} on {device}"
+            + (f", resuming at step {state.step}" if folder.resume else ""),
+            file=sys.stderr,
+        )
+    first_step, start = state.step, time.perf_counter()
+    try:
+        losses, bad_images = train(cfg, state, loader, sampler, folder.path, log, device, info)
+    finally:
+        if log is not None:
+            log.close()
+    bad_images = all_reduce_sum(bad_images, info, device)
+    return summarise(cfg, state.step, first_step, time.perf_counter() - start, losses, bad_images,
+                     folder.path / LAST, info.is_main)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- building
+def micro_batch_size(cfg: PretrainConfig, device: torch.device, info: DistInfo) -> int:
+    """Images per rank per forward: the effective batch over ranks × accumulation steps."""
+    t = cfg.train
+    if t.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision: fp16 needs a CUDA device; use bf16 (or fp32) on the CPU")
+    per_step = info.world * t.accum_steps
+    if t.batch_size % per_step:
+        raise ConfigError(
+            f"train.batch_size: {t.batch_size} is not divisible by world size {info.world} × "
+            f"accum steps {t.accum_steps}"
+        )
+    return t.batch_size // per_step
+
+
+def resume_checkpoint(out: Path, cfg: PretrainConfig) -> dict[str, Any]:
+    """The run's last checkpoint, refused when it belongs to another model."""
+    ckpt = load_checkpoint(out / LAST, KIND_PRETRAIN)
+    diff = model_config_diff(cfg.model, PretrainConfig.from_dict(ckpt["config"]).model)
+    if diff:
+        raise RunDirError(
+            f"--resume: the checkpoint in {out} is of another model: "
+            + ", ".join(f"{k}: checkpoint {b!r} vs now {a!r}" for k, (a, b) in diff.items())
+        )
+    return ckpt
+
+
+def build_state(cfg: PretrainConfig, device: torch.device, info: DistInfo) -> TrainState:
+    """The model (seeded init), its EMA copy, AdamW without decay on norms/biases/cls/pos, the scaler."""
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    model = SemAIM(cfg.model).to(device)
+    ema = None
+    if t.ema_decay is not None and cfg.model.target == "pixels":  # with a teacher, the teacher orders
+        ema = copy.deepcopy(model).requires_grad_(False).eval()
+    base_lr = t.lr if t.lr is not None else scaled_lr(t.blr, t.batch_size)
+    groups = param_groups(model, t.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=base_lr, betas=t.betas, fused=True)
+    precision = resolve_precision(t.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    forward_model = torch.compile(model) if t.compile else model
+    if info.enabled:
+        forward_model = DistributedDataParallel(
+            forward_model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
+    return TrainState(model, forward_model, ema, optimizer, scaler, base_lr, precision)
+
+
+def restore_state(state: TrainState, ckpt: dict[str, Any], steps_per_epoch: int) -> None:
+    """Load a checkpoint into a freshly built state, RNG streams included (exact resume)."""
+    if ckpt["steps_per_epoch"] != steps_per_epoch:
+        raise RunDirError(
+            f"--resume: the run had {ckpt['steps_per_epoch']} steps per epoch, now {steps_per_epoch} "
+            "(data, --limit, --batch-size or world size changed); resume with the same settings"
+        )
+    state.model.load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.scaler.load_state_dict(ckpt["scaler"])
+    if state.ema is not None and ckpt.get("ema") is not None:
+        state.ema.load_state_dict(ckpt["ema"])
+    set_rng_states(ckpt["rng"])
+    state.step = int(ckpt["step"])
+
+
+def build_loader(cfg: PretrainConfig, base: Any, sampler: EpochSampler, micro: int, device: torch.device,
+                 img_size: tuple[int, int]) -> DataLoader:  # fmt: skip
+    """Table S1's augmentation over the sampler's shard, seeded per sample."""
+    d = cfg.data
+    transform = PretrainTransform(
+        img_size, d.mean or base.mean, d.std or base.std, cfg.model.in_chans, d.crop_scale, d.hflip
+    )
+    return DataLoader(
+        AugmentedDataset(base, transform, d.skip_bad_images),
+        batch_size=micro,
+        sampler=sampler,
+        num_workers=d.workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=d.workers > 0,
+        prefetch_factor=4 if d.workers > 0 else None,
+    )
+
+
+def save_checkpoint(path: Path, cfg: PretrainConfig, state: TrainState, steps_per_epoch: int) -> None:
+    """One dict that is enough to resume the run or to rebuild the model (nanoGPT's rule)."""
+    checkpoint = {
+        "kind": KIND_PRETRAIN,
+        "config": cfg.to_dict(),
+        "model": state.model.state_dict(),
+        "ema": state.ema.state_dict() if state.ema is not None else None,
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "step": state.step,
+        "epoch": state.step // steps_per_epoch,
+        "steps_per_epoch": steps_per_epoch,
+        "rng": rng_states(),
+    }
+    save_atomic(checkpoint, path)
+
+
+# --------------------------------------------------------------------------- Algorithm 1
+def optimiser_steps(loader: Iterable, accum_steps: int) -> Iterator[list]:
+    """The loader's micro-batches, ``accum_steps`` at a time (one optimiser step each)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == accum_steps:
+            yield group
+            group = []
+
+
+def forward_backward(cfg: PretrainConfig, state: TrainState, micro_batches: list, generator: torch.Generator,
+                     device: torch.device, info: DistInfo, out: Path) -> float:  # fmt: skip
+    """Order (Eq. 2-6), both streams (Eq. 7-11), Eq. 12 loss and backward for one step's micro-batches.
+
+    Gradients of the micro-batches add up (each loss divided by their number); DDP synchronises only on
+    the last one. Returns the step's loss averaged over micro-batches and ranks.
+    """
+    t = cfg.train
+    step_loss = 0.0
+    for i, (images, _, _) in enumerate(micro_batches):
+        images = images.to(device, non_blocking=True)
+        # The order's noise depends on (seed, step, micro-batch, rank) only: resumes repeat it.
+        generator.manual_seed(sample_seed(t.seed, state.step, i * info.world + info.rank))
+        last = i == len(micro_batches) - 1
+        sync = state.forward_model.no_sync() if info.enabled and not last else contextlib.nullcontext()
+        with sync:
+            with autocast_context(device, state.precision):
+                centerness = state.ema.compute_centerness(images, generator) if state.ema is not None else None
+                output = state.forward_model(images, centerness=centerness, generator=generator)
+            loss = all_reduce_mean(output.loss.detach().float(), info).item()
+            check_finite(loss, state.step, out / LAST)
+            state.scaler.scale(output.loss / t.accum_steps).backward()
+        step_loss += loss / t.accum_steps
+    return step_loss
+
+
+def optimiser_step(cfg: PretrainConfig, state: TrainState) -> float:
+    """Unscale, clip, AdamW step, EMA update. Returns the gradient norm before clipping."""
+    t = cfg.train
+    state.scaler.unscale_(state.optimizer)
+    params = [p for p in state.model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad or math.inf).item()
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.optimizer.zero_grad(set_to_none=True)
+    if state.ema is not None:
+        with torch.no_grad():
+            for e, p in zip(state.ema.parameters(), state.model.parameters(), strict=True):
+                e.lerp_(p, 1.0 - t.ema_decay)
+    state.step += 1
+    return grad_norm
+
+
+def train(cfg: PretrainConfig, state: TrainState, loader: DataLoader, sampler: EpochSampler, out: Path,
+          log: RunLog | None, device: torch.device, info: DistInfo) -> tuple[list[float], int]:  # fmt: skip
+    """Algorithm 1 from ``state.step`` to the last step; saves as configured. ``-> (losses, bad images)``."""
+    t = cfg.train
+    steps_per_epoch = sampler.steps_per_epoch
+    total, warmup = steps_per_epoch * t.epochs, round(t.warmup_epochs * steps_per_epoch)
+    generator = torch.Generator(device=device)
+    losses, bad_images = [], 0
+    state.model.train()
+    while state.step < total:
+        epoch, step_in_epoch = divmod(state.step, steps_per_epoch)
+        sampler.set_epoch(epoch, step_in_epoch)
+        step_start = time.perf_counter()
+        for micro_batches in optimiser_steps(loader, t.accum_steps):
+            lr = lr_at(state.step, total, warmup, state.base_lr, t.min_lr)
+            for group in state.optimizer.param_groups:
+                group["lr"] = lr
+            bad_images += sum(n_bad for _, _, n_bad in micro_batches)
+            loss = forward_backward(cfg, state, micro_batches, generator, device, info, out)
+            grad_norm = optimiser_step(cfg, state)
+            losses.append(loss)
+            images_per_s = t.batch_size / (time.perf_counter() - step_start)
+            if log is not None:
+                record = {"step": state.step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                          "images_per_s": images_per_s, "time": time.time()}  # fmt: skip
+                log.log(record, f"epoch {epoch + 1}/{t.epochs}", loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                        img_s=f"{images_per_s:.0f}")  # fmt: skip
+            if info.is_main:
+                save_when_due(cfg, state, steps_per_epoch, out)
+            barrier(info)
+            step_start = time.perf_counter()
+    return losses, bad_images
+
+
+def save_when_due(cfg: PretrainConfig, state: TrainState, steps_per_epoch: int, out: Path) -> None:
+    """``checkpoint-last.pt`` every ``save_every_steps`` and at each epoch end; epoch copies as asked."""
+    t = cfg.train
+    end_of_epoch = state.step % steps_per_epoch == 0
+    if end_of_epoch or state.step % t.save_every_steps == 0:
+        save_checkpoint(out / LAST, cfg, state, steps_per_epoch)
+    done_epochs = state.step // steps_per_epoch
+    if end_of_epoch and t.save_every_epochs and done_epochs % t.save_every_epochs == 0:
+        save_checkpoint(out / f"checkpoint-{done_epochs:04d}.pt", cfg, state, steps_per_epoch)
+
+
+def summarise(cfg: PretrainConfig, step: int, first_step: int, wall: float, losses: list[float],
+              bad_images: int, checkpoint: Path, verbose: bool) -> dict[str, Any]:  # fmt: skip
+    """The run's summary (returned by :func:`pretrain`), printed on rank 0."""
+    summary = {
+        "steps": step,
+        "steps_this_run": step - first_step,
+        "epochs": cfg.train.epochs,
+        "wall_s": wall,
+        "images_per_s": (step - first_step) * cfg.train.batch_size / wall if wall > 0 else 0.0,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "skipped_images": bad_images,
+        "checkpoint": str(checkpoint),
+    }
+    if verbose:
+        loss_text = f"loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no new steps"
+        skipped = f", skipped {bad_images} unreadable images" if bad_images else ""
+        print(
+            f"semaim pretrain done: {step - first_step} steps in {format_seconds(wall)} "
+            f"({summary['images_per_s']:.0f} images/s), {loss_text}{skipped}; checkpoint {checkpoint}"
+        )
+    return summary

@@ -1,0 +1,85 @@
+"""What a training run writes as it goes: metrics.jsonl, TensorBoard scalars and a progress bar."""
+
+from __future__ import annotations
+
+import errno
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError, RunDirError
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``.jsonl`` file. An incomplete last line (a kill or a full disk mid-write) is
+    dropped; a damaged line before it is a :class:`DataError` naming the file and the line."""
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise DataError(f"{path}, line {number}: not a JSON record ({err.msg})") from err
+    return records
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines written after the checkpoint a run resumes from (a kill leaves some behind)."""
+    if not path.is_file():
+        return
+    keep = [r for r in read_records(path) if r["step"] <= last_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    tmp.replace(path)
+
+
+class RunLog:
+    """One JSON object per line in ``metrics.jsonl``, the same scalars in TensorBoard, a tqdm bar."""
+
+    def __init__(
+        self, out: Path, tag: str, total: int, step: int, resume: bool, progress: bool, name: str = "metrics"
+    ) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = out / f"{name}.jsonl"
+        if resume:
+            truncate_metrics(self.path, step)
+        self.file = open(self.path, "a" if resume else "w")  # noqa: SIM115
+        self.writer = SummaryWriter(str(out / "tb"), purge_step=step if resume else None)
+        self.tag = tag
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0
+            )
+
+    def log(self, record: dict[str, Any], description: str = "", **postfix: str) -> None:
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as err:
+            full = "disk full" if err.errno == errno.ENOSPC else err.strerror
+            raise RunDirError(f"{full} while writing {self.path}; the last checkpoint is intact") from err
+        for key, value in record.items():
+            if key not in ("step", "epoch", "time") and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{self.tag}/{key}", value, record["step"])
+        if self.bar is not None:
+            self.bar.set_description(description)
+            self.bar.set_postfix(**postfix)
+            self.bar.update(1)
+
+    def scalar(self, key: str, value: float, step: int) -> None:
+        self.writer.add_scalar(f"{self.tag}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.writer.close()
+        self.file.close()

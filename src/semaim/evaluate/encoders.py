@@ -1,0 +1,62 @@
+"""What the evaluation commands share: which encoder to evaluate, and its features on both splits."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import EncoderConfig, FeaturesConfig
+from ..engine.distributed import resolve_device
+from ..engine.run import resolve_precision
+from ..export import load_encoder, random_encoder
+from ..presets import load_preset
+from .features import RawPixels, extract_features
+
+
+@dataclass
+class EncoderChoice:
+    module: nn.Module
+    img_size: tuple[int, int]
+    in_chans: int
+    cache_key: str  # identifies the weights by content, not by file name
+    description: str
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A hash of every parameter and buffer (names, shapes, values): equal weights, equal key."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def choose_encoder(cfg: EncoderConfig) -> EncoderChoice:
+    """The encoder of ``cfg``: a checkpoint's, a random one of the preset's shape, or raw pixels."""
+    if cfg.checkpoint:
+        vit = load_encoder(cfg.checkpoint)
+        size, chans = tuple(vit.patch_embed.img_size), vit.patch_embed.proj.in_channels
+        return EncoderChoice(vit, size, chans, weights_fingerprint(vit), f"checkpoint {cfg.checkpoint}")
+    model = load_preset(cfg.preset).model
+    img = (model.img_size, model.img_size) if isinstance(model.img_size, int) else tuple(model.img_size)
+    if cfg.random:
+        vit = random_encoder(model, cfg.seed)
+        return EncoderChoice(vit, img, model.in_chans, weights_fingerprint(vit), f"random {cfg.preset}")
+    return EncoderChoice(RawPixels(), img, model.in_chans, f"pixels:{img}", "raw pixels")
+
+
+def split_features(cfg: FeaturesConfig, enc: EncoderChoice, progress: bool = True):
+    """``(train_features, train_labels, test_features, test_labels)`` for the chosen encoder."""
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    out = []
+    for split in ("train", "test"):
+        f, y = extract_features(
+            enc.module, cfg.data, split, enc.img_size, enc.in_chans, cfg.pool, cfg.batch_size,
+            cfg.workers, device, precision, cfg.cache, enc.cache_key, progress,
+        )  # fmt: skip
+        out += [f, y]
+    return tuple(out)

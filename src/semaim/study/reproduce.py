@@ -1,0 +1,386 @@
+"""Does the semantic-aware order help? A small-scale rerun of the paper's Tables 1 and 3.
+
+Table 1 compares autoregression orders (ViT-B, ImageNet, 200 epochs, fine-tune top-1: semantic 83.5 >
+stochastic 83.0 ≥ raster 82.9 > similarity 82.4); Table 3 varies the decoder depth (1 → 82.1, 6 → 83.3,
+12 → 83.5). Here the same comparisons run at a size that fits 2 CPU cores: one small ViT, pretrained for
+the same number of steps with every order (plus the image-centre control ``center`` and
+``multi-center``) and several seeds, then frozen and scored by k-NN@20 and a linear probe, on both the
+cls token and the average of the patch tokens; floors are raw pixels and the random encoder. The
+decoder-depth ablation reruns the best order with 1 and half the blocks.
+
+Every finished run is appended to ``results.jsonl`` in the study folder, so an interrupted study picks
+up where it stopped; a pretraining run cut off midway resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..config import ORDERS, LinprobeRunConfig, Sections, require, require_choice
+from ..engine.checkpoint import KIND_PRETRAIN, load_checkpoint
+from ..engine.pretrain import pretrain
+from ..engine.run import LAST, format_seconds
+from ..errors import ConfigError
+from ..evaluate.features import POOLS, RawPixels, extract_pooled_features
+from ..evaluate.knn import knn_accuracy
+from ..evaluate.linear import train_linear_probe
+from ..export import load_encoder, random_encoder
+from ..presets import load_preset
+
+METRICS = ("knn_cls", "linear_cls", "knn_avg", "linear_avg")
+METRIC_NAMES = {
+    "knn_cls": "k-NN@20 cls", "linear_cls": "linear cls", "knn_avg": "k-NN@20 avg", "linear_avg": "linear avg",
+}  # fmt: skip
+
+
+@dataclass
+class StudyPlan:
+    """Everything every run of one study shares. Each run pretrains for ``epochs`` over ``limit`` images."""
+
+    data: str = "fashion-mnist"
+    img_size: int = 32
+    patch_size: int = 4
+    embed_dim: int = 96
+    depth: int = 4
+    num_heads: int = 3
+    decoder_depth: int = 4
+    batch_size: int = 128
+    epochs: int = 1
+    limit: int | None = 19200  # pretraining images per epoch: 150 steps of batch 128 (None: all)
+    eval_train: int = 10000  # labelled training images the k-NN / probe learn from
+    eval_test: int = 5000  # test images they are scored on
+    seeds: tuple[int, ...] = (0, 1, 2)
+    orders: tuple[str, ...] = ORDERS
+    workers: int = 1
+
+    def decoder_depths(self) -> tuple[int, ...]:
+        return tuple(sorted({1, max(1, self.decoder_depth // 2), self.decoder_depth}))
+
+    def validate(self, prefix: str = "study.") -> StudyPlan:
+        require(len(self.seeds) > 0, f"{prefix}seeds", "at least one seed", list(self.seeds))
+        for order in self.orders:
+            require_choice(order, f"{prefix}orders", ORDERS)
+        require(self.eval_train >= 1 and self.eval_test >= 1, f"{prefix}eval_train/eval_test", "positive ints",
+                [self.eval_train, self.eval_test])  # fmt: skip
+        pretrain_config(self, self.orders[0], self.decoder_depth, self.seeds[0])  # the model and loop validate
+        return self
+
+
+@dataclass
+class ReproduceConfig(Sections):
+    """``semaim reproduce``: the plan, stored as the study folder's ``config.yaml``."""
+
+    study: StudyPlan = field(default_factory=StudyPlan)
+
+
+def study_plan(data: str, quick: bool = False, seeds: int | None = None) -> StudyPlan:
+    """The sizes used for ``data`` (full study, or the ``--quick`` smoke test)."""
+    cluttered = data.startswith("cluttered")
+    img, patch = (64, 8) if cluttered else (32, 4)  # 64 tokens either way
+    plan = StudyPlan(data, img, patch)
+    if quick:
+        plan = replace(plan, embed_dim=32, depth=2, num_heads=2, decoder_depth=2, batch_size=64,
+                       limit=1024, eval_train=1000, eval_test=500, seeds=(0, 1), workers=0)  # fmt: skip
+    if seeds is not None:
+        plan = replace(plan, seeds=tuple(range(seeds)))
+    return plan
+
+
+def pretrain_config(plan: StudyPlan, order: str, decoder_depth: int, seed: int):
+    cfg = load_preset("cpu-tiny")
+    m, d, t = cfg.model, cfg.data, cfg.train
+    m.img_size, m.patch_size, m.embed_dim, m.depth = (
+        plan.img_size,
+        plan.patch_size,
+        plan.embed_dim,
+        plan.depth,
+    )
+    m.num_heads, m.decoder_depth, m.order = plan.num_heads, decoder_depth, order
+    d.data, d.limit, d.workers = plan.data, plan.limit, plan.workers
+    t.epochs, t.batch_size, t.seed, t.save_every_steps = plan.epochs, plan.batch_size, seed, 10**9
+    return cfg.validate()
+
+
+def run_name(order: str, decoder_depth: int, seed: int) -> str:
+    return f"{order}-dec{decoder_depth}-seed{seed}"
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate_encoder(encoder: torch.nn.Module, plan: StudyPlan, progress: bool) -> dict[str, float]:
+    """k-NN@20 and linear-probe top-1 (%) on the cls token and the average patch token."""
+    pools = ("cls",) if isinstance(encoder, RawPixels) else POOLS  # pixels have no patch tokens
+    train, test = (
+        extract_pooled_features(encoder, plan.data, split, (plan.img_size, plan.img_size), 3, pools, 256,
+                                plan.workers, "cpu", "fp32", progress=progress, limit=limit)
+        for split, limit in (("train", plan.eval_train), ("test", plan.eval_test))
+    )  # fmt: skip
+    scores = {}
+    for pool in pools:
+        (train_f, train_y), (test_f, test_y) = train[pool], test[pool]
+        scores[f"knn_{pool}"] = knn_accuracy(train_f, train_y, test_f, test_y, ks=(20,))["top1"]["20"]
+        probe = train_linear_probe(train_f, train_y, test_f, test_y, load_preset("cpu", LinprobeRunConfig).probe, progress=False)
+        scores[f"linear_{pool}"] = probe["top1"]
+    return scores
+
+
+def pretrain_and_evaluate(plan: StudyPlan, order: str, decoder_depth: int, seed: int, folder: Path,
+                          progress: bool) -> dict[str, Any]:  # fmt: skip
+    run_dir = folder / "runs" / run_name(order, decoder_depth, seed)
+    resume = (run_dir / LAST).is_file()
+    start = time.perf_counter()
+    summary = pretrain(pretrain_config(plan, order, decoder_depth, seed), run_dir, resume=resume,
+                       force=not resume, progress=progress)  # fmt: skip
+    pretrain_s = time.perf_counter() - start
+    encoder = load_encoder(run_dir / LAST)
+    steps = int(load_checkpoint(run_dir / LAST, KIND_PRETRAIN)["step"])
+    return {"order": order, "decoder_depth": decoder_depth, "seed": seed, "steps": steps,
+            "final_loss": summary.get("final_loss"), "pretrain_s": pretrain_s,
+            **evaluate_encoder(encoder, plan, progress)}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the study
+def load_results(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True) -> list[dict[str, Any]]:
+    """Floors, every order × seed, then the decoder-depth ablation of the best order; returns all rows."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plan_file, wanted = folder / "config.yaml", ReproduceConfig(plan).to_dict()
+    if plan_file.is_file() and yaml.safe_load(plan_file.read_text()) != wanted:
+        raise ConfigError(f"{folder} holds a study with other settings ({plan_file}); use another --out")
+    plan_file.write_text(yaml.safe_dump(wanted, sort_keys=False))
+    results_file = folder / "results.jsonl"
+    rows = load_results(results_file)
+    done = {(r["order"], r["decoder_depth"], r["seed"]) for r in rows}
+
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        done.add((row["order"], row["decoder_depth"], row["seed"]))
+        with results_file.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        scores = "  ".join(f"{METRIC_NAMES[k]} {row[k]:.2f}" for k in METRICS if k in row)
+        print(
+            f"[{len(rows)}] {row['order']:12s} dec {row['decoder_depth']} seed {row['seed']}: {scores}",
+            flush=True,
+        )
+
+    def run(order: str, decoder_depth: int, seed: int) -> None:
+        if (order, decoder_depth, seed) in done:
+            return
+        start = time.perf_counter()
+        if order == "pixels":
+            row = {
+                "order": order,
+                "decoder_depth": 0,
+                "seed": 0,
+                **evaluate_encoder(RawPixels(), plan, progress),
+            }
+        elif order == "random":
+            cfg = pretrain_config(plan, "semantic", plan.decoder_depth, seed).model
+            row = {"order": order, "decoder_depth": 0, "seed": seed,
+                   **evaluate_encoder(random_encoder(cfg, seed), plan, progress)}  # fmt: skip
+        else:
+            row = pretrain_and_evaluate(plan, order, decoder_depth, seed, folder, progress)
+        row["wall_s"] = time.perf_counter() - start
+        record(row)
+
+    run("pixels", 0, 0)
+    for seed in plan.seeds:
+        run("random", 0, seed)
+    for seed in plan.seeds:  # seeds outermost: an interrupted study has every order at equal footing
+        for order in plan.orders:
+            run(order, plan.decoder_depth, seed)
+    best = best_order(rows, plan)
+    for depth in plan.decoder_depths():
+        for seed in plan.seeds:
+            run(best, depth, seed)
+    return rows
+
+
+def _statistics(values: dict[str, list[float]]) -> dict[str, tuple[float, float, int]]:
+    """``metric -> (mean, sample std, n)`` for every metric that has values."""
+    return {
+        m: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+        for m, v in values.items()
+        if v
+    }
+
+
+def summarise(
+    rows: list[dict[str, Any]], order: str, decoder_depth: int
+) -> dict[str, tuple[float, float, int]]:
+    """``metric -> (mean, sample std, n)`` over the seeds of one configuration."""
+    picked = [r for r in rows if r["order"] == order and r["decoder_depth"] == decoder_depth]
+    return _statistics({m: [r[m] for r in picked if m in r] for m in METRICS})
+
+
+def paired_difference(
+    rows: list[dict[str, Any]], config: tuple[str, int], base: tuple[str, int]
+) -> dict[str, tuple[float, float, int]]:
+    """``metric -> (mean, sample std, n)`` of ``config − base`` seed by seed.
+
+    Runs of one seed share the initialisation (the random-encoder floor of that seed is exactly it),
+    the data order and the augmentations, so the paired difference removes most of the seed noise.
+    """
+
+    def by_seed(order: str, depth: int) -> dict[int, dict[str, Any]]:
+        return {r["seed"]: r for r in rows if r["order"] == order and r["decoder_depth"] == depth}
+
+    a, b = by_seed(*config), by_seed(*base)
+    seeds = sorted(a.keys() & b.keys())
+    return _statistics({m: [a[s][m] - b[s][m] for s in seeds if m in a[s] and m in b[s]] for m in METRICS})
+
+
+def best_order(rows: list[dict[str, Any]], plan: StudyPlan) -> str:
+    """The order with the highest mean of cls k-NN@20 and cls linear probe (the paper's protocol)."""
+
+    def score(order: str) -> float:
+        s = summarise(rows, order, plan.decoder_depth)
+        return (s["knn_cls"][0] + s["linear_cls"][0]) / 2 if "knn_cls" in s else float("-inf")
+
+    return max(plan.orders, key=score)
+
+
+# --------------------------------------------------------------------------- report
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def _cell(s: dict[str, tuple[float, float, int]], metric: str, signed: bool = False) -> str:
+    if metric not in s:
+        return "–"
+    mean, std, n = s[metric]
+    value = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return f"{value} ± {std:.2f}" if n > 1 else value
+
+
+def write_report(rows: list[dict[str, Any]], plan: StudyPlan, command: str, path: str | Path,
+                 chart: str | Path | None = None) -> None:  # fmt: skip
+    """Markdown: settings, the order table (mean ± std over seeds), floors, decoder depths, commands."""
+    best = best_order(rows, plan)
+    steps = next((r["steps"] for r in rows if "steps" in r), 0)
+    wall = sum(r.get("wall_s", 0.0) for r in rows)
+    header = (
+        "| | "
+        + " | ".join(METRIC_NAMES[m] for m in METRICS)
+        + " | seeds |\n|---|"
+        + "---|" * (len(METRICS) + 1)
+    )
+
+    def line(label: str, order: str, depth: int, base: tuple[str, int] | None = None) -> str:
+        s = summarise(rows, order, depth) if base is None else paired_difference(rows, (order, depth), base)
+        n = max((v[2] for v in s.values()), default=0)
+        return (
+            f"| {label} | " + " | ".join(_cell(s, m, signed=base is not None) for m in METRICS) + f" | {n} |"
+        )
+
+    full = plan.decoder_depth
+
+    lines = [
+        f"# Order study on `{plan.data}`",
+        "",
+        "Top-1 accuracy (%) of frozen features, mean ± sample std over seeds. Every run pretrains the same "
+        f"ViT (width {plan.embed_dim}, {plan.depth} blocks, {plan.num_heads} heads, {plan.img_size} px / patch "
+        f"{plan.patch_size} = {(plan.img_size // plan.patch_size) ** 2} tokens, decoder depth "
+        f"{plan.decoder_depth}) for {steps} steps of batch {plan.batch_size} (pixel targets, norm-pix, "
+        f"bf16), then k-NN@20 (DINO's weighted vote) and a linear probe (BatchNorm + linear, SGD, 30 "
+        f"epochs) learn from the first {plan.eval_train} training images and are scored on the first "
+        f"{plan.eval_test} test images.",
+        "",
+        "## Orders (Table 1)",
+        "",
+        header,
+        line("raw pixels (floor)", "pixels", 0),
+        line("random encoder (floor)", "random", 0),
+        *(line(f"`{o}`", o, full) for o in plan.orders),
+        "",
+        "Paired differences (points), seed by seed: runs of one seed share the initialisation, the data "
+        "order and the augmentations, so these are far less noisy than the means above. First what "
+        "pretraining added to that seed's random initialisation, then each order against `raster`.",
+        "",
+        header,
+        *(line(f"`{o}` − its initialisation", o, full, ("random", 0)) for o in plan.orders),
+        *(line(f"`{o}` − `raster`", o, full, ("raster", full)) for o in plan.orders if o != "raster"),
+        "",
+        f"## Decoder depth (Table 3), order `{best}`",
+        "",
+        f"The best order by the mean of the two cls metrics is `{best}`; it is rerun with other decoder depths.",
+        "",
+        header,
+        *(line(f"depth {d}", best, d) for d in plan.decoder_depths()),
+        *(
+            line(f"depth {d} − depth {full} (paired)", best, d, (best, full))
+            for d in plan.decoder_depths()
+            if d != full
+        ),
+        "",
+        "## How it was run",
+        "",
+        f"- command: `{command}`",
+        f"- wall time: {format_seconds(wall)} for {len(rows)} runs (pretraining + evaluation)",
+        f"- machine: {machine()}",
+        "- settings: " + json.dumps(asdict(plan)),
+        "- per-run rows (scores, steps, final loss, times): `results.jsonl` in the study folder, copied as "
+        "`reproduce-<data>.jsonl` beside this report when it is written elsewhere",
+    ]
+    if chart:
+        lines += ["", f"![orders]({Path(chart).name})"]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def plot_study(rows: list[dict[str, Any]], plan: StudyPlan, path: str | Path, dpi: int = 100) -> None:
+    """Bar chart: one panel per metric, a bar per order (mean, error bar = std over seeds), floors dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.4), constrained_layout=True)
+    colours = plt.get_cmap("tab10").colors
+    for ax, metric in zip(axes, METRICS, strict=False):
+        stats = [
+            summarise(rows, o, plan.decoder_depth).get(metric, (float("nan"), 0.0, 0)) for o in plan.orders
+        ]
+        means, stds = [s[0] for s in stats], [s[1] for s in stats]
+        ax.bar(range(len(plan.orders)), means, yerr=stds, capsize=3, color=colours[: len(plan.orders)])
+        for floor, style in (("pixels", "--"), ("random", ":")):
+            s = summarise(rows, floor, 0).get(metric)
+            if s:
+                ax.axhline(s[0], color="grey", linestyle=style, linewidth=1, label=f"{floor} {s[0]:.1f}")
+        finite = [m - s for m, s in zip(means, stds, strict=False) if m == m]
+        floors = [summarise(rows, f, 0).get(metric, (1e9,))[0] for f in ("pixels", "random")]
+        low = min(finite + floors) if finite else 0
+        high = max(
+            [m + s for m, s in zip(means, stds, strict=False) if m == m] + [f for f in floors if f < 1e9]
+            or [100]
+        )
+        ax.set_ylim(low - 0.15 * (high - low + 1), high + 0.1 * (high - low + 1))
+        ax.set_xticks(range(len(plan.orders)), plan.orders, rotation=40, ha="right")
+        ax.set_title(METRIC_NAMES[metric])
+        ax.legend(fontsize=7, loc="best", framealpha=0.9)
+    axes[0].set_ylabel("top-1 (%)")
+    fig.suptitle(f"{plan.data}: order study ({len(plan.seeds)} seeds, mean ± std)")
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
