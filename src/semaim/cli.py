@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,7 +108,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 ENCODER_FLAGS = {"checkpoint": "encoder.checkpoint", "random": "encoder.random", "pixels": "encoder.pixels",
-                 "preset": "encoder.preset", "seed": "encoder.seed"}  # fmt: skip
+                 "preset": "encoder.preset", "seed": "encoder.init_seed"}  # fmt: skip
 FEATURE_FLAGS = {"data": "features.data", "pool": "features.pool", "batch_size": "features.batch_size",
                  "workers": "features.workers", "device": "features.device", "precision": "features.precision",
                  "cache": "features.cache"}  # fmt: skip
@@ -353,8 +353,10 @@ def check_writable(path: str | None) -> None:
     probe = folder
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise ConfigError(f"--out: cannot write {path} ({probe} is not a writable folder)")
+    try:  # really write: os.access says yes to root even where nothing can be created (/proc)
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as err:
+        raise ConfigError(f"--out: cannot write {path} ({probe} is not a writable folder)") from err
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -224,7 +224,7 @@ class EncoderConfig:
     random: bool = False  # the encoder exactly as pretraining initialises it (shape of `preset`)
     pixels: bool = False  # the normalised input image, flattened
     preset: str = "cpu-tiny"  # model shape and input size of the floors
-    seed: int = 0  # initialisation seed of `random`
+    init_seed: int = 0  # initialisation seed of `random`
 
     def validate(self, prefix: str = "encoder.") -> EncoderConfig:
         chosen = [n for n in ("checkpoint", "random", "pixels") if getattr(self, n)]

@@ -20,21 +20,6 @@ from semaim.export import build_vit, export_encoder, random_encoder
 from tests.conftest import TINY_RUN, make_fmnist_dir, make_image_folder
 
 
-@pytest.fixture(scope="module")
-def fmnist(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fmnist")
-    make_fmnist_dir(root, n_train=40, n_test=20)
-    return f"fashion-mnist:{root}"
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, fmnist):
-    out = tmp_path_factory.mktemp("run") / "run"
-    args = ["pretrain", "--data", fmnist, "--out", str(out), "--batch-size", "8", "--epochs", "1", *TINY_RUN]
-    assert main(args) == 0
-    return out / "checkpoint-last.pt"
-
-
 def test_features_are_extracted_in_eval_mode(fmnist):
     vit = build_vit({"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 32, "depth": 2, "num_heads": 2},
                     drop_path_rate=0.5, drop_rate=0.5)  # fmt: skip

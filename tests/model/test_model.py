@@ -176,3 +176,16 @@ def test_bad_inputs_name_what_was_expected():
         model(torch.randn(2, 3, 64, 64))
     with pytest.raises(ValueError, match=r"centerness: expected \(2, 64\).*got \(2, 63\)"):
         model(torch.randn(2, 3, 32, 32), centerness=torch.rand(2, 63))
+
+
+def test_ties_in_a_hand_made_centerness_break_by_raster_index_in_both_paths():
+    """λ = 0 and integer distances tie many patches: the stable sort (fast path) and the ranks of the
+    masks (oracle) must break them the same way, by raster index (docs/design.md §2)."""
+    model = tiny_model(decoder_depth=1)
+    images = torch.randn(2, 3, 32, 32)
+    c = torch.randint(0, 4, (2, model.num_patches)).float()  # 64 patches, 4 values: ties everywhere
+    fast, ref = model(images, centerness=c), model.forward_reference(images, c)
+    assert torch.equal(fast.order, ref.order)
+    first_tied = (c[0] == c[0].min()).nonzero().flatten()
+    assert fast.order[0, : len(first_tied)].tolist() == first_tied.tolist()  # raster order within a tie
+    assert (fast.pred - ref.pred).abs().max() < 1e-4

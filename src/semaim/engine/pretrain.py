@@ -9,6 +9,8 @@ TensorBoard events in ``tb/``, ``checkpoint-last.pt`` (atomic, every ``save_ever
 every epoch end) and ``checkpoint-EPOCH.pt`` every ``save_every_epochs`` epochs. A resumed run continues
 from ``checkpoint-last.pt`` exactly where it stopped, mid-epoch included, with the same losses an
 uninterrupted run would have had. The folder is locked for the run's life (:class:`.run.RunFolder`).
+
+(docs/design.md §1: Algorithm 1 → :func:`train`, :func:`forward_backward`, :func:`optimiser_step`)
 """
 
 from __future__ import annotations

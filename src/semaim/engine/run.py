@@ -25,7 +25,7 @@ LAST = "checkpoint-last.pt"
 """The checkpoint a run writes as it goes and ``--resume`` continues from."""
 LOCK = ".semaim.lock"
 """Held (``flock``) by the process that writes a run folder, for the run's whole life."""
-RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "result.json", "checkpoint-*.pt", ".checkpoint-*.tmp",
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "checkpoint-*.pt", ".checkpoint-*.tmp",
              ".*.tmp", "tb")  # fmt: skip
 """What a run writes into its folder: ``--force`` removes exactly these, nothing a user put there."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import sys
@@ -82,4 +83,5 @@ class RunLog:
         if self.bar is not None:
             self.bar.close()
         self.writer.close()
-        self.file.close()
+        with contextlib.suppress(OSError):  # a failed write was already reported; don't mask it
+            self.file.close()

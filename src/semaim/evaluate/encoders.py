@@ -43,7 +43,7 @@ def choose_encoder(cfg: EncoderConfig) -> EncoderChoice:
     model = load_preset(cfg.preset).model
     img = (model.img_size, model.img_size) if isinstance(model.img_size, int) else tuple(model.img_size)
     if cfg.random:
-        vit = random_encoder(model, cfg.seed)
+        vit = random_encoder(model, cfg.init_seed)
         return EncoderChoice(vit, img, model.in_chans, weights_fingerprint(vit), f"random {cfg.preset}")
     return EncoderChoice(RawPixels(), img, model.in_chans, f"pixels:{img}", "raw pixels")
 

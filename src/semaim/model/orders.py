@@ -14,6 +14,8 @@ Kinds (Table 1 and controls):
   from plain "centre-out".
 - ``multi-center``: beyond the paper: ``k`` centres from the ``k`` highest peaks of the smoothed map with
   non-maximum suppression; a patch's distance is to its nearest centre.
+
+(docs/design.md §1; the 3×3 filter, λ and raster order vs the official code: §3; the extra kinds: §4)
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ every patch from the patches before it in a semantic-aware order (Fig. 1, Eq. 1-
 
 Two forward passes compute the same thing:
 
-- :meth:`SemAIM.forward`, the fast formulation (DESIGN §2): tokens gathered into the order ``π``, plain
-  causal SDPA in both streams, no ``B×N×N`` masks, predictions scattered back to raster order;
+- :meth:`SemAIM.forward`, the fast formulation (docs/design.md §2): tokens gathered into the order
+  ``π``, plain causal SDPA in both streams, no ``B×N×N`` masks, predictions scattered back to raster
+  order;
 - :meth:`SemAIM.forward_reference`, the explicit masks of Eq. 7 and Eq. 9 over raster-ordered tokens,
   kept as the oracle the fast path is tested against.
 
@@ -92,11 +93,12 @@ class SemAIM(nn.Module):
                 for _ in range(c.depth)
             ]
         )
-        # One LayerNorm closes both streams, as in the reference implementation: it normalises the
-        # encoder output (similarity map, downstream features) and the decoder output before the head.
+        # One LayerNorm closes both streams, as in the reference implementation (docs/design.md §3): it
+        # normalises the encoder output (similarity map, downstream features) and the decoder output before
+        # the head.
         self.norm = norm_layer(dim)
 
-        # Query stream (decoder): block m reads encoder block (m+1)·L/L' − 1 (DESIGN §1.8).
+        # Query stream (decoder): block m reads encoder block (m+1)·L/L' − 1 (docs/design.md §1).
         self.decoder_blocks = nn.ModuleList(
             [DecoderBlock(dim, c.num_heads, c.mlp_ratio) for _ in range(c.decoder_depth)]
         )
@@ -208,7 +210,7 @@ class SemAIM(nn.Module):
 
     # ------------------------------------------------------------------ the two streams
     def _predict_ordered(self, images: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        """Fast path (DESIGN §2): gather into ``π``, causal SDPA, scatter back. ``-> (B, N, T)`` raster."""
+        """Fast path (docs/design.md §2): gather into ``π``, causal SDPA, back to raster. ``-> (B, N, T)``."""
         x = self.patch_embed(images) + self.pos_embed[:, 1:]
         dim = x.shape[-1]
         index = order[..., None].expand(-1, -1, dim)

@@ -4,7 +4,7 @@ The content stream is made of timm ``Block``s, so the encoder keeps timm's param
 stream is made of :class:`DecoderBlock`s: pre-norm cross-attention from the query tokens to the content
 tokens, then an MLP.
 
-Two equivalent ways to apply the order (DESIGN §2):
+Two equivalent ways to apply the order (docs/design.md §2):
 
 - explicit masks (:func:`encoder_mask`, :func:`decoder_mask`) over tokens in raster order: the oracle;
 - tokens gathered into the order ``π``, where Eq. 7 becomes plain causal attention and Eq. 9 becomes
@@ -80,7 +80,7 @@ class DecoderBlock(nn.Module):
     """One query-stream block (Eq. 10): ``g += Attn(norm1(g), norm1(h))``; ``g += MLP(norm2(g))``.
 
     One LayerNorm normalises both the queries and the content tokens, as in the reference
-    implementation that produced the published numbers.
+    implementation that produced the published numbers (docs/design.md §3).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, eps: float = 1e-6) -> None:

@@ -5,7 +5,9 @@
 - Teacher features: patch tokens of a frozen timm ViT loaded from a local file (DINO or CLIP in the
   paper); prediction and target L2-normalised per token; squared L2 distance summed over the feature
   dimension, averaged over tokens. The teacher's cls similarity also gives the order in this mode
-  (see :mod:`semaim.teacher`).
+  (see :mod:`semaim.model.teacher`).
+
+(docs/design.md §1)
 """
 
 from __future__ import annotations

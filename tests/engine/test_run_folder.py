@@ -1,0 +1,138 @@
+"""Run folders under abuse: a second writer, --force killed early, damaged metrics, a full disk,
+an unwritable --out, bad values, and a fine-tuning loss that is not finite."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+import torch
+
+import semaim.engine.checkpoint as checkpoint_module
+import semaim.engine.pretrain as pretrain_module
+from semaim.cli import main
+from semaim.engine.checkpoint import load_checkpoint
+from semaim.engine.run import RunFolder
+from semaim.engine.runlog import RunLog
+from semaim.errors import RunDirError
+from tests.conftest import TINY_RUN
+
+RUN = ["--limit", "32", "--batch-size", "8", "--epochs", "1", *TINY_RUN, "--precision", "fp32"]
+
+
+def pretrain(out, *extra: str) -> int:
+    return main(["pretrain", "--out", str(out), *RUN, *extra])
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    with RunFolder(out):  # another process's run, as the lock sees it (flock: per open file)
+        assert pretrain(out) == 2
+        assert "is in use by process" in capsys.readouterr().err
+        assert pretrain(out, "--resume") == 2
+    assert not out.exists()  # the holder never started: nothing left behind
+    assert pretrain(out) == 0
+    with RunFolder(out, resume=True):
+        assert pretrain(out, "--resume") == 2
+        assert "is in use" in capsys.readouterr().err
+    assert not (out / ".semaim.lock").exists()
+
+
+def test_force_clears_the_old_run_before_its_first_save(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert pretrain(out) == 0
+    (out / "notes.txt").write_text("mine")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain_module, "save_checkpoint", killed)
+    assert pretrain(out, "--force", "--seed", "5") == 130
+    assert not (out / "checkpoint-last.pt").exists()  # the old run's checkpoint is gone
+    assert (out / "notes.txt").read_text() == "mine"  # a file that is not the run's stays
+    monkeypatch.undo()
+    assert pretrain(out, "--resume") == 2  # nothing to resume, instead of the old run under the new config
+    assert "no checkpoint to resume" in capsys.readouterr().err
+
+
+def test_resume_drops_an_incomplete_last_metrics_line_and_names_a_damaged_one(tmp_path, capsys):
+    out = tmp_path / "run"
+    steps = ["--set", "train.save_every_steps=1"]
+    assert pretrain(out, *steps) == 0
+    metrics = out / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 5, "lo')  # a kill in mid-write
+    assert pretrain(out, *steps, "--resume", "--epochs", "2") == 0
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    assert pretrain(out, *steps, "--resume", "--epochs", "3") == 2
+    assert f"{metrics}, line 2: not a JSON record" in capsys.readouterr().err
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    real_save, calls = torch.save, {"n": 0}
+
+    def save_until_full(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_until_full)
+    assert pretrain(out, "--set", "train.save_every_steps=1") == 2
+    err = capsys.readouterr().err
+    assert "disk full while writing" in err and "checkpoint-last.pt is intact" in err
+    monkeypatch.undo()
+    assert load_checkpoint(out / "checkpoint-last.pt")["step"] == 2
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_a_full_disk_while_logging_metrics_is_a_clear_error(tmp_path):
+    log = RunLog(tmp_path, "pretrain", total=1, step=0, resume=False, progress=False)
+    log.file.close()
+    log.file = open("/dev/full", "w")  # noqa: SIM115  (every write fails with ENOSPC)
+    with pytest.raises(RunDirError, match="disk full while writing .*metrics.jsonl"):
+        log.log({"step": 1, "loss": 0.5})
+    log.close()
+
+
+def test_an_unwritable_out_is_a_clear_error(tmp_path, capsys):
+    assert pretrain("/proc/semaim-run") == 2
+    assert "--out: cannot write to /proc/semaim-run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "setting, field",
+    [
+        ("train.clip_grad=-1", "train.clip_grad"),
+        ("train.save_every_steps=0", "train.save_every_steps"),
+        ("train.warmup_epochs=-1", "train.warmup_epochs"),
+        ("train.lr=0", "train.lr"),
+        ("data.crop_scale=[0.9,0.2]", "data.crop_scale"),
+        ("data.mean=[0.5,0.5]", "data.mean"),
+        ("model.lam=.nan", "model.lam"),
+        ("model.img_size=0", "model.img_size"),
+        ("model.img_size=-32", "model.img_size"),
+        ("train.device=tpu", "device"),
+        ("train.precision=fp8", "train.precision"),
+    ],
+)
+def test_impossible_values_exit_2_naming_the_field(tmp_path, capsys, setting, field):
+    out = tmp_path / "run"
+    assert pretrain(out, "--set", setting) == 2
+    assert f"{field}: expected" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    import semaim.cli as cli
+
+    def buggy(args):
+        raise ValueError("an internal bug, not the user's input")
+
+    monkeypatch.setitem(cli.COMMANDS, "export", buggy)
+    with pytest.raises(ValueError, match="internal bug"):
+        main(["export", "--checkpoint", "x.pt"])

@@ -1,0 +1,51 @@
+"""Fine-tuning shares the one config mechanism: its config.yaml rebuilds the run; a bad loss stops it."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+import semaim.evaluate.finetune as ft
+from semaim.cli import main
+from semaim.config import FinetuneRunConfig
+from tests.conftest import make_image_folder
+
+
+def losses(run) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_runs_config_yaml_rebuilds_it(tmp_path, pretrained):
+    data = tmp_path / "data"
+    make_image_folder(data / "train", classes=("a", "b"), per_class=8)
+    make_image_folder(data / "val", classes=("a", "b"), per_class=2, seed=1)
+    first = tmp_path / "first"
+    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--no-progress",
+            "--set", "epochs=2", "--set", "batch_size=4", "--set", "finetune.workers=0", "--set", "seed=3"]  # fmt: skip
+    assert main([*args, "--out", str(first)]) == 0
+    saved = FinetuneRunConfig.from_dict(yaml.safe_load((first / "config.yaml").read_text()))
+    assert saved.encoder.checkpoint == str(pretrained) and saved.finetune.seed == 3
+    assert saved.finetune.epochs == 2 and saved.finetune.blr == 1e-3  # the cpu recipe under the --set values
+    again = tmp_path / "again"
+    assert main(["finetune", "--recipe", str(first / "config.yaml"), "--out", str(again), "--no-progress"]) == 0
+    assert losses(again) == losses(first)
+
+
+def test_a_non_finite_fine_tuning_loss_stops_the_run(tmp_path, pretrained, monkeypatch, capsys):
+    data = tmp_path / "data"
+    make_image_folder(data / "train", classes=("a", "b"), per_class=8)
+    make_image_folder(data / "val", classes=("a", "b"), per_class=2, seed=1)
+    real = ft.build_objective
+
+    def exploding(cfg, num_classes):
+        mixup, criterion = real(cfg, num_classes)
+        return mixup, lambda logits, targets: criterion(logits, targets) * float("nan")
+
+    monkeypatch.setattr(ft, "build_objective", exploding)
+    out = tmp_path / "ft"
+    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--out", str(out), "--no-progress",
+            "--set", "batch_size=4", "--set", "finetune.workers=0"]  # fmt: skip
+    assert main(args) == 1
+    assert "stopped: loss is nan at step 0" in capsys.readouterr().err
+    assert not (out / "checkpoint-last.pt").exists()
