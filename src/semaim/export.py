@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 import json
+import reprlib
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
@@ -48,6 +50,47 @@ def build_vit(args: dict[str, Any], **overrides: Any) -> VisionTransformer:
     return VisionTransformer(**kwargs)
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an exported encoder file, or a :class:`CheckpointError` naming it."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:  # truncated, or not safetensors at all
+        raise CheckpointError(f"encoder file {path}: cannot read, truncated or corrupt ({err})") from err
+
+
+def read_model_args(meta: Path) -> dict[str, Any]:
+    """The ``model_args`` of an exported encoder's ``.json``, or a :class:`CheckpointError` naming it."""
+    try:
+        described = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"encoder description {meta}: not valid JSON ({err})") from err
+    args = described.get("model_args") if isinstance(described, dict) else None
+    if not isinstance(args, dict):
+        raise CheckpointError(
+            f'encoder description {meta}: expected {{"model_args": {{...}}}}, got {reprlib.repr(described)}'
+        )
+    return args
+
+
+def load_weights(vit: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """``vit.load_state_dict(state, strict=True)``, or a :class:`CheckpointError` naming ``source`` and the mismatch."""
+    expected = vit.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [
+        f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(
+            f"encoder {source}: the weights do not fit the model its description gives: "
+            f"{'; '.join(problems[:3])}{more}"
+        )
+    vit.load_state_dict(state, strict=True)
+
+
 def encoder_from_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(state_dict, model_args)`` of the encoder in a pretraining checkpoint or an exported file."""
     path = Path(path)
@@ -57,7 +100,7 @@ def encoder_from_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], 
             raise MissingFileError(f"encoder file {path}: its description {meta} is missing")
         if not path.is_file():
             raise MissingFileError(f"encoder file not found: {path}")
-        return load_file(str(path)), json.loads(meta.read_text())["model_args"]
+        return read_safetensors(path), read_model_args(meta)
     ckpt = load_checkpoint(path, kind=None)
     if ckpt["kind"] == KIND_PRETRAIN:
         cfg = PretrainConfig.from_dict(ckpt["config"]).model
@@ -79,7 +122,7 @@ def load_encoder(path: str | Path, **overrides: Any) -> VisionTransformer:
     """
     state, args = encoder_from_checkpoint(path)
     vit = build_vit(args, **overrides)
-    vit.load_state_dict(state, strict=True)
+    load_weights(vit, state, path)
     return vit
 
 
@@ -98,7 +141,7 @@ def export_encoder(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out: expected a .safetensors file name, got {out}")
     state, args = encoder_from_checkpoint(checkpoint)
-    build_vit(args).load_state_dict(state, strict=True)  # refuse to write something timm cannot load
+    load_weights(build_vit(args), state, checkpoint)  # refuse to write something timm cannot load
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata={"format": "pt"})
     meta = out.with_suffix(".json")

@@ -17,7 +17,7 @@ from semaim.evaluate.features import extract_features, extract_pooled_features
 from semaim.evaluate.knn import knn_accuracy, knn_scores
 from semaim.evaluate.linear import train_linear_probe
 from semaim.export import build_vit, export_encoder, random_encoder
-from tests.conftest import TINY_RUN, make_fmnist_dir, make_image_folder
+from tests.conftest import make_image_folder
 
 
 def test_features_are_extracted_in_eval_mode(fmnist):

@@ -8,7 +8,9 @@ Data specs (the ``--data`` of every command):
   (:mod:`.cluttered`); ``cluttered-fashion-mnist:/some/dir`` likewise.
 - any other string: a folder of images (:mod:`.folders`), ImageFolder layout (class sub-folders give
   labels) or a flat or nested folder without labels. A folder with ``train/`` (and ``val/``)
-  sub-folders uses them as splits.
+  sub-folders uses them as splits; val/ labels follow train/'s class numbering.
+
+Every dataset has ``fingerprint()``: a hash of its content, part of the feature cache's key.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ def open_dataset(spec: str, split: str = "train", in_chans: int = 3) -> Dataset:
         return ClutteredFashionMNIST(root or FASHION_MNIST_DIR, split)
     if name == "fashion-mnist":
         return FashionMNIST(root or FASHION_MNIST_DIR, split)
-    folder = Path(spec)
-    sub = folder / ("train" if split == "train" else "val")
-    if sub.is_dir():
-        folder = sub
-    elif split != "train":
-        raise MissingFileError(f"data: {folder} has no val/ sub-folder to evaluate on")
-    return ImageFolder(folder, mode="RGB" if in_chans == 3 else "L")
+    mode = "RGB" if in_chans == 3 else "L"
+    train = Path(spec) / "train" if (Path(spec) / "train").is_dir() else Path(spec)
+    if split == "train":
+        return ImageFolder(train, mode)
+    if not (Path(spec) / "val").is_dir():
+        raise MissingFileError(f"data: {spec} has no val/ sub-folder to evaluate on")
+    # one label <-> class map for both splits: val/ is numbered by train/'s classes
+    classes = ImageFolder(train, mode).classes if train != Path(spec) else ()
+    return ImageFolder(Path(spec) / "val", mode, classes)

@@ -13,6 +13,8 @@ Data spec: ``cluttered-fashion-mnist`` (64 px canvas, seed 0), reading Debian's 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,11 @@ class ClutteredFashionMNIST(Dataset):
         self.split_code = 0 if split == "train" else 1
         self.canvas, self.seed, self.clutter, self.texture = canvas, seed, clutter, texture
         self.name = f"{SPEC}/{split}"
+
+    def fingerprint(self) -> str:
+        """A hash of the source arrays and of every generator setting."""
+        settings = [self.split_code, self.canvas, self.seed, self.clutter, self.texture]
+        return hashlib.sha1(json.dumps([self.source.fingerprint(), settings]).encode()).hexdigest()
 
     def __len__(self) -> int:
         return len(self.source)

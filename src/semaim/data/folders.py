@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -24,7 +26,8 @@ class ImageFolder(Dataset):
 
     mean, std = IMAGENET_MEAN, IMAGENET_STD
 
-    def __init__(self, root: str | Path, mode: str = "RGB") -> None:
+    def __init__(self, root: str | Path, mode: str = "RGB", classes: tuple[str, ...] = ()) -> None:
+        """``classes``: the class list to number labels by (the train split's), else this folder's own."""
         root = Path(root)
         if not root.exists():
             raise MissingFileError(f"data folder not found: {root}")
@@ -40,9 +43,8 @@ class ImageFolder(Dataset):
             raise DataError(f"data: no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
         tops = [f.relative_to(root).parts for f in files]
         if all(len(parts) == 2 for parts in tops):
-            self.classes = tuple(sorted({parts[0] for parts in tops}))
-            index = {c: i for i, c in enumerate(self.classes)}
-            labels = [index[parts[0]] for parts in tops]
+            self.classes = classes or tuple(sorted({parts[0] for parts in tops}))
+            labels = self._number(root, [parts[0] for parts in tops])
         else:
             self.classes = ()
             labels = [-1] * len(files)
@@ -51,6 +53,25 @@ class ImageFolder(Dataset):
         self.name = str(root)
         if mode == "L":
             self.mean, self.std = (0.449,), (0.226,)
+
+    def _number(self, root: Path, names: list[str]) -> list[int]:
+        """The label of each class name in ``self.classes``; a class it lacks is a :class:`DataError`."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        unknown = sorted(set(names) - index.keys())
+        if unknown:
+            raise DataError(
+                f"data: class folder {unknown[0]!r} in {root} is not a class of the train split "
+                f"(train has {list(self.classes)}); every evaluation class must also be a train class"
+            )
+        return [index[name] for name in names]
+
+    def fingerprint(self) -> str:
+        """A hash of the class list and of every file's relative path, size and mtime: changed files, new hash."""
+        digest = hashlib.sha1(json.dumps([self.mode, self.classes]).encode())
+        for path in self.files:
+            stat = path.stat()
+            digest.update(f"{path.relative_to(self.root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
 
     def __len__(self) -> int:
         return len(self.files)

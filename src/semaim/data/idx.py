@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +29,29 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a numpy array."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:  # truncated or not gzip at all
+        raise DataError(f"{path}: cannot read, truncated or corrupt ({err})") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path}: not an unsigned-byte IDX file")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({len(data)} bytes for {ndim} dimensions)")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != math.prod(shape):
         raise DataError(f"{path}: expected {math.prod(shape)} values for shape {shape}, got {array.size}")
     return array.reshape(shape)
+
+
+def read_idx_of_rank(path: Path, rank: int) -> np.ndarray:
+    """:func:`read_idx`, or a :class:`DataError` naming ``path`` when the array is not ``rank``-dimensional."""
+    array = read_idx(path)
+    if array.ndim != rank:
+        raise DataError(f"{path}: expected an IDX array of rank {rank}, got rank {array.ndim} {array.shape}")
+    return array
 
 
 def find_idx_files(root: Path, split: str) -> list[Path]:
@@ -62,9 +77,24 @@ class FashionMNIST(Dataset):
 
     def __init__(self, root: str | Path = FASHION_MNIST_DIR, split: str = "train") -> None:
         images, labels = find_idx_files(Path(root), split)
-        self.images = torch.from_numpy(read_idx(images).copy())
-        self.labels = torch.from_numpy(read_idx(labels).astype(np.int64))
+        self.images = torch.from_numpy(read_idx_of_rank(images, 3).copy())
+        self.labels = torch.from_numpy(read_idx_of_rank(labels, 1).astype(np.int64))
+        if len(self.labels) != len(self.images):
+            raise DataError(
+                f"{labels}: {len(self.labels)} labels for the {len(self.images)} images of {images}"
+            )
+        bad = self.labels[(self.labels < 0) | (self.labels >= len(self.classes))]
+        if len(bad):
+            raise DataError(f"{labels}: label {int(bad[0])} out of range 0..{len(self.classes) - 1}")
         self.name = f"fashion-mnist/{split}"
+
+    def fingerprint(self) -> str:
+        """A hash of the image and label arrays: equal content, equal fingerprint."""
+        digest = hashlib.sha1()
+        for array in (self.images, self.labels):
+            digest.update(f"{tuple(array.shape)}:{array.dtype}".encode())
+            digest.update(array.numpy().tobytes())
+        return digest.hexdigest()
 
     def __len__(self) -> int:
         return len(self.images)

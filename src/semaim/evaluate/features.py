@@ -58,7 +58,8 @@ def extract_features(
     """``(features (N, D) float32, labels (N,))`` of every image of ``split`` (the first ``limit``).
 
     With ``cache`` (a folder) the result is stored under a name derived from ``cache_key`` (which
-    should identify the encoder), the data spec, the split, the pool and the input size.
+    should identify the encoder), the data spec and its content's ``fingerprint()``, the split, the
+    pool and the input size.
     """
     return extract_pooled_features(
         encoder, data, split, img_size, in_chans, (pool,), batch_size, workers, device, precision,
@@ -87,17 +88,18 @@ def extract_pooled_features(
     for pool in pools:
         if pool not in POOLS:
             raise ConfigError(f"pool: expected one of {POOLS}, got {pool!r}")
+    base = open_dataset(data, split, in_chans)
     paths: dict[str, Path] = {}
     if cache is not None:
+        content = base.fingerprint()
         for pool in pools:
             key = json.dumps(
-                [cache_key, data, split, pool, list(img_size), in_chans] + ([limit] if limit else [])
+                [cache_key, data, content, split, pool, list(img_size), in_chans] + ([limit] if limit else [])
             )
             paths[pool] = Path(cache) / f"features-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
         if all(path.is_file() for path in paths.values()):
             stored = {pool: torch.load(path, map_location="cpu") for pool, path in paths.items()}
             return {pool: (d["features"], d["labels"]) for pool, d in stored.items()}
-    base = open_dataset(data, split, in_chans)
     transform = PretrainTransform(img_size, base.mean, base.std, in_chans, train=False)
     loader = DataLoader(
         AugmentedDataset(base, transform),
