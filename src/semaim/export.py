@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
 from .config import ModelConfig, PretrainConfig
 from .engine.checkpoint import KIND_PRETRAIN, load_checkpoint
 from .errors import CheckpointError, ConfigError, MissingFileError
 from .model.semaim import ENCODER_KEYS, SemAIM
+from .weights import load_strict, read_safetensors
 
 KIND_FINETUNE = "semaim-finetune"
 
@@ -50,14 +50,6 @@ def build_vit(args: dict[str, Any], **overrides: Any) -> VisionTransformer:
     return VisionTransformer(**kwargs)
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of an exported encoder file, or a :class:`CheckpointError` naming it."""
-    try:
-        return load_file(str(path))
-    except SafetensorError as err:  # truncated, or not safetensors at all
-        raise CheckpointError(f"encoder file {path}: cannot read, truncated or corrupt ({err})") from err
-
-
 def read_model_args(meta: Path) -> dict[str, Any]:
     """The ``model_args`` of an exported encoder's ``.json``, or a :class:`CheckpointError` naming it."""
     try:
@@ -70,25 +62,6 @@ def read_model_args(meta: Path) -> dict[str, Any]:
             f'encoder description {meta}: expected {{"model_args": {{...}}}}, got {reprlib.repr(described)}'
         )
     return args
-
-
-def load_weights(vit: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """``vit.load_state_dict(state, strict=True)``, or a :class:`CheckpointError` naming ``source`` and the mismatch."""
-    expected = vit.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in expected]
-    problems += [
-        f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if problems:
-        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise CheckpointError(
-            f"encoder {source}: the weights do not fit the model its description gives: "
-            f"{'; '.join(problems[:3])}{more}"
-        )
-    vit.load_state_dict(state, strict=True)
 
 
 def encoder_from_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -122,7 +95,7 @@ def load_encoder(path: str | Path, **overrides: Any) -> VisionTransformer:
     """
     state, args = encoder_from_checkpoint(path)
     vit = build_vit(args, **overrides)
-    load_weights(vit, state, path)
+    load_strict(vit, state, f"encoder {path}")
     return vit
 
 
@@ -141,7 +114,7 @@ def export_encoder(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out: expected a .safetensors file name, got {out}")
     state, args = encoder_from_checkpoint(checkpoint)
-    load_weights(build_vit(args), state, checkpoint)  # refuse to write something timm cannot load
+    load_strict(build_vit(args), state, f"encoder {checkpoint}")  # refuse to write something timm cannot load
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata={"format": "pt"})
     meta = out.with_suffix(".json")

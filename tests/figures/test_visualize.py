@@ -50,6 +50,33 @@ def test_cls_attention_is_the_one_the_last_block_computes():
     torch.testing.assert_close(attention, expected / expected.sum(-1, keepdim=True))
 
 
+def direct_maps(vit, x):
+    """(S, A) written out: the blocks by hand, the last block's attention from its q and k."""
+    tokens = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
+    for block in vit.blocks[:-1]:
+        tokens = block(tokens)
+    last = vit.blocks[-1]
+    b, t, d = tokens.shape
+    heads = last.attn.num_heads
+    q, k, _ = last.attn.qkv(last.norm1(tokens)).reshape(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    weights = (q[:, :, :1] @ k.transpose(-2, -1) * last.attn.scale).softmax(-1)[:, :, 0, 1:].mean(1)
+    out = vit.norm(last(tokens))
+    return orders.similarity_map(out), weights / weights.sum(-1, keepdim=True)
+
+
+@torch.no_grad()
+def test_encoder_maps_match_a_direct_computation():
+    vit = tiny_vit().eval()
+    assert len(vit.blocks) == 2 and vit.embed_dim == 32 and vit.num_prefix_tokens == 1
+    fused = vit.blocks[-1].attn.fused_attn
+    x = torch.randn(3, 3, 32, 32)
+    similarity, attention = encoder_maps(vit, x)
+    expected_s, expected_a = direct_maps(vit, x)
+    torch.testing.assert_close(similarity, expected_s, rtol=0, atol=1e-6)
+    torch.testing.assert_close(attention, expected_a, rtol=0, atol=1e-6)
+    assert vit.blocks[-1].attn.fused_attn == fused  # the model is left as it was
+
+
 def test_visualize_writes_a_png_and_pdf_of_the_expected_size(tmp_path, capsys):
     folder = tmp_path / "imgs"
     make_image_folder(folder, classes=("x",), per_class=ROWS, nested=False)

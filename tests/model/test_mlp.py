@@ -32,7 +32,8 @@ def test_same_outputs_and_gradients_as_timm(autocast):
     x = torch.randn(3, 7, 32)
     out_a, grads_a = run(ours, x, autocast)
     out_b, grads_b = run(theirs, x, autocast)
-    tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-6)
+    # fp32: the recomputation runs the very kernels timm's forward runs, so the results are bit-identical.
+    tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=0, atol=0)
     assert out_a.dtype == out_b.dtype
     torch.testing.assert_close(out_a, out_b, **tol)
     for a, b in zip(grads_a, grads_b, strict=True):
@@ -58,4 +59,6 @@ def test_keeps_the_gelu_output_out_of_memory():
     x = torch.randn(4, 50, 32)
     hidden = 4 * 50 * 4 * 32 * 4  # one fp32 4D-wide activation
     assert saved_bytes(theirs, x) - saved_bytes(ours, x) >= hidden
+    with torch.no_grad():  # nothing to save: timm's own forward
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
     assert list(dict(ours.named_parameters())) == list(dict(theirs.named_parameters()))

@@ -8,8 +8,10 @@ import torch
 from safetensors.torch import save_file
 
 from semaim import SemAIM, orders
+from semaim.errors import CheckpointError
 from semaim.model.targets import feature_loss, resample_token_grid
-from semaim.model.teacher import load_teacher, read_state_dict
+from semaim.model.teacher import load_teacher
+from semaim.weights import read_state_dict
 from tests.conftest import TINY
 
 ARCH = "vit_tiny_patch16_224"
@@ -74,7 +76,7 @@ def test_bad_teacher_files(tmp_path, teacher_file):
     path, _ = teacher_file
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         load_teacher(ARCH, tmp_path / "nope.pth")
-    with pytest.raises(ValueError, match="does not fit teacher_arch 'vit_small_patch16_224'"):
+    with pytest.raises(ValueError, match="teacher_arch .vit_small_patch16_224.. does not fit"):
         load_teacher("vit_small_patch16_224", path, img_size=64)
     with pytest.raises(ValueError, match="not a timm model name"):
         load_teacher("vit_imaginary", path)
@@ -82,3 +84,16 @@ def test_bad_teacher_files(tmp_path, teacher_file):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pth"):
         load_teacher(ARCH, junk)
+
+
+def test_dino_teacher_loads_exactly_and_another_resolution_is_an_error(tmp_path, teacher_file):
+    # The two cases timm's own file loader gets wrong: it would leave this file's weights random
+    # (non-strict once the head is dropped) and resample the 4x4 pos_embed to 224 px without a word.
+    _, vit = teacher_file
+    path = tmp_path / "dino.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in vit.state_dict().items()}, "epoch": 1}, path)
+    loaded = load_teacher(ARCH, path, img_size=64)
+    for key, value in vit.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match=r"pos_embed: file \(1, 17, 192\), model \(1, 197, 192\)"):
+        load_teacher(ARCH, path)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from timm.utils import AttentionExtract
 from torch import nn
 
 from ..config import ORDERS
@@ -83,27 +84,32 @@ def center_square(img: Image.Image) -> Image.Image:
 def encoder_maps(vit: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(S, A)``, both ``(B, N)``: the similarity map (Eq. 2) and the last block's cls attention.
 
-    ``vit`` is any timm ViT with a cls token (the exported encoder, or a teacher). The attention is
-    averaged over heads and renormalised over the patches.
+    ``vit`` is any timm ViT with a cls token (the exported encoder, or a teacher). S compares the
+    final-norm cls token with the patch tokens (other prefix tokens dropped); A is :func:`cls_attention`.
     """
     vit.eval()
-    x = vit.patch_embed(images)
-    x = vit._pos_embed(x)
-    x = vit.norm_pre(x)
-    for block in vit.blocks[:-1]:
-        x = block(x)
-    last = vit.blocks[-1]
-    attn = last.attn
-    b, t, d = x.shape
-    qkv = attn.qkv(last.norm1(x)).reshape(b, t, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-    weights = (q[:, :, :1] @ k.transpose(-2, -1) * attn.scale).softmax(-1)[:, :, 0]  # (B, H, T)
-    prefix = vit.num_prefix_tokens
-    cls_attention = weights[:, :, prefix:].mean(1)
-    cls_attention = cls_attention / cls_attention.sum(-1, keepdim=True)
-    tokens = vit.norm(last(x))
-    tokens = torch.cat([tokens[:, :1], tokens[:, prefix:]], dim=1)
-    return similarity_map(tokens), cls_attention
+    attention = cls_attention(vit, images)
+    tokens = vit.forward_features(images)
+    tokens = torch.cat([tokens[:, :1], tokens[:, vit.num_prefix_tokens :]], dim=1)
+    return similarity_map(tokens), attention
+
+
+@torch.no_grad()
+def cls_attention(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``(B, N)``: the last block's cls attention over the patches, averaged over heads, renormalised.
+
+    timm's ``AttentionExtract`` traces the model (``torch.fx``) up to that block's softmax; its fused
+    SDPA path never materialises the probabilities, so the trace is taken with it switched off.
+    """
+    attn = vit.blocks[-1].attn
+    fused, attn.fused_attn = attn.fused_attn, False
+    try:
+        extract = AttentionExtract(vit, names=[f"blocks.{len(vit.blocks) - 1}.attn.softmax"])
+    finally:
+        attn.fused_attn = fused  # the traced graph keeps the explicit path; the model is as it was
+    (weights,) = extract(images).values()  # (B, H, T, T)
+    weights = weights[:, :, 0, vit.num_prefix_tokens :].mean(1)
+    return weights / weights.sum(-1, keepdim=True)
 
 
 def order_ranks(

@@ -14,48 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import to_2tuple
-from ..errors import CheckpointError, ConfigError, MissingFileError
+from ..errors import ConfigError
+from ..weights import load_strict, read_state_dict
 from .targets import resample_token_grid
-
-_WRAPPER_KEYS = ("model", "state_dict", "teacher", "module", "model_ema", "encoder")
-_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or a torch file, unwrapping the usual container keys.
-
-    Handles ``{"model": ...}``, ``{"state_dict": ...}``, DINO's ``{"teacher": ...}`` and key prefixes
-    such as ``module.`` (DDP) and ``backbone.`` (DINO), which trip up many reproductions.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a corrupt or foreign file: say which one
-            raise CheckpointError(f"checkpoint {path}: cannot be read as a torch state dict ({err})") from err
-    for _ in range(3):  # nested wrappers, e.g. {"model": {"state_dict": ...}}
-        if not isinstance(state, dict):
-            break
-        inner = next((state[k] for k in _WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
-        if inner is None:
-            break
-        state = inner
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint {path}: expected a dict of tensors (a state dict), got {type(state)}")
-    for prefix in _PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
 
 
 def load_teacher(arch: str, path: str | Path, img_size: int | None = None) -> nn.Module:
-    """Build timm model ``arch`` (no classifier), load ``path`` strictly, freeze it, eval mode."""
+    """Build timm model ``arch`` (no classifier), load ``path`` strictly, freeze it, eval mode.
+
+    Not through timm's ``pretrained_cfg_overlay=dict(file=...)``: without a head timm loads non-strictly
+    (a DINO ``teacher``/``backbone.`` file loads nothing, one log line) and silently resamples a
+    mis-shaped ``pos_embed``; :func:`semaim.weights.load_strict` raises naming the keys.
+    """
     if not timm.is_model(arch):
         raise ConfigError(f"teacher_arch: {arch!r} is not a timm model name (e.g. 'vit_base_patch16_224')")
     state = read_state_dict(path)
@@ -67,22 +37,7 @@ def load_teacher(arch: str, path: str | Path, img_size: int | None = None) -> nn
         raise ConfigError(f"teacher_arch: {arch!r} is not a vision transformer with patch tokens")
     # A classifier head in the checkpoint is not part of the teacher's features.
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.", "head_drop."))}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or wrong_shape:
-        raise CheckpointError(
-            f"teacher_path: {path} does not fit teacher_arch {arch!r}: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
-            f"wrong shape {wrong_shape[:5]}"
-        )
-    model.load_state_dict(state, strict=True)
+    load_strict(model, state, f"teacher_path: {path} (teacher_arch {arch!r})")
     model.requires_grad_(False)
     return model.eval()
 
