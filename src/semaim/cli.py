@@ -16,7 +16,16 @@ from pathlib import Path
 
 import torch
 
-from .config import FinetuneRunConfig, KnnRunConfig, LinprobeRunConfig, PretrainConfig
+from .config import (
+    EncoderConfig,
+    FeaturesConfig,
+    FinetuneConfig,
+    FinetuneRunConfig,
+    KnnConfig,
+    KnnRunConfig,
+    LinprobeRunConfig,
+    PretrainConfig,
+)
 from .errors import ConfigError, NonFiniteLossError, SemAIMError
 from .presets import build_config, load_preset, preset_names
 
@@ -43,8 +52,8 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain",
         help="pretrain a SemAIM model (Algorithm 1)",
-        description="Pretrain a SemAIM model. Settings: preset, then flags, then --set overrides.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Pretrain a SemAIM model. Settings: preset, then flags, then --set overrides; a flag "
+        "not given keeps the preset's value.",
     )
     g = p.add_argument_group("configuration")
     g.add_argument(
@@ -73,9 +82,9 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--teacher", help="teacher checkpoint file (target=features)")
     g.add_argument("--teacher-arch", help="teacher timm architecture, e.g. vit_base_patch16_224")
     g = p.add_argument_group("run folder")
-    g.add_argument("--out", default="runs/pretrain", help="run folder")
+    g.add_argument("--out", default="runs/pretrain", help="run folder [default: runs/pretrain]")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
-    g.add_argument("--force", action="store_true", help="start a new run in a non-empty OUT")
+    g.add_argument("--force", action="store_true", help="start a new run in a non-empty OUT (removes its run files)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -132,26 +141,28 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
                      help="floor: a randomly initialised encoder (of --preset)")  # fmt: skip
     src.add_argument("--pixels", action="store_const", const=True,
                      help="floor: raw pixels, flattened and normalised")  # fmt: skip
-    g.add_argument("--preset", help="model shape and input size for --random / --pixels [default: cpu-tiny]")
-    g.add_argument("--seed", type=int, help="initialisation seed for --random [default: 0]")
+    e, f = EncoderConfig(), FeaturesConfig()  # the defaults, shown in the help
+    g.add_argument("--preset", help=f"model shape and input size for --random / --pixels [default: {e.preset}]")
+    g.add_argument("--seed", type=int, help=f"initialisation seed for --random [default: {e.init_seed}]")
     g = p.add_argument_group("features")
-    g.add_argument("--data", help="'fashion-mnist' or a folder with train/ and val/ [default: fashion-mnist]")
-    g.add_argument("--pool", choices=["cls", "avg"], help="cls token or mean of patch tokens [default: cls]")
-    g.add_argument("--batch-size", type=int, help="feature extraction batch [default: 256]")
-    g.add_argument("--workers", type=int, help="[default: 2]")
-    g.add_argument("--device", help="auto, cpu, cuda, cuda:N [default: auto]")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="[default: fp32]")
+    g.add_argument("--data", help=f"'fashion-mnist' or a folder with train/ and val/ [default: {f.data}]")
+    g.add_argument("--pool", choices=["cls", "avg"], help=f"cls token or mean of patch tokens [default: {f.pool}]")
+    g.add_argument("--batch-size", type=int, help=f"feature extraction batch [default: {f.batch_size}]")
+    g.add_argument("--workers", type=int, help=f"[default: {f.workers}]")
+    g.add_argument("--device", help=f"auto, cpu, cuda, cuda:N [default: {f.device}]")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], help=f"[default: {f.precision}]")
     g.add_argument("--cache", help="folder to cache extracted features in")
     g.add_argument("--out", help="write the results as JSON here")
     g.add_argument("--no-progress", action="store_true")
 
 
 def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = argparse.HelpFormatter  # defaults come from the config and are written into each help text
     p = sub.add_parser("knn", help="weighted k-NN accuracy of frozen features", formatter_class=fmt)
     add_encoder_arguments(p)
-    p.add_argument("--ks", type=int, nargs="+", help="numbers of neighbours [default: 10 20 100]")
-    p.add_argument("--temperature", type=float, help="[default: 0.07]")
+    k = KnnConfig()
+    p.add_argument("--ks", type=int, nargs="+", help=f"numbers of neighbours [default: {' '.join(map(str, k.ks))}]")
+    p.add_argument("--temperature", type=float, help=f"[default: {k.temperature}]")
     add_set_argument(p, "knn.temperature=0.1")
 
     p = sub.add_parser("linprobe", help="linear probe on frozen features", formatter_class=fmt)
@@ -166,16 +177,17 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("finetune", help="end-to-end fine-tuning (Table S2)", formatter_class=fmt)
     p.add_argument("--checkpoint", help="pretraining checkpoint or exported .safetensors")
-    p.add_argument("--data", help="'fashion-mnist' or a folder with train/ and val/ [default: fashion-mnist]")
+    ft = FinetuneConfig()
+    p.add_argument("--data", help=f"'fashion-mnist' or a folder with train/ and val/ [default: {ft.data}]")
     p.add_argument("--recipe", help=f"one of {preset_names(FinetuneRunConfig)} or a YAML file such as a "
                    "run's config.yaml [default: cpu] (paper: Table S2)")  # fmt: skip
     add_set_argument(p, "finetune.epochs=5 (or epochs=5)")
     p.add_argument("--limit", type=int, help="only the first N training images")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N [default: auto]")
-    p.add_argument("--out", default="runs/finetune")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N [default: {ft.device}]")
+    p.add_argument("--out", default="runs/finetune", help="run folder [default: runs/finetune]")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
+    p.add_argument("--force", action="store_true", help="start a new run in a non-empty OUT (removes its run files)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("export", help="the encoder alone, in timm's format (safetensors + json)")
     p.add_argument("--checkpoint", required=True)
