@@ -3,8 +3,13 @@ an unwritable --out, bad values, and a fine-tuning loss that is not finite."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +18,6 @@ import semaim.engine.checkpoint as checkpoint_module
 import semaim.engine.pretrain as pretrain_module
 from semaim.cli import main
 from semaim.engine.checkpoint import load_checkpoint
-from semaim.engine.run import RunFolder
 from semaim.engine.runlog import RunLog
 from semaim.errors import RunDirError
 from tests.conftest import TINY_RUN
@@ -25,18 +29,49 @@ def pretrain(out, *extra: str) -> int:
     return main(["pretrain", "--out", str(out), *RUN, *extra])
 
 
+HOLD = """
+import sys, time
+from pathlib import Path
+from semaim.engine.run import RunFolder
+RunFolder(Path(sys.argv[1]), resume=sys.argv[2] == "resume").__enter__()
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+@contextlib.contextmanager
+def held_by_another_process(out, resume: bool = False):
+    """A process that holds ``out`` as a run in progress would, until the block ends (then SIGKILL)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out), "resume" if resume else "new"],
+                              stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path, capsys):
     out = tmp_path / "run"
-    with RunFolder(out):  # another process's run, as the lock sees it (flock: per open file)
+    with held_by_another_process(out) as pid:
         assert pretrain(out) == 2
-        assert "is in use by process" in capsys.readouterr().err
+        assert f"is in use by process {pid}" in capsys.readouterr().err
         assert pretrain(out, "--resume") == 2
-    assert not out.exists()  # the holder never started: nothing left behind
-    assert pretrain(out) == 0
-    with RunFolder(out, resume=True):
+        assert not (out / "config.yaml").exists()
+    assert pretrain(out) == 0  # the holder was killed: its stale lock file does not block a new run
+    with held_by_another_process(out, resume=True):
         assert pretrain(out, "--resume") == 2
         assert "is in use" in capsys.readouterr().err
-    assert not (out / ".semaim.lock").exists()
+    assert pretrain(out, "--resume", "--epochs", "2") == 0
+    assert not (out / ".semaim.lock").exists()  # a run that ends releases and removes its lock
+
+
+def test_a_run_that_fails_its_checks_leaves_no_folder(tmp_path):
+    out = tmp_path / "new"
+    assert pretrain(out, "--data", str(tmp_path / "missing")) == 2
+    assert not out.exists()
 
 
 def test_force_clears_the_old_run_before_its_first_save(tmp_path, monkeypatch, capsys):

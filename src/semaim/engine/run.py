@@ -24,7 +24,11 @@ from ..errors import NonFiniteLossError, RunDirError
 LAST = "checkpoint-last.pt"
 """The checkpoint a run writes as it goes and ``--resume`` continues from."""
 LOCK = ".semaim.lock"
-"""Held (``flock``) by the process that writes a run folder, for the run's whole life."""
+"""Locked (a POSIX ``lockf`` lock) by the process that writes a run folder, for the run's whole life.
+
+``lockf`` rather than ``flock``: a POSIX lock belongs to the process, so the data loader's forked
+workers do not inherit it and a killed run's folder is free at once, not when its orphaned workers
+notice (up to seconds later)."""
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "checkpoint-*.pt", ".checkpoint-*.tmp",
              ".*.tmp", "tb")  # fmt: skip
 """What a run writes into its folder: ``--force`` removes exactly these, nothing a user put there."""
@@ -81,8 +85,8 @@ class RunFolder:
             except OSError as err:
                 raise RunDirError(f"--out: cannot write to {self.path} ({err.strerror})") from err
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # EACCES or EAGAIN: another process holds it
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
                 os.close(fd)
                 raise RunDirError(
