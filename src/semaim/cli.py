@@ -123,7 +123,10 @@ FEATURE_FLAGS = {"data": "features.data", "pool": "features.pool", "batch_size":
                  "cache": "features.cache"}  # fmt: skip
 LINPROBE_FLAGS = {"epochs": "probe.epochs", "probe_batch_size": "probe.batch_size", "blr": "probe.blr",
                   "optimizer": "probe.optimizer"}  # fmt: skip
-FINETUNE_FLAGS = {"checkpoint": "encoder.checkpoint", "data": "finetune.data", "limit": "finetune.limit",
+FINETUNE_FLAGS = {"checkpoint": "encoder.checkpoint", "random": "encoder.random", "preset": "encoder.preset",
+                  "init_seed": "encoder.init_seed", "data": "finetune.data", "limit": "finetune.limit",
+                  "labels_per_class": "finetune.labels_per_class", "label_fraction": "finetune.label_fraction",
+                  "val_size": "finetune.val_size", "pool": "finetune.pool", "select": "finetune.select",
                   "device": "finetune.device"}  # fmt: skip
 
 
@@ -176,8 +179,23 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     add_set_argument(p, "probe.epochs=10")
 
     p = sub.add_parser("finetune", help="end-to-end fine-tuning (Table S2)", formatter_class=fmt)
-    p.add_argument("--checkpoint", help="pretraining checkpoint or exported .safetensors")
-    ft = FinetuneConfig()
+    ft, e = FinetuneConfig(), EncoderConfig()
+    g = p.add_argument_group("encoder (one of)")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="pretraining checkpoint or exported .safetensors")
+    src.add_argument("--random", action="store_const", const=True,
+                     help="the scratch baseline: the encoder as pretraining initialises it (shape of --preset)")  # fmt: skip
+    g.add_argument("--preset", help=f"model shape for --random [default: {e.preset}]")
+    g.add_argument("--init-seed", type=int, help=f"initialisation seed for --random [default: {e.init_seed}]")
+    g = p.add_argument_group("labels and selection")
+    g.add_argument("--labels-per-class", type=int, help="train on K labelled images per class (stratified, seeded)")
+    g.add_argument("--label-fraction", type=float, help="... or on this fraction of every class, in (0, 1]")
+    g.add_argument("--val-size", type=int, help="validation images carved from the training split "
+                   "[default: 10 %%, at most 5000]")  # fmt: skip
+    g.add_argument("--select", choices=["last", "best"], help="weights scored on the test split, once "
+                   f"[default: {ft.select}]")  # fmt: skip
+    g.add_argument("--pool", choices=["avg", "cls"], help="avg: mean of patch tokens + fc_norm (the official "
+                   f"fine-tuning); cls: cls token [default: {ft.pool}]")  # fmt: skip
     p.add_argument("--data", help=f"'fashion-mnist' or a folder with train/ and val/ [default: {ft.data}]")
     p.add_argument("--recipe", help=f"one of {preset_names(FinetuneRunConfig)} or a YAML file such as a "
                    "run's config.yaml [default: cpu] (paper: Table S2)")  # fmt: skip

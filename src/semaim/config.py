@@ -293,7 +293,13 @@ class FinetuneConfig:
     """End-to-end fine-tuning (Table S2 recipe) and what it runs on."""
 
     data: str = "fashion-mnist"  # 'fashion-mnist' or a folder with train/ and val/
-    limit: int | None = None  # only the first N training images
+    limit: int | None = None  # only the first N training images (after the validation split is carved out)
+    labels_per_class: int | None = None  # train on K labelled images per class (a seeded, stratified subset)
+    label_fraction: float | None = None  # ... or on this fraction of every class
+    val_size: int | None = None  # validation images carved from the training split; None: 10 %, at most 5000
+    split_seed: int = 0  # seed of the validation split (the same for every run)
+    select: str = "last"  # weights scored on the test split: last | best (best validation top-1)
+    pool: str = "avg"  # avg: mean of patch tokens + a new fc_norm (the official fine-tuning); cls: cls token
     device: str = "auto"
     epochs: int = 100
     batch_size: int = 1024
@@ -324,11 +330,28 @@ class FinetuneConfig:
         require_positive(self, prefix, "min_lr", "warmup_epochs", "weight_decay", "mixup", "cutmix",
                          allow_zero=True)  # fmt: skip
         require(0 < self.layer_decay <= 1, f"{prefix}layer_decay", "a value in (0, 1]", self.layer_decay)
+        ok = self.batch_size % 2 == 0 or not (self.mixup > 0 or self.cutmix > 0)
+        require(ok, f"{prefix}batch_size", "an even number with mixup / cutmix (timm pairs images)", self.batch_size)
         for name in ("drop_path", "reprob", "smoothing"):
             require(0 <= getattr(self, name) < 1, f"{prefix}{name}", "a value in [0, 1)", getattr(self, name))
         require(all(0 <= b < 1 for b in self.betas), f"{prefix}betas", "two values in [0, 1)", list(self.betas))
         require_choice(self.precision, f"{prefix}precision", ("auto", "fp32", "bf16"))
+        self.validate_data(prefix)
         return self
+
+    def validate_data(self, prefix: str) -> None:
+        """What to train, validate and select on (the sizes against the data are checked on opening it)."""
+        require(self.labels_per_class is None or self.label_fraction is None, f"{prefix}labels_per_class",
+                "not together with label_fraction", self.labels_per_class)  # fmt: skip
+        ok = self.label_fraction is None or 0 < self.label_fraction <= 1
+        require(ok, f"{prefix}label_fraction", "a value in (0, 1]", self.label_fraction)
+        ok = self.labels_per_class is None or self.labels_per_class >= 1
+        require(ok, f"{prefix}labels_per_class", "a positive int", self.labels_per_class)
+        require(self.val_size is None or self.val_size >= 0, f"{prefix}val_size", "an int >= 0", self.val_size)
+        require_choice(self.pool, f"{prefix}pool", ("avg", "cls"))
+        require_choice(self.select, f"{prefix}select", ("last", "best"))
+        require(self.select == "last" or self.val_size != 0, f"{prefix}select", "last when val_size is 0",
+                self.select)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the mechanism

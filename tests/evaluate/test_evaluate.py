@@ -197,16 +197,18 @@ def test_finetune_command(tmp_path, pretrained, capsys):
     make_image_folder(data / "val", classes=("a", "b", "c"), per_class=2, seed=1)
     out = tmp_path / "ft"
     args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--out", str(out), "--no-progress",
-            "--set", "epochs=2", "--set", "batch_size=6", "--set", "workers=0"]  # fmt: skip
+            "--set", "epochs=2", "--set", "batch_size=6", "--set", "workers=0", "--set", "val_size=3"]  # fmt: skip
     assert main(args) == 0
-    assert "semaim finetune done: top-1" in capsys.readouterr().out
+    assert "semaim finetune done: test top-1" in capsys.readouterr().out
     evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
-    assert [e["epoch"] for e in evals] == [1, 2] and all(0 <= e["top1"] <= 100 for e in evals)
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 6
+    assert [e["epoch"] for e in evals] == [1, 2] and all(0 <= e["val_top1"] <= 100 for e in evals)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4  # 15 training images, batch 6
+    result = json.loads((out / "result.json").read_text())
+    assert result["train_images"] == 15 and result["val_images"] == 3 and 0 <= result["test_top1"] <= 100
     # The fine-tuned encoder loads back (head dropped) and the run refuses to be overwritten.
     assert load_encoder(out / "checkpoint-last.pt").num_classes == 0
     assert main(args) == 2
-    assert main([*args[:-6], "--set", "epohcs=2"]) == 2
+    assert main([*args[:-8], "--set", "epohcs=2"]) == 2
     assert "unknown field 'epohcs'" in capsys.readouterr().err
 
 
@@ -217,7 +219,8 @@ def test_finetune_resumes_exactly(tmp_path, pretrained, monkeypatch):
     make_image_folder(data / "train", classes=("a", "b"), per_class=8)
     make_image_folder(data / "val", classes=("a", "b"), per_class=2, seed=1)
     base = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--no-progress", "--set", "epochs=2",
-            "--set", "batch_size=4", "--set", "workers=0", "--set", "save_every_steps=1"]  # fmt: skip
+            "--set", "batch_size=4", "--set", "workers=0", "--set", "save_every_steps=1",
+            "--set", "val_size=0"]  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "whole")]) == 0
 
     real_save, calls = ft.save_atomic, {"n": 0}

@@ -29,7 +29,7 @@ LOCK = ".semaim.lock"
 ``lockf`` rather than ``flock``: a POSIX lock belongs to the process, so the data loader's forked
 workers do not inherit it and a killed run's folder is free at once, not when its orphaned workers
 notice (up to seconds later)."""
-RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "checkpoint-*.pt", ".checkpoint-*.tmp",
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "result.json", "checkpoint-*.pt", ".checkpoint-*.tmp",
              ".*.tmp", "tb")  # fmt: skip
 """What a run writes into its folder: ``--force`` removes exactly these, nothing a user put there."""
 

@@ -11,7 +11,8 @@ from torch import nn
 from ..config import EncoderConfig, FeaturesConfig
 from ..engine.distributed import resolve_device
 from ..engine.run import resolve_precision
-from ..export import load_encoder, random_encoder
+from ..errors import ConfigError
+from ..export import encoder_from_checkpoint, load_encoder, model_args, random_encoder
 from ..presets import load_preset
 from .features import RawPixels, extract_features
 
@@ -46,6 +47,19 @@ def choose_encoder(cfg: EncoderConfig) -> EncoderChoice:
         vit = random_encoder(model, cfg.init_seed)
         return EncoderChoice(vit, img, model.in_chans, weights_fingerprint(vit), f"random {cfg.preset}")
     return EncoderChoice(RawPixels(), img, model.in_chans, f"pixels:{img}", "raw pixels")
+
+
+def starting_weights(cfg: EncoderConfig) -> tuple[dict[str, torch.Tensor], dict, str]:
+    """``(state dict, VisionTransformer args, description)`` of the encoder a fine-tuning run starts from:
+    a checkpoint's, or (the scratch baseline) the initialisation pretraining would start from."""
+    if cfg.pixels:
+        raise ConfigError("encoder.pixels: fine-tuning needs an encoder (--checkpoint or --random)")
+    if cfg.checkpoint:
+        state, args = encoder_from_checkpoint(cfg.checkpoint)
+        return state, args, f"checkpoint {cfg.checkpoint}"
+    model = load_preset(cfg.preset).model
+    vit = random_encoder(model, cfg.init_seed)
+    return vit.state_dict(), model_args(model), f"random {cfg.preset} (seed {cfg.init_seed})"
 
 
 def split_features(cfg: FeaturesConfig, enc: EncoderChoice, progress: bool = True):

@@ -10,6 +10,7 @@ TensorBoard events and the checkpoints. Single process.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -32,14 +33,16 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import FinetuneConfig, FinetuneRunConfig
 from ..data import open_dataset
 from ..data.sampler import AugmentedDataset, EpochSampler, collate, sample_seed
+from ..data.splits import label_subset, train_val_split
 from ..data.transforms import PretrainTransform, channel_stats
 from ..engine.checkpoint import load_checkpoint, save_atomic
 from ..engine.distributed import resolve_device
 from ..engine.optim import layer_decay_groups, lr_at, scaled_lr
 from ..engine.run import LAST, RunFolder, autocast_context, check_finite, format_seconds, resolve_precision
 from ..engine.runlog import RunLog
-from ..errors import ConfigError, DataError
-from ..export import KIND_FINETUNE, build_vit, encoder_from_checkpoint
+from ..errors import DataError
+from ..export import KIND_FINETUNE, build_vit
+from .encoders import starting_weights
 from .linear import top_k_accuracy
 
 
@@ -67,17 +70,19 @@ def train_transform(ft: FinetuneConfig, in_chans: int, img_size: tuple[int, int]
 
 
 class FinetuneDataset(Dataset):
-    """``dataset[(index, seed)] -> (image, label)`` with timm's training transform, seeded per sample."""
+    """``dataset[(i, seed)] -> (image, label)`` of ``base[indices[i]]`` with timm's training transform,
+    seeded per sample."""
 
-    def __init__(self, base: Dataset, transform: Any, in_chans: int) -> None:
-        self.base, self.transform = base, transform
+    def __init__(self, base: Dataset, indices: torch.Tensor, transform: Any, in_chans: int) -> None:
+        self.base, self.indices, self.transform = base, indices.tolist(), transform
         self.mode = "RGB" if in_chans == 3 else "L"
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.indices)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, seed = item
+        position, seed = item
+        index = self.indices[position]
         img = self.base.load(index)
         if isinstance(img, torch.Tensor):
             img = Image.fromarray(img[0].numpy())
@@ -90,46 +95,73 @@ class FinetuneDataset(Dataset):
 
 @dataclass
 class Splits:
-    """The labelled train and test splits of a fine-tuning run, with their loaders."""
+    """What a fine-tuning run learns from (a labelled subset of the training split) and selects on (a
+    validation split carved from it). The test split is opened only by :func:`final_test`."""
 
     train: DataLoader
-    test: DataLoader
+    val: DataLoader | None
     sampler: EpochSampler
     num_images: int
+    num_val: int
     num_classes: int
+    img_size: tuple[int, int]
+    stats: tuple[tuple[float, ...], tuple[float, ...]]  # the training split's mean and std, for every split
+
+
+def image_size(args: dict[str, Any]) -> tuple[int, int]:
+    return tuple(args["img_size"]) if isinstance(args["img_size"], list) else (args["img_size"],) * 2
+
+
+def eval_loader(base: Dataset, indices: list[int] | None, img_size: tuple[int, int], in_chans: int,
+                workers: int, mean: tuple[float, ...], std: tuple[float, ...]) -> DataLoader:  # fmt: skip
+    """Resize + normalise, no augmentation, over ``indices`` of ``base`` (all of it when ``None``)."""
+    transform = PretrainTransform(img_size, mean, std, in_chans, train=False)
+    return DataLoader(AugmentedDataset(base, transform), batch_size=256, sampler=indices, num_workers=workers,
+                      collate_fn=collate)  # fmt: skip
 
 
 def open_splits(ft: FinetuneConfig, args: dict[str, Any]) -> Splits:
-    """Both splits of ``ft.data`` for an encoder of ``args``: Table S2's augmentation on train."""
-    in_chans = args["in_chans"]
-    img_size = tuple(args["img_size"]) if isinstance(args["img_size"], list) else (args["img_size"],) * 2
-    train_base, test_base = open_dataset(ft.data, "train", in_chans), open_dataset(ft.data, "test", in_chans)
-    if (train_base.labels < 0).any():
+    """The training subset (Table S2's augmentation) and the validation split of ``ft.data``'s train split."""
+    in_chans, img_size = args["in_chans"], image_size(args)
+    base = open_dataset(ft.data, "train", in_chans)
+    if (base.labels < 0).any():
         raise DataError(f"data: {ft.data} has unlabeled images; fine-tuning needs class sub-folders")
-    num_classes = int(train_base.labels.max()) + 1
-    num_images = min(len(train_base), ft.limit or len(train_base))
-    sampler = EpochSampler(num_images, ft.batch_size, 1, ft.seed)
-    mean, std = channel_stats(train_base.mean, in_chans), channel_stats(train_base.std, in_chans)
-    transform = train_transform(ft, in_chans, img_size, mean, std)
+    val_size = ft.val_size if ft.val_size is not None else min(5000, len(base) // 10)
+    pool, val = train_val_split(base.labels, val_size, ft.split_seed)
+    pool = pool[: ft.limit] if ft.limit else pool
+    subset = label_subset(base.labels, pool, ft.labels_per_class, ft.label_fraction, ft.seed)
+    sampler = EpochSampler(len(subset), ft.batch_size, 1, ft.seed)
+    mean, std = channel_stats(base.mean, in_chans), channel_stats(base.std, in_chans)
     train = DataLoader(
-        FinetuneDataset(train_base, transform, in_chans), batch_size=ft.batch_size, sampler=sampler,
-        num_workers=ft.workers, collate_fn=collate, drop_last=True, persistent_workers=ft.workers > 0,
+        FinetuneDataset(base, subset, train_transform(ft, in_chans, img_size, mean, std), in_chans),
+        batch_size=ft.batch_size, sampler=sampler, num_workers=ft.workers, collate_fn=collate, drop_last=True,
+        persistent_workers=ft.workers > 0,
     )  # fmt: skip
-    test_transform = PretrainTransform(img_size, train_base.mean, train_base.std, in_chans, train=False)
-    test = DataLoader(AugmentedDataset(test_base, test_transform), batch_size=256, num_workers=ft.workers,
-                      collate_fn=collate)  # fmt: skip
-    return Splits(train, test, sampler, num_images, num_classes)
+    val_loader = None
+    if len(val):
+        val_loader = eval_loader(base, val.tolist(), img_size, in_chans, ft.workers, base.mean, base.std)
+    return Splits(train, val_loader, sampler, len(subset), len(val), int(base.labels.max()) + 1, img_size,
+                  (base.mean, base.std))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- model and objective
 def build_classifier(args: dict[str, Any], state: dict[str, torch.Tensor], num_classes: int,
                      ft: FinetuneConfig, source: str) -> VisionTransformer:  # fmt: skip
-    """The encoder with a new head (MAE's init: N(0, 2e-5)) and Table S2's drop path."""
+    """The encoder with a new head (MAE's init: N(0, 2e-5)) and Table S2's drop path.
+
+    ``pool="avg"`` is the official fine-tuning's head: the mean of the patch tokens through a new
+    LayerNorm (``fc_norm``), the encoder's final norm dropped (timm's ``global_pool="avg"``); ``"cls"``
+    keeps the final norm and classifies the cls token.
+    """
     torch.manual_seed(ft.seed)
-    model = build_vit(args, num_classes=num_classes, drop_path_rate=ft.drop_path)
+    global_pool = "avg" if ft.pool == "avg" else "token"
+    model = build_vit(args, num_classes=num_classes, drop_path_rate=ft.drop_path, global_pool=global_pool)
+    if ft.pool == "avg":
+        state = {k: v for k, v in state.items() if not k.startswith("norm.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) != {"head.weight", "head.bias"}:
-        raise DataError(f"checkpoint {source}: encoder does not fit: missing {missing}, unexpected {unexpected}")
+    fresh = {"head.weight", "head.bias"} | ({"fc_norm.weight", "fc_norm.bias"} if ft.pool == "avg" else set())
+    if unexpected or set(missing) != fresh:
+        raise DataError(f"{source}: encoder does not fit: missing {missing}, unexpected {unexpected}")
     nn.init.trunc_normal_(model.head.weight, std=2e-5)
     return model
 
@@ -172,59 +204,60 @@ class FinetuneState:
     num_classes: int
     precision: str
     step: int = 0
-    best_top1: float = 0.0
+    best_val_top1: float = -1.0
 
     def save(self, path: Path) -> None:
         save_atomic({
-            "kind": KIND_FINETUNE, "model": self.model.state_dict(), "model_args": self.args,
+            "kind": KIND_FINETUNE, "model": self.model.state_dict(),
+            "model_args": {**self.args, "global_pool": self.model.global_pool},
             "num_classes": self.num_classes, "config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
-            "step": self.step, "best_top1": self.best_top1,
+            "step": self.step, "best_val_top1": self.best_val_top1,
         }, path)  # fmt: skip
 
 
 def finetune(cfg: FinetuneRunConfig, out_dir: str | Path, resume: bool = False, force: bool = False,
              progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Fine-tune the encoder of ``cfg.encoder.checkpoint`` on ``cfg.finetune.data``'s train split, evaluate
-    on its test split after every epoch. Returns the last evaluation, the best top-1, steps and time."""
+    """Fine-tune ``cfg.encoder`` (a checkpoint, or the random initialisation: the scratch baseline) on a
+    labelled subset of ``cfg.finetune.data``'s training split, validate after every epoch on a split
+    carved from it, and score the test split once, at the end, with the last or the best-validation
+    weights (``finetune.select``). Returns the test scores, the validation history's best and the time."""
     cfg.validate()
     ft = cfg.finetune
-    if not cfg.encoder.checkpoint:
-        raise ConfigError("encoder.checkpoint: fine-tuning starts from a checkpoint (--checkpoint)")
     device = resolve_device(ft.device)
     with RunFolder(Path(out_dir), resume, force) as folder:
-        weights, args = encoder_from_checkpoint(cfg.encoder.checkpoint)
+        weights, args, source = starting_weights(cfg.encoder)
         ckpt = load_checkpoint(folder.path / LAST, KIND_FINETUNE) if resume else None
         splits = open_splits(ft, args)
-        model = build_classifier(args, weights, splits.num_classes, ft, cfg.encoder.checkpoint).to(device)
+        model = build_classifier(args, weights, splits.num_classes, ft, source).to(device)
         groups = layer_decay_groups(model, ft.weight_decay, ft.layer_decay, len(model.blocks))
         optimizer = torch.optim.AdamW(groups, lr=scaled_lr(ft.blr, ft.batch_size), betas=ft.betas, fused=True)
         state = FinetuneState(model, optimizer, cfg, args, splits.num_classes, resolve_precision(ft.precision, device))
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
-            state.step, state.best_top1 = ckpt["step"], ckpt["best_top1"]
+            state.step, state.best_val_top1 = ckpt["step"], ckpt["best_val_top1"]
         folder.start(cfg.to_dict())
-        total = splits.sampler.steps_per_epoch * ft.epochs
-        log = RunLog(folder.path, "finetune", total, state.step, resume, progress)
+        log = RunLog(folder.path, "finetune", splits.sampler.steps_per_epoch * ft.epochs, state.step, resume, progress)
         print(
-            f"semaim finetune: {splits.num_images} images, {splits.num_classes} classes, "
-            f"{splits.sampler.steps_per_epoch} steps/epoch × {ft.epochs} epochs, batch {ft.batch_size}, "
-            f"lr {scaled_lr(ft.blr, ft.batch_size):.3g}, {state.precision} on {device}",
+            f"semaim finetune: {source}, {splits.num_images} training images ({splits.num_val} held out for "
+            f"validation), {splits.num_classes} classes, {splits.sampler.steps_per_epoch} steps/epoch × "
+            f"{ft.epochs} epochs, batch {ft.batch_size}, lr {scaled_lr(ft.blr, ft.batch_size):.3g}, "
+            f"{ft.pool} pool, {state.precision} on {device}",
             file=sys.stderr,
         )
         start = time.perf_counter()
         try:
-            result = train(state, splits, folder.path, log, device)
+            train(state, splits, folder.path, log, device)
         finally:
             log.close()
-    summary = {**result, "best_top1": max(state.best_top1, result["top1"]), "steps": state.step,
-               "wall_s": time.perf_counter() - start}  # fmt: skip
+        result = {**final_test(state, splits, folder.path, device), "steps": state.step,
+                  "wall_s": time.perf_counter() - start}  # fmt: skip
     print(
-        f"semaim finetune done: top-1 {result['top1']:.2f}% (best {summary['best_top1']:.2f}%), "
-        f"top-5 {result['top5']:.2f}% after {state.step} steps in {format_seconds(summary['wall_s'])}; "
-        f"checkpoint {folder.path / LAST}"
+        f"semaim finetune done: test top-1 {result['test_top1']:.2f}%, top-5 {result['test_top5']:.2f}% "
+        f"({ft.select} weights; best validation top-1 {result['best_val_top1']:.2f}%) after {state.step} steps "
+        f"in {format_seconds(result['wall_s'])}; checkpoint {folder.path / LAST}"
     )
-    return summary
+    return result
 
 
 def train_step(state: FinetuneState, images: torch.Tensor, labels: torch.Tensor, lr: float,
@@ -252,12 +285,12 @@ def train_step(state: FinetuneState, images: torch.Tensor, labels: torch.Tensor,
     return loss.item(), grad_norm
 
 
-def train(state: FinetuneState, splits: Splits, out: Path, log: RunLog, device: torch.device) -> dict[str, float]:
-    """Epochs from ``state.step`` on: evaluate and save after each, ``checkpoint-last.pt`` as configured."""
+def train(state: FinetuneState, splits: Splits, out: Path, log: RunLog, device: torch.device) -> None:
+    """Epochs from ``state.step`` on: validate and save after each, ``checkpoint-last.pt`` as configured."""
     ft = state.cfg.finetune
     steps_per_epoch = splits.sampler.steps_per_epoch
     total, warmup = steps_per_epoch * ft.epochs, round(ft.warmup_epochs * steps_per_epoch)
-    base_lr, objective, result = scaled_lr(ft.blr, ft.batch_size), build_objective(ft, splits.num_classes), {}
+    base_lr, objective = scaled_lr(ft.blr, ft.batch_size), build_objective(ft, splits.num_classes)
     state.model.train()
     while state.step < total:
         epoch, in_epoch = divmod(state.step, steps_per_epoch)
@@ -269,21 +302,39 @@ def train(state: FinetuneState, splits: Splits, out: Path, log: RunLog, device: 
                       "images_per_s": ft.batch_size / (time.perf_counter() - t0), "time": time.time()}  # fmt: skip
             log.log(record, f"epoch {epoch + 1}/{ft.epochs}", loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             if state.step % steps_per_epoch == 0:
-                result = end_of_epoch(state, splits, out, log, device, epoch)
+                end_of_epoch(state, splits, out, log, device, epoch)
             elif state.step % ft.save_every_steps == 0:
                 state.save(out / LAST)
-    return result or evaluate(state.model, splits.test, device, state.precision)
 
 
 def end_of_epoch(state: FinetuneState, splits: Splits, out: Path, log: RunLog, device: torch.device,
-                 epoch: int) -> dict[str, float]:  # fmt: skip
-    """Evaluate, append to ``eval.jsonl``, save ``checkpoint-last.pt`` (and ``-best`` on a new best)."""
-    result = evaluate(state.model, splits.test, device, state.precision)
-    state.best_top1 = max(state.best_top1, result["top1"])
-    log.scalar("test_top1", result["top1"], state.step)
-    with open(out / "eval.jsonl", "a") as f:
-        f.write(json.dumps({"step": state.step, "epoch": epoch + 1, **result}) + "\n")
+                 epoch: int) -> None:  # fmt: skip
+    """Validate (append to ``eval.jsonl``), save ``checkpoint-last.pt`` and, on a new best, ``-best``."""
+    if splits.val is not None:
+        result = evaluate(state.model, splits.val, device, state.precision)
+        log.scalar("val_top1", result["top1"], state.step)
+        with open(out / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"step": state.step, "epoch": epoch + 1, "val_top1": result["top1"],
+                                "val_top5": result["top5"]}) + "\n")  # fmt: skip
+        if result["top1"] > state.best_val_top1:
+            state.best_val_top1 = result["top1"]
+            state.save(out / "checkpoint-best.pt")
     state.save(out / LAST)
-    if result["top1"] >= state.best_top1:
-        state.save(out / "checkpoint-best.pt")
+
+
+def final_test(state: FinetuneState, splits: Splits, out: Path, device: torch.device) -> dict[str, Any]:
+    """Score the test split once, with the last weights or the best-validation ones; write ``result.json``."""
+    ft = state.cfg.finetune
+    model = state.model
+    if ft.select == "best":
+        model = copy.deepcopy(state.model)
+        model.load_state_dict(load_checkpoint(out / "checkpoint-best.pt", KIND_FINETUNE)["model"])
+    in_chans = state.args["in_chans"]
+    test = open_dataset(ft.data, "test", in_chans)
+    loader = eval_loader(test, None, splits.img_size, in_chans, ft.workers, *splits.stats)
+    scores = evaluate(model, loader, device, state.precision)
+    result = {"test_top1": scores["top1"], "test_top5": scores["top5"], "selected": ft.select,
+              "best_val_top1": state.best_val_top1 if splits.val is not None else float("nan"),
+              "train_images": splits.num_images, "val_images": splits.num_val}  # fmt: skip
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -1,0 +1,64 @@
+"""Seeded, stratified index splits of a labelled training set: a validation split carved out of it for
+every choice (recipe, lr, epoch), and label subsets (K per class, or a fraction) for label efficiency.
+
+Every function is a pure function of ``(labels, sizes, seed)``: the same call gives the same indices on
+any machine, so runs that differ only in their encoder see the same images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ConfigError
+
+
+def _per_class(labels: torch.Tensor, pool: torch.Tensor, seed: int) -> dict[int, torch.Tensor]:
+    """``class -> its indices in pool``, each in a seeded random order."""
+    g = torch.Generator().manual_seed(seed)
+    shuffled = pool[torch.randperm(len(pool), generator=g)]
+    return {int(c): shuffled[labels[shuffled] == c] for c in torch.unique(labels[pool])}
+
+
+def _quotas(sizes: dict[int, int], total: int) -> dict[int, int]:
+    """Split ``total`` over classes in proportion to ``sizes`` (largest remainder, ties by class)."""
+    n = sum(sizes.values())
+    exact = {c: total * s / n for c, s in sizes.items()}
+    quota = {c: math.floor(e) for c, e in exact.items()}
+    for c in sorted(exact, key=lambda c: (quota[c] - exact[c], c))[: total - sum(quota.values())]:
+        quota[c] += 1
+    return quota
+
+
+def train_val_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train indices, validation indices)``: ``val_size`` images, every class in proportion; sorted."""
+    pool = torch.arange(len(labels))
+    if not 0 <= val_size < len(labels):
+        raise ConfigError(
+            f"finetune.val_size: expected 0 <= val_size < the {len(labels)} training images, got {val_size}"
+        )
+    classes = _per_class(labels, pool, seed)
+    quota = _quotas({c: len(i) for c, i in classes.items()}, val_size)
+    val = torch.cat([i[: quota[c]] for c, i in classes.items()])
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[val] = False
+    return pool[keep], val.sort().values
+
+
+def label_subset(labels: torch.Tensor, pool: torch.Tensor, per_class: int | None = None,
+                 fraction: float | None = None, seed: int = 0) -> torch.Tensor:  # fmt: skip
+    """The indices of ``pool`` kept for training: ``per_class`` images of every class, or ``fraction`` of
+    each class (at least one), drawn with ``seed``; all of ``pool`` when both are ``None``. Sorted."""
+    if per_class is None and fraction is None:
+        return pool
+    classes = _per_class(labels, pool, seed)
+    if per_class is not None:
+        smallest = min(len(i) for i in classes.values())
+        if not 1 <= per_class <= smallest:
+            raise ConfigError(
+                f"finetune.labels_per_class: expected 1 to {smallest} (the smallest class of the training "
+                f"split has {smallest} images), got {per_class}"
+            )
+        return torch.cat([i[:per_class] for i in classes.values()]).sort().values
+    return torch.cat([i[: max(1, round(fraction * len(i)))] for i in classes.values()]).sort().values

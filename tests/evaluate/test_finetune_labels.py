@@ -1,0 +1,94 @@
+"""Fine-tuning for the payoff question: the scratch baseline, label subsets, a validation split carved
+from the training data, the test split scored once at the end, the official head (avg pool + fc_norm)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import semaim.evaluate.finetune as ft
+from semaim import load_encoder
+from semaim.cli import main
+from semaim.config import EncoderConfig
+from semaim.data.folders import ImageFolder
+from semaim.evaluate.encoders import starting_weights
+from semaim.export import random_encoder
+from semaim.presets import load_preset
+from tests.conftest import make_image_folder
+
+TINY_PRESET = "model: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, decoder_depth: 2}\n"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    make_image_folder(data / "train", classes=("a", "b", "c"), per_class=10)
+    make_image_folder(data / "val", classes=("a", "b", "c"), per_class=3, seed=1)
+    return data
+
+
+def run(tmp_path, folder, *extra: str) -> int:
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(TINY_PRESET)
+    return main(["finetune", "--random", "--preset", str(preset), "--data", str(folder), "--no-progress",
+                 "--set", "epochs=2", "--set", "batch_size=4", "--set", "finetune.workers=0", *extra])  # fmt: skip
+
+
+def test_random_is_the_pretraining_initialisation():
+    state, args, _ = starting_weights(EncoderConfig(random=True, preset="cpu-tiny", init_seed=3))
+    expected = random_encoder(load_preset("cpu-tiny").model, seed=3).state_dict()
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+    assert args["embed_dim"] == load_preset("cpu-tiny").model.embed_dim
+
+
+def test_label_subset_validation_and_one_test_at_the_end(tmp_path, folder, monkeypatch):
+    events: list[str] = []
+    real_load, real_final = ImageFolder.load, ft.final_test
+    monkeypatch.setattr(ImageFolder, "load", lambda self, i: events.append(self.root.name) or real_load(self, i))
+    monkeypatch.setattr(ft, "final_test", lambda *a: events.append("final test") or real_final(*a))
+    out = tmp_path / "ft"
+    assert run(tmp_path, folder, "--labels-per-class", "4", "--val-size", "6", "--out", str(out)) == 0
+    first_test_read = events.index("val")  # the data folder's val/ is the test split
+    assert events.index("final test") < first_test_read and "val" not in events[: events.index("final test")]
+    assert events.count("val") == 9  # scored once
+    result = json.loads((out / "result.json").read_text())
+    assert result["train_images"] == 12 and result["val_images"] == 6 and result["selected"] == "last"
+    evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in evals] == [1, 2] and "val_top1" in evals[0] and "test_top1" not in evals[0]
+    vit = load_encoder(out / "checkpoint-last.pt")  # the official head: avg pool + fc_norm, no final norm
+    assert vit.global_pool == "avg" and isinstance(vit.norm, torch.nn.Identity)
+
+
+def test_best_validation_weights_and_cls_pool(tmp_path, folder):
+    out = tmp_path / "ft"
+    assert run(tmp_path, folder, "--select", "best", "--pool", "cls", "--val-size", "3", "--out", str(out)) == 0
+    assert json.loads((out / "result.json").read_text())["selected"] == "best"
+    assert (out / "checkpoint-best.pt").is_file()
+    assert load_encoder(out / "checkpoint-last.pt").global_pool == "token"
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        (["--labels-per-class", "20"], "finetune.labels_per_class"),
+        (["--label-fraction", "1.5"], "finetune.label_fraction"),
+        (["--label-fraction", "0"], "finetune.label_fraction"),
+        (["--labels-per-class", "2", "--label-fraction", "0.5"], "finetune.labels_per_class"),
+        (["--val-size", "30"], "finetune.val_size"),
+        (["--select", "best", "--val-size", "0"], "finetune.select"),
+        (["--set", "batch_size=3"], "finetune.batch_size"),  # timm's mixup pairs images
+    ],
+)
+def test_impossible_label_settings_exit_2_and_touch_nothing(tmp_path, folder, capsys, extra, field):
+    out = tmp_path / "ft"
+    assert run(tmp_path, folder, *extra, "--out", str(out)) == 2
+    assert f"{field}: expected" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_random_and_checkpoint_together_is_refused(tmp_path, folder, capsys):
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path, folder, "--checkpoint", "x.pt", "--out", str(tmp_path / "ft"))
+    assert stop.value.code == 2 and "--checkpoint" in capsys.readouterr().err
