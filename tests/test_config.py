@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from semaim.config import PretrainConfig, parse_assignment
+from semaim.errors import ConfigError
 from semaim.presets import load_preset, preset_names
 
 
@@ -65,6 +66,13 @@ def test_bad_set_names_the_problem(text, match):
 def test_unknown_preset_lists_the_available_ones():
     with pytest.raises(ValueError, match="'nope' does not exist; available presets are .*cpu-tiny"):
         load_preset("nope")
+
+
+def test_a_preset_section_that_is_not_a_mapping_is_named(tmp_path):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("model: 5\n")
+    with pytest.raises(ConfigError, match=f"preset {preset}: section 'model' must map fields"):
+        load_preset(str(preset))
 
 
 def test_config_round_trip():

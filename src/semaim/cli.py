@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -75,7 +76,8 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--accum-steps", type=int, help="gradient accumulation steps")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 where the device computes it natively, else fp32")  # fmt: skip
     g = p.add_argument_group("method")
     g.add_argument("--order", help="raster, stochastic, similarity, semantic, center, multi-center")
     g.add_argument("--target", help="pixels or features")
@@ -392,6 +394,7 @@ def check_writable(path: str | None) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from .export import export_encoder
 
+    check_writable(args.out)
     weights, meta = export_encoder(args.checkpoint, args.out)
     print(f"wrote {weights} and {meta}")
     return 0
@@ -466,6 +469,15 @@ COMMANDS = {
 }
 
 
+def user_message(err: SemAIMError) -> str:
+    """The error's own message. An error raised in a data-loader worker comes back with the worker's
+    traceback in its text (PyTorch re-raises it so); the user needs only its last line."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        text = re.sub(r"^[\w.]+: ", "", text.splitlines()[-1])
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. A :class:`~semaim.errors.SemAIMError` (something the user can fix) prints its
     message and exits 2; a non-finite loss exits 1; any other exception is a bug and keeps its traceback."""
@@ -476,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"semaim {args.command}: stopped: {err}", file=sys.stderr)
         return 1
     except SemAIMError as err:
-        print(f"semaim {args.command}: error: {err}", file=sys.stderr)
+        print(f"semaim {args.command}: error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"semaim {args.command}: interrupted; resume with --resume", file=sys.stderr)

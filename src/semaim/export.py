@@ -69,10 +69,10 @@ def encoder_from_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], 
     path = Path(path)
     if path.suffix == ".safetensors":
         meta = path.with_suffix(".json")
-        if not meta.is_file():
-            raise MissingFileError(f"encoder file {path}: its description {meta} is missing")
         if not path.is_file():
             raise MissingFileError(f"encoder file not found: {path}")
+        if not meta.is_file():
+            raise MissingFileError(f"encoder file {path}: its description {meta} is missing")
         return read_safetensors(path), read_model_args(meta)
     ckpt = load_checkpoint(path, kind=None)
     if ckpt["kind"] == KIND_PRETRAIN:

@@ -45,6 +45,10 @@ def load_preset(name: str, kind: type[C] = PretrainConfig) -> C:
             raise ConfigError(
                 f"preset {path}: unknown section {section!r}; expected {list(kind.section_types())}"
             )
+        if not isinstance(entries, dict | None):
+            raise ConfigError(
+                f"preset {path}: section {section!r} must map fields to values, got {entries!r}"
+            )
         for key, value in (entries or {}).items():
             cfg.set(f"{section}.{key}", value)
     return cfg

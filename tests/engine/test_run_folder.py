@@ -171,3 +171,71 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "export", buggy)
     with pytest.raises(ValueError, match="internal bug"):
         main(["export", "--checkpoint", "x.pt"])
+
+
+def test_the_same_process_cannot_enter_a_folder_twice(tmp_path):
+    from semaim.engine.run import RunFolder
+
+    with RunFolder(tmp_path / "run"), pytest.raises(RunDirError, match="in use by this process"):
+        RunFolder(tmp_path / "run").__enter__()
+    with RunFolder(tmp_path / "run"):  # released on exit
+        pass
+
+
+def test_a_failed_run_removes_every_folder_it_created(tmp_path):
+    out = tmp_path / "a" / "b" / "run"
+    assert pretrain(out, "--data", str(tmp_path / "missing")) == 2
+    assert not (tmp_path / "a").exists()
+
+
+def test_force_never_deletes_the_runs_own_input(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain(out) == 0
+    checkpoint = out / "checkpoint-last.pt"
+    args = ["finetune", "--checkpoint", str(checkpoint), "--out", str(out), "--force", "--no-progress"]
+    assert main(args) == 2
+    assert "is an input of this run" in capsys.readouterr().err
+    assert load_checkpoint(checkpoint)["step"] == 4  # untouched
+
+
+def test_a_full_disk_while_writing_the_config_keeps_the_old_one(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert pretrain(out) == 0
+    before = (out / "config.yaml").read_text()
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    assert pretrain(out, "--resume", "--epochs", "2") == 2
+    assert "disk full while writing" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert (out / "config.yaml").read_text() == before
+
+
+def test_a_corrupt_image_read_by_a_worker_is_one_line(tmp_path, capsys):
+    from tests.conftest import make_image_folder
+
+    data = tmp_path / "data"
+    make_image_folder(data, per_class=8)
+    (data / "cat" / "zz_broken.png").write_bytes(b"garbage")
+    assert pretrain(tmp_path / "run", "--data", str(data), "--workers", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("semaim pretrain: error: corrupt or unreadable image:") and "Traceback" not in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_torchrun_ranks_stop_together_when_the_folder_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("not empty")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+           "-m", "semaim", "pretrain", "--out", str(out), *RUN]  # fmt: skip
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0  # torchrun reports the children's exit 2 with a launcher traceback of its own
+    assert result.stderr.count("semaim pretrain: error: --out:") == 2  # both ranks, one line each
+    assert 'semaim/' not in "".join(line for line in result.stderr.splitlines() if line.lstrip().startswith("File"))

@@ -12,6 +12,7 @@ from semaim.cli import main
 from semaim.study.reproduce import (
     StudyPlan,
     best_order,
+    load_results,
     paired_difference,
     plot_study,
     run_study,
@@ -107,3 +108,9 @@ def test_paired_difference_is_taken_seed_by_seed():
     mean, std, n = paired_difference(rows, ("semantic", 4), ("raster", 4))["knn_cls"]
     assert n == 2 and mean == pytest.approx(1.5) and std == pytest.approx(0.5**0.5)
     assert summarise(rows, "semantic", 4)["knn_cls"][2] == 3  # the unpaired mean uses every seed
+
+
+def test_load_results_drops_a_partial_last_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps({"order": "raster", "seed": 0}) + '\n{"order": "ran')
+    assert load_results(path) == [{"order": "raster", "seed": 0}]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import tempfile
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 
 from ..config import ModelConfig, PretrainConfig
 from ..errors import CheckpointError, MissingFileError, RunDirError
+from .run import write_error
 
 KIND_PRETRAIN = "semaim-pretrain"
 
@@ -41,10 +41,8 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def _write_error(path: Path, err: OSError) -> RunDirError:
-    if err.errno == errno.ENOSPC:
-        kept = f"; the previous {path.name} is intact" if path.exists() else ""
-        return RunDirError(f"disk full while writing {path}{kept}. Free some space and resume with --resume")
-    return RunDirError(f"cannot write {path} ({err.strerror or err})")
+    kept = f"; the previous {path.name} is intact" if path.exists() else ""
+    return RunDirError(f"{write_error(path, err)}{kept}. Free some space and resume with --resume")
 
 
 def load_checkpoint(path: str | Path, kind: str | None = KIND_PRETRAIN) -> dict[str, Any]:

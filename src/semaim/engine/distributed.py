@@ -71,6 +71,15 @@ def all_reduce_sum(value: int, info: DistInfo, device: torch.device) -> int:
     return int(t.item())
 
 
+def all_agree(ok: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether every rank passes ``ok``: ranks that stop for different reasons still stop together."""
+    if not info.enabled:
+        return ok
+    flag = torch.tensor([int(ok)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -38,6 +38,7 @@ from ..model.semaim import SemAIM
 from .checkpoint import KIND_PRETRAIN, load_checkpoint, model_config_diff, save_atomic
 from .distributed import (
     DistInfo,
+    all_agree,
     all_reduce_mean,
     all_reduce_sum,
     barrier,
@@ -93,10 +94,30 @@ def pretrain(
         device = resolve_device(cfg.train.device, info.local_rank)
         torch.cuda.set_device(device)
     try:
-        with RunFolder(Path(out_dir), resume, force, lock=info.is_main) as folder:
+        with run_folder(Path(out_dir), resume, force, info, device) as folder:
             return _pretrain(cfg, folder, progress, device, info)
     finally:
         cleanup(info)
+
+
+@contextlib.contextmanager
+def run_folder(out: Path, resume: bool, force: bool, info: DistInfo, device: torch.device) -> Iterator[RunFolder]:
+    """The run folder on every rank: rank 0 locks it, every rank checks it, and all ranks go on or stop
+    together (a rank left alone in DDP set-up would fail with a traceback or hang)."""
+    folder, error = RunFolder(out, resume, force, lock=info.is_main), None
+    try:
+        folder.__enter__()
+    except RunDirError as err:
+        error = err
+    if not all_agree(error is None, info, device):
+        if error is None:
+            folder.__exit__()
+            raise RunDirError(f"--out: another rank cannot use {out}; rank 0 says why")
+        raise error
+    try:
+        yield folder
+    finally:
+        folder.__exit__()
 
 
 def _pretrain(cfg: PretrainConfig, folder: RunFolder, progress: bool, device: torch.device,
@@ -113,7 +134,7 @@ def _pretrain(cfg: PretrainConfig, folder: RunFolder, progress: bool, device: to
     loader = build_loader(cfg, base, sampler, micro, device, state.model.img_size)
     log = None
     if info.is_main:
-        folder.start(cfg.to_dict())
+        folder.start(cfg.to_dict(), inputs=[cfg.model.teacher_path])
         log = RunLog(folder.path, "pretrain", sampler.steps_per_epoch * t.epochs, state.step, folder.resume,
                      progress)  # fmt: skip
         print(

@@ -7,13 +7,16 @@ command's loop.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import json
 import math
 import os
 import random
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -55,29 +58,36 @@ class RunFolder:
     Entering takes an exclusive lock file in the folder (creating the folder if needed) *before* the
     checks, so two processes started into the same folder cannot both pass them: the second stops with
     an error naming the first. :meth:`start` writes the config, after every other check of the run has
-    passed; only then does ``force`` remove the old run's files. Leaving releases the lock and removes
-    a folder this run created but never started (a run that failed its checks leaves nothing behind).
+    passed; only then does ``force`` remove the old run's files (never one the run reads). Leaving
+    releases the lock and removes the folders this run created but never started, so a run that fails
+    its checks leaves nothing behind. Under torchrun only rank 0 locks (``lock=False`` elsewhere); every
+    rank runs the checks.
     """
+
+    _held: ClassVar[set[Path]] = set()  # folders this process holds (POSIX locks do not exclude it)
 
     def __init__(self, path: Path, resume: bool = False, force: bool = False, lock: bool = True) -> None:
         self.path, self.resume, self.force, self.lock = Path(path), resume, force, lock
         self._fd: int | None = None
-        self._created = False
+        self._created: list[Path] = []  # the folders mkdir made, deepest first
 
     def __enter__(self) -> RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"--out: {self.path} exists and is not a folder")
-        if self.lock:
-            self._acquire()
         try:
-            check_out_dir(self.path, self.resume, self.force or not self.lock)
+            if self.lock:
+                self._acquire()
+            check_out_dir(self.path, self.resume, self.force)
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def _acquire(self) -> None:
-        self._created = not self.path.exists()
+        key = self.path.resolve()
+        if key in RunFolder._held:
+            raise RunDirError(f"--out: {self.path} is in use by this process (another run into it has not ended)")
+        self._created = [p for p in (self.path, *self.path.parents) if not p.exists()]
         while True:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
@@ -96,31 +106,75 @@ class RunFolder:
                 if os.stat(self.path / LOCK).st_ino == os.fstat(fd).st_ino:
                     break  # not a lock file that its previous holder unlinked meanwhile
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()} on {os.uname().nodename}".encode())
         self._fd = fd
+        RunFolder._held.add(key)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"process {os.getpid()} on {os.uname().nodename}".encode())
+        except OSError as err:
+            raise write_error(self.path / LOCK, err) from err
 
-    def start(self, config: dict[str, Any], name: str = "config.yaml") -> None:
-        """Clear the old run's files (``force``, not resuming), drop stale temporaries, write the config."""
+    def start(self, config: dict[str, Any], inputs: Iterable[str | None] = (), name: str = "config.yaml") -> None:
+        """Clear the old run's files (``force``, not resuming), drop stale temporaries, write the config.
+
+        ``inputs`` are files the run reads (a checkpoint to fine-tune, a teacher): ``force`` refuses to
+        remove one of them rather than destroy the run's own input.
+        """
         if self.force and not self.resume:
-            for pattern in RUN_FILES:
-                for old in self.path.glob(pattern):
-                    shutil.rmtree(old) if old.is_dir() else old.unlink()
+            old = [p for pattern in RUN_FILES for p in self.path.glob(pattern)]
+            reads = {Path(i).resolve() for i in inputs if i}
+            clash = [p for p in old if p.resolve() in reads]
+            if clash:
+                raise RunDirError(
+                    f"--force: {clash[0]} is an input of this run and --force would delete it; choose another --out"
+                )
+            for path in old:
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         for stale in self.path.glob(".*.tmp"):  # a save that a kill interrupted
             stale.unlink()
-        (self.path / name).write_text(yaml.safe_dump(config, sort_keys=False))
-        self._created = False
+        write_text_atomic(self.path / name, yaml.safe_dump(config, sort_keys=False))
+        self._created = []
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is None:
             return
-        lock_file = self.path / LOCK
         left = [p for p in self.path.iterdir() if p.name != LOCK] if self.path.is_dir() else []
-        lock_file.unlink(missing_ok=True)  # before the release: a waiting process sees a fresh file
+        (self.path / LOCK).unlink(missing_ok=True)  # before the release: a waiting process sees a fresh file
         os.close(self._fd)
         self._fd = None
-        if self._created and not left:
-            self.path.rmdir()
+        RunFolder._held.discard(self.path.resolve())
+        if not left:
+            for folder in self._created:  # deepest first; stops at the first that is not empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+
+def write_error(path: Path, err: OSError) -> RunDirError:
+    """The :class:`RunDirError` for a failed write: "disk full" said plainly."""
+    reason = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    return RunDirError(f"{reason} while writing {path}")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over: never a truncated file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, err) from err
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to ``path``; a full disk is a :class:`RunDirError`."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as err:
+        raise write_error(path, err) from err
 
 
 def check_finite(loss: float, step: int, last_checkpoint: Path) -> None:
@@ -137,9 +191,9 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` runs bf16 matmuls natively: a CUDA GPU that supports bf16, or a CPU with
     AVX512-BF16 / AMX (oneDNN's bf16 kernels). Elsewhere bf16 is emulated and far slower than fp32
     (measured on an AVX2-only CPU: 0.3 GFLOP/s against 63 GFLOP/s in fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.type == "cuda":  # Ampere and later; is_bf16_supported() also says yes where it is emulated
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

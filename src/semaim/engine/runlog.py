@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, RunDirError
+from .run import write_error, write_text_atomic
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -34,9 +34,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     keep = [r for r in read_records(path) if r["step"] <= last_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 class RunLog:
@@ -66,8 +64,7 @@ class RunLog:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
         except OSError as err:
-            full = "disk full" if err.errno == errno.ENOSPC else err.strerror
-            raise RunDirError(f"{full} while writing {self.path}; the last checkpoint is intact") from err
+            raise RunDirError(f"{write_error(self.path, err)}; the last checkpoint is intact") from err
         for key, value in record.items():
             if key not in ("step", "epoch", "time") and isinstance(value, (int, float)):
                 self.writer.add_scalar(f"{self.tag}/{key}", value, record["step"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,12 +60,28 @@ def extract_features(
 
     With ``cache`` (a folder) the result is stored under a name derived from ``cache_key`` (which
     should identify the encoder), the data spec and its content's ``fingerprint()``, the split, the
-    pool and the input size.
+    pool, the input size, the precision and the normalisation; an unreadable cache file is recomputed.
     """
     return extract_pooled_features(
         encoder, data, split, img_size, in_chans, (pool,), batch_size, workers, device, precision,
         cache, cache_key, progress, limit,
     )[pool]  # fmt: skip
+
+
+def cache_file(folder: Path, key: list[Any]) -> Path:
+    """Where the features identified by ``key`` (JSON-serialisable values) are cached in ``folder``."""
+    return folder / f"features-{hashlib.sha1(json.dumps(key).encode()).hexdigest()[:16]}.pt"
+
+
+def load_cached(paths: dict[str, Path]) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+    """The cached ``pool -> (features, labels)``, or ``None`` when a file is missing or unreadable (stale)."""
+    if not all(path.is_file() for path in paths.values()):
+        return None
+    try:
+        stored = {pool: torch.load(path, map_location="cpu") for pool, path in paths.items()}
+        return {pool: (d["features"], d["labels"]) for pool, d in stored.items()}
+    except Exception:  # a corrupt or foreign file: recompute and overwrite it
+        return None
 
 
 @torch.no_grad()
@@ -88,18 +105,17 @@ def extract_pooled_features(
     for pool in pools:
         if pool not in POOLS:
             raise ConfigError(f"pool: expected one of {POOLS}, got {pool!r}")
+    if cache is not None and Path(cache).exists() and not Path(cache).is_dir():
+        raise ConfigError(f"--cache / features.cache: {cache} exists and is not a folder")
     base = open_dataset(data, split, in_chans)
     paths: dict[str, Path] = {}
     if cache is not None:
-        content = base.fingerprint()
-        for pool in pools:
-            key = json.dumps(
-                [cache_key, data, content, split, pool, list(img_size), in_chans] + ([limit] if limit else [])
-            )
-            paths[pool] = Path(cache) / f"features-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
-        if all(path.is_file() for path in paths.values()):
-            stored = {pool: torch.load(path, map_location="cpu") for pool, path in paths.items()}
-            return {pool: (d["features"], d["labels"]) for pool, d in stored.items()}
+        key = [cache_key, data, base.fingerprint(), split, list(img_size), in_chans, precision,
+               list(base.mean), list(base.std)] + ([limit] if limit else [])  # fmt: skip
+        paths = {pool: cache_file(Path(cache), [*key, pool]) for pool in pools}
+        stored = load_cached(paths)
+        if stored is not None:
+            return stored
     transform = PretrainTransform(img_size, base.mean, base.std, in_chans, train=False)
     loader = DataLoader(
         AugmentedDataset(base, transform),

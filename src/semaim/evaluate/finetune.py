@@ -38,9 +38,18 @@ from ..data.transforms import PretrainTransform, channel_stats
 from ..engine.checkpoint import load_checkpoint, save_atomic
 from ..engine.distributed import resolve_device
 from ..engine.optim import layer_decay_groups, lr_at, scaled_lr
-from ..engine.run import LAST, RunFolder, autocast_context, check_finite, format_seconds, resolve_precision
+from ..engine.run import (
+    LAST,
+    RunFolder,
+    append_record,
+    autocast_context,
+    check_finite,
+    format_seconds,
+    resolve_precision,
+    write_text_atomic,
+)
 from ..engine.runlog import RunLog
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..export import KIND_FINETUNE, build_vit
 from .encoders import starting_weights
 from .linear import top_k_accuracy
@@ -57,10 +66,16 @@ def _posterize_at_least_one_bit(img: Image.Image, bits_to_keep: int, **_: object
 
 def train_transform(ft: FinetuneConfig, in_chans: int, img_size: tuple[int, int], mean, std):
     """timm's training transform for Table S2, its posterize ops (only these) clamped to ≥ 1 bit."""
-    transform = create_transform(
-        input_size=(in_chans, *img_size), is_training=True, auto_augment=ft.randaug or None,
-        re_prob=ft.reprob, re_mode="pixel", interpolation="bicubic", mean=mean, std=std,
-    )  # fmt: skip
+    try:  # timm parses the policy string with asserts
+        transform = create_transform(
+            input_size=(in_chans, *img_size), is_training=True, auto_augment=ft.randaug or None,
+            re_prob=ft.reprob, re_mode="pixel", interpolation="bicubic", mean=mean, std=std,
+        )  # fmt: skip
+    except (AssertionError, ValueError) as err:
+        raise ConfigError(
+            f"finetune.randaug: {ft.randaug!r} is not a timm augmentation policy such as "
+            f"'rand-m9-mstd0.5-inc1' ({err})"
+        ) from err
     for step in transform.transforms:
         if isinstance(step, RandAugment):
             for op in step.ops:
@@ -236,7 +251,7 @@ def finetune(cfg: FinetuneRunConfig, out_dir: str | Path, resume: bool = False, 
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             state.step, state.best_val_top1 = ckpt["step"], ckpt["best_val_top1"]
-        folder.start(cfg.to_dict())
+        folder.start(cfg.to_dict(), inputs=[cfg.encoder.checkpoint])
         log = RunLog(folder.path, "finetune", splits.sampler.steps_per_epoch * ft.epochs, state.step, resume, progress)
         print(
             f"semaim finetune: {source}, {splits.num_images} training images ({splits.num_val} held out for "
@@ -313,9 +328,8 @@ def end_of_epoch(state: FinetuneState, splits: Splits, out: Path, log: RunLog, d
     if splits.val is not None:
         result = evaluate(state.model, splits.val, device, state.precision)
         log.scalar("val_top1", result["top1"], state.step)
-        with open(out / "eval.jsonl", "a") as f:
-            f.write(json.dumps({"step": state.step, "epoch": epoch + 1, "val_top1": result["top1"],
-                                "val_top5": result["top5"]}) + "\n")  # fmt: skip
+        append_record(out / "eval.jsonl", {"step": state.step, "epoch": epoch + 1, "val_top1": result["top1"],
+                                           "val_top5": result["top5"]})  # fmt: skip
         if result["top1"] > state.best_val_top1:
             state.best_val_top1 = result["top1"]
             state.save(out / "checkpoint-best.pt")
@@ -336,5 +350,5 @@ def final_test(state: FinetuneState, splits: Splits, out: Path, device: torch.de
     result = {"test_top1": scores["top1"], "test_top5": scores["top5"], "selected": ft.select,
               "best_val_top1": state.best_val_top1 if splits.val is not None else float("nan"),
               "train_images": splits.num_images, "val_images": splits.num_val}  # fmt: skip
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
     return result

@@ -30,6 +30,7 @@ from ..config import ORDERS, LinprobeRunConfig, Sections, require, require_choic
 from ..engine.checkpoint import KIND_PRETRAIN, load_checkpoint
 from ..engine.pretrain import pretrain
 from ..engine.run import LAST, format_seconds
+from ..engine.runlog import read_records
 from ..errors import ConfigError
 from ..evaluate.features import POOLS, RawPixels, extract_pooled_features
 from ..evaluate.knn import knn_accuracy
@@ -152,7 +153,7 @@ def pretrain_and_evaluate(plan: StudyPlan, order: str, decoder_depth: int, seed:
 def load_results(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_records(path)
 
 
 def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True) -> list[dict[str, Any]]:
