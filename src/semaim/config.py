@@ -299,6 +299,7 @@ class FinetuneConfig:
     val_size: int | None = None  # validation images carved from the training split; None: 10 %, at most 5000
     split_seed: int = 0  # seed of the validation split (the same for every run)
     select: str = "last"  # weights scored on the test split: last | best (best validation top-1)
+    eval_every: int = 1  # validate every N epochs (and after the last)
     pool: str = "avg"  # avg: mean of patch tokens + a new fc_norm (the official fine-tuning); cls: cls token
     device: str = "auto"
     epochs: int = 100
@@ -322,7 +323,7 @@ class FinetuneConfig:
     save_every_steps: int = 500
 
     def validate(self, prefix: str = "finetune.") -> FinetuneConfig:
-        for name in ("epochs", "batch_size", "save_every_steps"):
+        for name in ("epochs", "batch_size", "save_every_steps", "eval_every"):
             require(getattr(self, name) >= 1, f"{prefix}{name}", "a positive int", getattr(self, name))
         require(self.limit is None or self.limit >= 1, f"{prefix}limit", "a positive int or null", self.limit)
         require(self.workers >= 0, f"{prefix}workers", "an int >= 0", self.workers)

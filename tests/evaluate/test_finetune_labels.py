@@ -63,7 +63,10 @@ def test_label_subset_validation_and_one_test_at_the_end(tmp_path, folder, monke
 
 def test_best_validation_weights_and_cls_pool(tmp_path, folder):
     out = tmp_path / "ft"
-    assert run(tmp_path, folder, "--select", "best", "--pool", "cls", "--val-size", "3", "--out", str(out)) == 0
+    args = ["--select", "best", "--pool", "cls", "--val-size", "3", "--set", "epochs=3", "--set", "eval_every=2"]
+    assert run(tmp_path, folder, *args, "--out", str(out)) == 0
+    evals = [json.loads(line)["epoch"] for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert evals == [2, 3]  # every second epoch, and the last
     assert json.loads((out / "result.json").read_text())["selected"] == "best"
     assert (out / "checkpoint-best.pt").is_file()
     assert load_encoder(out / "checkpoint-last.pt").global_pool == "token"

@@ -324,8 +324,11 @@ def train(state: FinetuneState, splits: Splits, out: Path, log: RunLog, device: 
 
 def end_of_epoch(state: FinetuneState, splits: Splits, out: Path, log: RunLog, device: torch.device,
                  epoch: int) -> None:  # fmt: skip
-    """Validate (append to ``eval.jsonl``), save ``checkpoint-last.pt`` and, on a new best, ``-best``."""
-    if splits.val is not None:
+    """Validate every ``eval_every`` epochs and after the last (append to ``eval.jsonl``; a new best is
+    saved as ``checkpoint-best.pt``), then save ``checkpoint-last.pt``."""
+    ft = state.cfg.finetune
+    due = (epoch + 1) % ft.eval_every == 0 or epoch + 1 == ft.epochs
+    if splits.val is not None and due:
         result = evaluate(state.model, splits.val, device, state.precision)
         log.scalar("val_top1", result["top1"], state.step)
         append_record(out / "eval.jsonl", {"step": state.step, "epoch": epoch + 1, "val_top1": result["top1"],
