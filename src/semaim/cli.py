@@ -122,7 +122,8 @@ ENCODER_FLAGS = {"checkpoint": "encoder.checkpoint", "random": "encoder.random",
                  "preset": "encoder.preset", "seed": "encoder.init_seed"}  # fmt: skip
 FEATURE_FLAGS = {"data": "features.data", "pool": "features.pool", "batch_size": "features.batch_size",
                  "workers": "features.workers", "device": "features.device", "precision": "features.precision",
-                 "cache": "features.cache"}  # fmt: skip
+                 "cache": "features.cache", "labels_per_class": "features.labels_per_class",
+                 "label_fraction": "features.label_fraction"}  # fmt: skip
 LINPROBE_FLAGS = {"epochs": "probe.epochs", "probe_batch_size": "probe.batch_size", "blr": "probe.blr",
                   "optimizer": "probe.optimizer"}  # fmt: skip
 FINETUNE_FLAGS = {"checkpoint": "encoder.checkpoint", "random": "encoder.random", "preset": "encoder.preset",
@@ -157,6 +158,9 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help=f"auto, cpu, cuda, cuda:N [default: {f.device}]")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], help=f"[default: {f.precision}]")
     g.add_argument("--cache", help="folder to cache extracted features in")
+    g.add_argument("--labels-per-class", type=int, help="learn from K labelled images per class: the subset "
+                   "`finetune --labels-per-class K` trains on (same --set features.split_seed/subset_seed)")  # fmt: skip
+    g.add_argument("--label-fraction", type=float, help="... or from this fraction of every class")
     g.add_argument("--out", help="write the results as JSON here")
     g.add_argument("--no-progress", action="store_true")
 

@@ -243,13 +243,31 @@ class FeaturesConfig:
     device: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 | auto
     cache: str | None = None  # a folder to cache extracted features in
+    # Label-efficiency floors: learn from the labelled subset fine-tuning would train on (same seeds).
+    labels_per_class: int | None = None
+    label_fraction: float | None = None
+    val_size: int | None = None  # carved out (and unused) as fine-tuning does; only with a label subset
+    split_seed: int = 0
+    subset_seed: int = 0  # fine-tuning's finetune.seed
 
     def validate(self, prefix: str = "features.") -> FeaturesConfig:
         require_choice(self.pool, f"{prefix}pool", ("cls", "avg"))
         require(self.batch_size >= 1, f"{prefix}batch_size", "a positive int", self.batch_size)
         require(self.workers >= 0, f"{prefix}workers", "an int >= 0", self.workers)
         require_choice(self.precision, f"{prefix}precision", ("auto", "fp32", "bf16"))
+        validate_label_subset(self, prefix)
         return self
+
+
+def validate_label_subset(section: Any, prefix: str) -> None:
+    """``labels_per_class`` / ``label_fraction`` / ``val_size`` of a section (fine-tuning or features)."""
+    require(section.labels_per_class is None or section.label_fraction is None, f"{prefix}labels_per_class",
+            "not together with label_fraction", section.labels_per_class)  # fmt: skip
+    ok = section.label_fraction is None or 0 < section.label_fraction <= 1
+    require(ok, f"{prefix}label_fraction", "a value in (0, 1]", section.label_fraction)
+    ok = section.labels_per_class is None or section.labels_per_class >= 1
+    require(ok, f"{prefix}labels_per_class", "a positive int", section.labels_per_class)
+    require(section.val_size is None or section.val_size >= 0, f"{prefix}val_size", "an int >= 0", section.val_size)
 
 
 @dataclass
@@ -342,13 +360,7 @@ class FinetuneConfig:
 
     def validate_data(self, prefix: str) -> None:
         """What to train, validate and select on (the sizes against the data are checked on opening it)."""
-        require(self.labels_per_class is None or self.label_fraction is None, f"{prefix}labels_per_class",
-                "not together with label_fraction", self.labels_per_class)  # fmt: skip
-        ok = self.label_fraction is None or 0 < self.label_fraction <= 1
-        require(ok, f"{prefix}label_fraction", "a value in (0, 1]", self.label_fraction)
-        ok = self.labels_per_class is None or self.labels_per_class >= 1
-        require(ok, f"{prefix}labels_per_class", "a positive int", self.labels_per_class)
-        require(self.val_size is None or self.val_size >= 0, f"{prefix}val_size", "an int >= 0", self.val_size)
+        validate_label_subset(self, prefix)
         require_choice(self.pool, f"{prefix}pool", ("avg", "cls"))
         require_choice(self.select, f"{prefix}select", ("last", "best"))
         require(self.select == "last" or self.val_size != 0, f"{prefix}select", "last when val_size is 0",

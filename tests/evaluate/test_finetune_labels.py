@@ -95,3 +95,25 @@ def test_random_and_checkpoint_together_is_refused(tmp_path, folder, capsys):
     with pytest.raises(SystemExit) as stop:
         run(tmp_path, folder, "--checkpoint", "x.pt", "--out", str(tmp_path / "ft"))
     assert stop.value.code == 2 and "--checkpoint" in capsys.readouterr().err
+
+
+def test_knn_floor_learns_from_the_subset_fine_tuning_trains_on(tmp_path, fmnist, capsys):
+    """`knn --labels-per-class K` keeps exactly the images `finetune --labels-per-class K` trains on."""
+    from semaim.config import FeaturesConfig
+    from semaim.data import open_dataset
+    from semaim.data.splits import labelled_subset
+    from semaim.evaluate.encoders import EncoderChoice, split_features
+    from semaim.evaluate.features import RawPixels
+
+    enc = EncoderChoice(RawPixels(), (32, 32), 3, "pixels", "raw pixels")
+    cfg = FeaturesConfig(data=fmnist, workers=0, labels_per_class=2, val_size=10)
+    train_f, train_y, test_f, _ = split_features(cfg, enc, progress=False)
+    labels = open_dataset(fmnist, "train").labels
+    expected, _ = labelled_subset(labels, 10, 0, 2, None, 0)
+    assert len(train_f) == 20 and torch.equal(train_y, labels[expected]) and len(test_f) == 20
+    out = tmp_path / "knn.json"
+    assert main(["knn", "--pixels", "--data", fmnist, "--workers", "0", "--no-progress", "--labels-per-class",
+                 "2", "--ks", "3", "--out", str(out)]) == 0  # fmt: skip
+    assert main(["knn", "--pixels", "--data", fmnist, "--workers", "0", "--no-progress", "--labels-per-class",
+                 "9"]) == 2  # fmt: skip
+    assert "features.labels_per_class: expected 1 to" in capsys.readouterr().err

@@ -31,12 +31,13 @@ def _quotas(sizes: dict[int, int], total: int) -> dict[int, int]:
     return quota
 
 
-def train_val_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def train_val_split(labels: torch.Tensor, val_size: int, seed: int,
+                    prefix: str = "finetune.") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """``(train indices, validation indices)``: ``val_size`` images, every class in proportion; sorted."""
     pool = torch.arange(len(labels))
     if not 0 <= val_size < len(labels):
         raise ConfigError(
-            f"finetune.val_size: expected 0 <= val_size < the {len(labels)} training images, got {val_size}"
+            f"{prefix}val_size: expected 0 <= val_size < the {len(labels)} training images, got {val_size}"
         )
     classes = _per_class(labels, pool, seed)
     quota = _quotas({c: len(i) for c, i in classes.items()}, val_size)
@@ -47,7 +48,7 @@ def train_val_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[tor
 
 
 def label_subset(labels: torch.Tensor, pool: torch.Tensor, per_class: int | None = None,
-                 fraction: float | None = None, seed: int = 0) -> torch.Tensor:  # fmt: skip
+                 fraction: float | None = None, seed: int = 0, prefix: str = "finetune.") -> torch.Tensor:  # fmt: skip
     """The indices of ``pool`` kept for training: ``per_class`` images of every class, or ``fraction`` of
     each class (at least one), drawn with ``seed``; all of ``pool`` when both are ``None``. Sorted."""
     if per_class is None and fraction is None:
@@ -57,8 +58,25 @@ def label_subset(labels: torch.Tensor, pool: torch.Tensor, per_class: int | None
         smallest = min(len(i) for i in classes.values())
         if not 1 <= per_class <= smallest:
             raise ConfigError(
-                f"finetune.labels_per_class: expected 1 to {smallest} (the smallest class of the training "
+                f"{prefix}labels_per_class: expected 1 to {smallest} (the smallest class of the training "
                 f"split has {smallest} images), got {per_class}"
             )
         return torch.cat([i[:per_class] for i in classes.values()]).sort().values
     return torch.cat([i[: max(1, round(fraction * len(i)))] for i in classes.values()]).sort().values
+
+
+def default_val_size(num_images: int) -> int:
+    """10 % of the training split, at most 5000 images."""
+    return min(5000, num_images // 10)
+
+
+def labelled_subset(labels: torch.Tensor, val_size: int | None, split_seed: int, per_class: int | None,
+                    fraction: float | None, seed: int, limit: int | None = None,
+                    prefix: str = "finetune.") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``(training indices, validation indices)`` as fine-tuning and the label-efficiency floors draw them:
+    the validation split carved out first (``val_size``, default :func:`default_val_size`), then the first
+    ``limit`` of the rest, then the label subset. The same arguments give the same images everywhere."""
+    val_size = default_val_size(len(labels)) if val_size is None else val_size
+    pool, val = train_val_split(labels, val_size, split_seed, prefix)
+    pool = pool[:limit] if limit else pool
+    return label_subset(labels, pool, per_class, fraction, seed, prefix), val

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import FinetuneConfig, FinetuneRunConfig
 from ..data import open_dataset
 from ..data.sampler import AugmentedDataset, EpochSampler, collate, sample_seed
-from ..data.splits import label_subset, train_val_split
+from ..data.splits import labelled_subset
 from ..data.transforms import PretrainTransform, channel_stats
 from ..engine.checkpoint import load_checkpoint, save_atomic
 from ..engine.distributed import resolve_device
@@ -141,10 +141,8 @@ def open_splits(ft: FinetuneConfig, args: dict[str, Any]) -> Splits:
     base = open_dataset(ft.data, "train", in_chans)
     if (base.labels < 0).any():
         raise DataError(f"data: {ft.data} has unlabeled images; fine-tuning needs class sub-folders")
-    val_size = ft.val_size if ft.val_size is not None else min(5000, len(base) // 10)
-    pool, val = train_val_split(base.labels, val_size, ft.split_seed)
-    pool = pool[: ft.limit] if ft.limit else pool
-    subset = label_subset(base.labels, pool, ft.labels_per_class, ft.label_fraction, ft.seed)
+    subset, val = labelled_subset(base.labels, ft.val_size, ft.split_seed, ft.labels_per_class, ft.label_fraction,
+                                  ft.seed, ft.limit)  # fmt: skip
     sampler = EpochSampler(len(subset), ft.batch_size, 1, ft.seed)
     mean, std = channel_stats(base.mean, in_chans), channel_stats(base.std, in_chans)
     train = DataLoader(
