@@ -15,9 +15,6 @@ up where it stopped; a pretraining run cut off midway resumes from its checkpoin
 from __future__ import annotations
 
 import json
-import os
-import platform
-import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,6 +34,7 @@ from ..evaluate.knn import knn_accuracy
 from ..evaluate.linear import train_linear_probe
 from ..export import load_encoder, random_encoder
 from ..presets import load_preset
+from .stats import cell, machine, mean_std, paired
 
 METRICS = ("knn_cls", "linear_cls", "knn_avg", "linear_avg")
 METRIC_NAMES = {
@@ -212,21 +210,12 @@ def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True) -> lis
     return rows
 
 
-def _statistics(values: dict[str, list[float]]) -> dict[str, tuple[float, float, int]]:
-    """``metric -> (mean, sample std, n)`` for every metric that has values."""
-    return {
-        m: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
-        for m, v in values.items()
-        if v
-    }
-
-
 def summarise(
     rows: list[dict[str, Any]], order: str, decoder_depth: int
 ) -> dict[str, tuple[float, float, int]]:
     """``metric -> (mean, sample std, n)`` over the seeds of one configuration."""
     picked = [r for r in rows if r["order"] == order and r["decoder_depth"] == decoder_depth]
-    return _statistics({m: [r[m] for r in picked if m in r] for m in METRICS})
+    return mean_std({m: [r[m] for r in picked if m in r] for m in METRICS})
 
 
 def paired_difference(
@@ -241,9 +230,7 @@ def paired_difference(
     def by_seed(order: str, depth: int) -> dict[int, dict[str, Any]]:
         return {r["seed"]: r for r in rows if r["order"] == order and r["decoder_depth"] == depth}
 
-    a, b = by_seed(*config), by_seed(*base)
-    seeds = sorted(a.keys() & b.keys())
-    return _statistics({m: [a[s][m] - b[s][m] for s in seeds if m in a[s] and m in b[s]] for m in METRICS})
+    return paired(by_seed(*config), by_seed(*base), METRICS)
 
 
 def best_order(rows: list[dict[str, Any]], plan: StudyPlan) -> str:
@@ -257,26 +244,6 @@ def best_order(rows: list[dict[str, Any]], plan: StudyPlan) -> str:
 
 
 # --------------------------------------------------------------------------- report
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
-def _cell(s: dict[str, tuple[float, float, int]], metric: str, signed: bool = False) -> str:
-    if metric not in s:
-        return "–"
-    mean, std, n = s[metric]
-    value = f"{mean:+.2f}" if signed else f"{mean:.2f}"
-    return f"{value} ± {std:.2f}" if n > 1 else value
-
-
 def write_report(rows: list[dict[str, Any]], plan: StudyPlan, command: str, path: str | Path,
                  chart: str | Path | None = None) -> None:  # fmt: skip
     """Markdown: settings, the order table (mean ± std over seeds), floors, decoder depths, commands."""
@@ -294,7 +261,7 @@ def write_report(rows: list[dict[str, Any]], plan: StudyPlan, command: str, path
         s = summarise(rows, order, depth) if base is None else paired_difference(rows, (order, depth), base)
         n = max((v[2] for v in s.values()), default=0)
         return (
-            f"| {label} | " + " | ".join(_cell(s, m, signed=base is not None) for m in METRICS) + f" | {n} |"
+            f"| {label} | " + " | ".join(cell(s, m, signed=base is not None) for m in METRICS) + f" | {n} |"
         )
 
     full = plan.decoder_depth

@@ -1,0 +1,54 @@
+"""What every study report shares: means ± sample std over seeds, paired per-seed differences, the
+machine line, and table cells."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+Stats = dict[str, tuple[float, float, int]]
+"""``metric -> (mean, sample std, n)``."""
+
+
+def mean_std(values: dict[str, list[float]]) -> Stats:
+    """``metric -> (mean, sample std, n)`` for every metric that has values."""
+    return {
+        m: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+        for m, v in values.items()
+        if v
+    }
+
+
+def paired(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], metrics: Iterable[str]) -> Stats:
+    """``a − b`` seed by seed (``{seed: row}`` each), over the seeds both have: runs of one seed share
+    the initialisation, the data order and the augmentations, so this removes most of the seed noise."""
+    seeds = sorted(a.keys() & b.keys())
+    return mean_std({m: [a[s][m] - b[s][m] for s in seeds if m in a[s] and m in b[s]] for m in metrics})
+
+
+def cell(stats: Stats, metric: str, signed: bool = False) -> str:
+    """``"81.20 ± 0.35"`` (``"+1.20 ± 0.35"`` signed); one value without ±; ``"–"`` when missing."""
+    if metric not in stats:
+        return "–"
+    mean, std, n = stats[metric]
+    value = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return f"{value} ± {std:.2f}" if n > 1 else value
+
+
+def machine() -> str:
+    """CPU model, cores, threads and torch version, for the report."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
