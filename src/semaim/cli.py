@@ -404,6 +404,46 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_study_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="studies that answer a question with many runs and write a report")
+    studies = p.add_subparsers(dest="study", required=True)
+    q = studies.add_parser(
+        "payoff", help="fine-tuning from semaim encoders vs from scratch, against labels, with pixel floors",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
+    q.add_argument("--data", default="fashion-mnist", help="fashion-mnist or cluttered-fashion-mnist")
+    q.add_argument("--quick", action="store_true", help="a tiny smoke test of the whole pipeline")
+    q.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; --quick: 2)")
+    q.add_argument("--out", help="study folder (default: runs/payoff-DATA[-quick]); rerun to resume")
+    q.add_argument("--report-dir", help="where payoff-DATA.md and .png go (default: the study folder)")
+    add_set_argument(q, "study.finetune=[epochs=20,batch_size=32]")
+    q.add_argument("--no-progress", action="store_true")
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    from .config import parse_assignment
+    from .study.payoff import PayoffConfig, payoff_plan, plot_payoff, run_payoff, write_payoff_report
+
+    cfg = PayoffConfig(payoff_plan(args.data, args.quick, args.seeds))
+    for assignment in args.set:
+        cfg.set(*parse_assignment(assignment))
+    plan = cfg.validate().study
+    name = args.data.split(":", 1)[0].rstrip("/").split("/")[-1]
+    folder = Path(args.out or f"runs/payoff-{name}{'-quick' if args.quick else ''}")
+    rows = run_payoff(plan, folder, progress=not args.no_progress)
+    report_dir = Path(args.report_dir or folder)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    chart, report = report_dir / f"payoff-{name}.png", report_dir / f"payoff-{name}.md"
+    plot_payoff(rows, plan, chart)
+    command = f"semaim study payoff --data {args.data}" + " --quick" * args.quick
+    command += (f" --seeds {args.seeds}" if args.seeds else "") + "".join(f" --set {a}" for a in args.set)
+    write_payoff_report(rows, plan, command, report, chart)
+    if report_dir.resolve() != folder.resolve():  # keep the per-run rows beside the report
+        (report_dir / f"payoff-{name}.jsonl").write_text((folder / "results.jsonl").read_text())
+    print(f"wrote {report} and {chart}")
+    return 0
+
+
 def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "reproduce", help="the order study (Tables 1 and 3 at small scale): every order x seeds",
@@ -457,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_figure_parsers(sub)
     add_bench_parser(sub)
     add_reproduce_parser(sub)
+    add_study_parser(sub)
     return parser
 
 
@@ -470,6 +511,7 @@ COMMANDS = {
     "plot-metrics": run_plot_metrics,
     "bench": run_bench_command,
     "reproduce": run_reproduce,
+    "study": run_study_command,
 }
 
 

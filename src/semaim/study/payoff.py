@@ -1,0 +1,287 @@
+"""Does pretraining with semaim pay off? Fine-tuning (the paper's metric) from a semaim encoder against
+the same ViT trained from scratch, at several label budgets, with raw-pixel floors.
+
+For every seed, ``orders`` pretrainings of the ``preset`` ViT (semantic and raster by default); then, for
+every label budget (K labelled images per class; 0 = all) and seed: fine-tuning from scratch (the
+initialisation pretraining starts from) and from each pretrained encoder, with one recipe for all, and
+the raw-pixel k-NN@20 and linear-probe floors on exactly the same labelled images. Every choice is made on
+the validation split fine-tuning carves from the training split; each run scores the test split once.
+Every finished run is a line of ``results.jsonl``; a rerun skips them and resumes a cut run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import (
+    ORDERS,
+    EncoderConfig,
+    FeaturesConfig,
+    FinetuneRunConfig,
+    LinprobeRunConfig,
+    PretrainConfig,
+    Sections,
+    parse_assignment,
+    require,
+    require_choice,
+)
+from ..engine.pretrain import pretrain
+from ..engine.run import LAST, append_record, format_seconds
+from ..engine.runlog import read_records
+from ..errors import ConfigError
+from ..evaluate.encoders import choose_encoder, split_features
+from ..evaluate.finetune import finetune
+from ..evaluate.knn import knn_accuracy
+from ..evaluate.linear import train_linear_probe
+from ..presets import load_preset
+from .stats import cell, machine, mean_std, paired
+
+
+@dataclass
+class PayoffPlan:
+    """Everything the runs of one payoff study share (the ``study`` section of its ``config.yaml``)."""
+
+    data: str = "fashion-mnist"
+    preset: str = "cpu-tiny"  # the pretraining preset (and the scratch ViT's shape)
+    pretrain: tuple[str, ...] = ()  # --set overrides of the pretraining config, e.g. "train.epochs=2"
+    orders: tuple[str, ...] = ("semantic", "raster")
+    labels_per_class: tuple[int, ...] = (60, 600, 0)  # label budgets; 0 = every training label
+    seeds: tuple[int, ...] = (0, 1, 2)
+    recipe: str = "cpu"  # the fine-tuning recipe, the same for scratch and pretrained
+    finetune: tuple[str, ...] = ()  # --set overrides of the fine-tuning recipe
+    val_size: int = 5000
+    workers: int = 1
+
+    def validate(self, prefix: str = "study.") -> PayoffPlan:
+        for order in self.orders:
+            require_choice(order, f"{prefix}orders", ORDERS)
+        require(len(self.seeds) > 0, f"{prefix}seeds", "at least one seed", list(self.seeds))
+        ok = all(k >= 0 for k in self.labels_per_class) and self.labels_per_class
+        require(bool(ok), f"{prefix}labels_per_class", "ints >= 0 (0: every label)", list(self.labels_per_class))
+        pretrain_config(self, self.orders[0] if self.orders else "semantic", self.seeds[0])
+        finetune_config(self, EncoderConfig(random=True), 0, self.seeds[0])
+        return self
+
+
+@dataclass
+class PayoffConfig(Sections):
+    """``semaim study payoff``: the plan, stored as the study folder's ``config.yaml``."""
+
+    study: PayoffPlan = field(default_factory=PayoffPlan)
+
+
+def payoff_plan(data: str, quick: bool = False, seeds: int | None = None) -> PayoffPlan:
+    """The plan for ``data``: 64 px / patch 8 on the cluttered canvas; ``quick``: a tiny smoke test."""
+    plan = PayoffPlan(data=data)
+    if data.startswith("cluttered"):
+        plan = replace(plan, pretrain=("model.img_size=64", "model.patch_size=8"))
+    if quick:
+        tiny = ("model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_depth=2",
+                "data.limit=512", "train.batch_size=64")  # fmt: skip
+        plan = replace(plan, pretrain=plan.pretrain + tiny, labels_per_class=(4, 0), seeds=(0, 1), val_size=100,
+                       finetune=("epochs=2", "batch_size=32", "limit=400"), workers=0)  # fmt: skip
+    return replace(plan, seeds=tuple(range(seeds))) if seeds is not None else plan
+
+
+def pretrain_config(plan: PayoffPlan, order: str, seed: int) -> PretrainConfig:
+    cfg = load_preset(plan.preset)
+    for assignment in plan.pretrain:
+        cfg.set(*parse_assignment(assignment))
+    cfg.set("data.data", plan.data)
+    cfg.set("data.workers", plan.workers)
+    cfg.set("model.order", order)
+    cfg.set("train.seed", seed)
+    return cfg.validate()
+
+
+def finetune_config(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed: int) -> FinetuneRunConfig:
+    cfg = load_preset(plan.recipe, FinetuneRunConfig)
+    cfg.encoder = encoder
+    for assignment in plan.finetune:
+        cfg.set(*parse_assignment(assignment))
+    ft = cfg.finetune
+    ft.data, ft.seed, ft.val_size, ft.workers = plan.data, seed, plan.val_size, plan.workers
+    ft.labels_per_class = labels or None
+    return cfg.validate()
+
+
+# --------------------------------------------------------------------------- runs
+def pretrain_run(plan: PayoffPlan, order: str, seed: int, folder: Path, progress: bool) -> dict[str, Any]:
+    """One pretraining (resumed when it was cut): its summary."""
+    out = folder / "runs" / f"pretrain-{order}-seed{seed}"
+    resume = (out / LAST).is_file()
+    summary = pretrain(pretrain_config(plan, order, seed), out, resume=resume, force=not resume, progress=progress)
+    return {"steps": summary["steps"], "final_loss": summary["final_loss"]}
+
+
+def finetune_run(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed: int, out: Path,
+                 progress: bool) -> dict[str, Any]:  # fmt: skip
+    """One fine-tuning run (resumed when it was cut): its test and validation scores."""
+    resume = (out / LAST).is_file()
+    result = finetune(finetune_config(plan, encoder, labels, seed), out, resume=resume, force=not resume,
+                      progress=progress)  # fmt: skip
+    return {k: result[k] for k in ("test_top1", "test_top5", "best_val_top1", "train_images")}
+
+
+def pixel_floors(plan: PayoffPlan, labels: int, seed: int, progress: bool) -> dict[str, Any]:
+    """Raw-pixel k-NN@20 and linear probe, learning from exactly the images fine-tuning trains on."""
+    features = FeaturesConfig(data=plan.data, workers=plan.workers, labels_per_class=labels or None,
+                              val_size=plan.val_size, subset_seed=seed)  # fmt: skip
+    enc = choose_encoder(EncoderConfig(pixels=True, preset=plan.preset))
+    model = pretrain_config(plan, "semantic", seed).model  # the input size fine-tuning sees
+    enc.img_size = (model.grid[0] * model.patch_size, model.grid[1] * model.patch_size)
+    train_f, train_y, test_f, test_y = split_features(features, enc, progress)
+    knn = knn_accuracy(train_f, train_y, test_f, test_y, ks=(20,))["top1"]["20"]
+    probe = train_linear_probe(train_f, train_y, test_f, test_y, load_preset("cpu", LinprobeRunConfig).probe,
+                               progress=False)  # fmt: skip
+    return {"knn_top1": knn, "linear_top1": probe["top1"], "train_images": len(train_y)}
+
+
+def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True) -> list[dict[str, Any]]:
+    """Pretrain every order × seed, then per label budget and seed: the pixel floors and fine-tuning from
+    scratch and from each pretrained encoder. Finished runs are kept in ``results.jsonl``; returns all rows."""
+    folder = Path(folder)
+    plan.validate()
+    check_plan(folder, plan)
+    results = folder / "results.jsonl"
+    rows = read_records(results) if results.is_file() else []
+    done = {row_key(r) for r in rows}
+
+    def run(key: tuple, work) -> None:
+        if key in done:
+            return
+        start = time.perf_counter()
+        row = {"kind": key[0], "encoder": key[1], "labels": key[2], "seed": key[3], **work(),
+               "wall_s": time.perf_counter() - start}  # fmt: skip
+        append_record(results, row)
+        rows.append(row)
+        done.add(key)
+        print(f"[{len(rows)}] {key}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()
+                                                   if k.endswith("top1")), flush=True)  # fmt: skip
+
+    for seed in plan.seeds:
+        for order in plan.orders:
+            run(("pretrain", order, -1, seed), lambda o=order, s=seed: pretrain_run(plan, o, s, folder, progress))
+    for labels in plan.labels_per_class:
+        for seed in plan.seeds:
+            run(("floor", "pixels", labels, seed), lambda k=labels, s=seed: pixel_floors(plan, k, s, progress))
+            for encoder in ("scratch", *plan.orders):
+                source = encoder_source(plan, encoder, seed, folder)
+                out = folder / "runs" / f"finetune-{encoder}-K{labels}-seed{seed}"
+                run(("finetune", encoder, labels, seed),
+                    lambda e=source, k=labels, s=seed, o=out: finetune_run(plan, e, k, s, o, progress))  # fmt: skip
+    return rows
+
+
+def encoder_source(plan: PayoffPlan, encoder: str, seed: int, folder: Path) -> EncoderConfig:
+    """Scratch: the pretraining initialisation of this seed; an order: that seed's pretrained checkpoint."""
+    if encoder == "scratch":
+        preset = folder / "runs" / f"pretrain-{plan.orders[0]}-seed{seed}" / "config.yaml"
+        return EncoderConfig(random=True, preset=str(preset) if preset.is_file() else plan.preset, init_seed=seed)
+    return EncoderConfig(checkpoint=str(folder / "runs" / f"pretrain-{encoder}-seed{seed}" / LAST))
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    return row["kind"], row["encoder"], row["labels"], row["seed"]
+
+
+def check_plan(folder: Path, plan: PayoffPlan) -> None:
+    """A study folder keeps its plan (``config.yaml``): another plan there is an error, not a mix."""
+    folder.mkdir(parents=True, exist_ok=True)
+    saved, wanted = folder / "config.yaml", PayoffConfig(plan).to_dict()
+    if saved.is_file() and yaml.safe_load(saved.read_text()) != wanted:
+        raise ConfigError(f"{folder} holds a study with other settings ({saved}); use another --out")
+    saved.write_text(yaml.safe_dump(wanted, sort_keys=False))
+
+
+# --------------------------------------------------------------------------- report
+def by_seed(rows: list[dict[str, Any]], kind: str, encoder: str, labels: int) -> dict[int, dict[str, Any]]:
+    return {r["seed"]: r for r in rows if (r["kind"], r["encoder"], r["labels"]) == (kind, encoder, labels)}
+
+
+def label_text(labels: int) -> str:
+    return "all labels" if labels == 0 else f"{labels} per class"
+
+
+def write_payoff_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: str, path: str | Path,
+                        chart: str | Path | None = None) -> None:  # fmt: skip
+    """Markdown: test top-1 per label budget (mean ± std over seeds), paired differences, floors, settings."""
+    header = "| | " + " | ".join(label_text(k) for k in plan.labels_per_class) + " |\n|---|" + "---|" * len(
+        plan.labels_per_class
+    )
+
+    def line(label: str, kind: str, encoder: str, metric: str, base: str | None = None) -> str:
+        cells = []
+        for k in plan.labels_per_class:
+            mine = by_seed(rows, kind, encoder, k)
+            stats = paired(mine, by_seed(rows, "finetune", base, k), [metric]) if base else mean_std(
+                {metric: [r[metric] for r in mine.values()]})  # fmt: skip
+            cells.append(cell(stats, metric, signed=base is not None))
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    encoders = ("scratch", *plan.orders)
+    wall = sum(r.get("wall_s", 0.0) for r in rows)
+    lines = [
+        f"# Does pretraining pay off? Fine-tuning on `{plan.data}`",
+        "",
+        f"Test top-1 (%) after fine-tuning the `{plan.preset}` ViT with recipe `{plan.recipe}` "
+        f"({', '.join(plan.finetune) or 'as shipped'}) from scratch (the initialisation pretraining starts "
+        f"from) and from semaim encoders pretrained with each order ({', '.join(plan.pretrain) or 'preset as is'}), "
+        f"mean ± sample std over {len(plan.seeds)} seeds; every choice on a {plan.val_size}-image validation "
+        "split carved from the training split, the test split scored once per run.",
+        "",
+        header,
+        line("raw pixels, k-NN@20 (floor)", "floor", "pixels", "knn_top1"),
+        line("raw pixels, linear probe (floor)", "floor", "pixels", "linear_top1"),
+        *(line(f"fine-tuned from {e}", "finetune", e, "test_top1") for e in encoders),
+        "",
+        "Paired differences (points), seed by seed (a seed's runs share the initialisation and the labelled images):",
+        "",
+        header,
+        *(line(f"`{o}` − scratch", "finetune", o, "test_top1", "scratch") for o in plan.orders),
+        *(line(f"`{o}` − `{plan.orders[-1]}`", "finetune", o, "test_top1", plan.orders[-1])
+          for o in plan.orders[:-1]),  # fmt: skip
+        "",
+        "## How it was run",
+        "",
+        f"- command: `{command}`",
+        f"- wall time: {format_seconds(wall)} for {len(rows)} runs",
+        f"- machine: {machine()}",
+        "- settings: " + json.dumps(PayoffConfig(plan).to_dict()["study"]),
+        "- per-run rows: `results.jsonl` in the study folder (copied as `payoff-<data>.jsonl` beside this report)",
+    ]
+    if chart:
+        lines += ["", f"![payoff]({Path(chart).name})"]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def plot_payoff(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, dpi: int = 100) -> None:
+    """Test top-1 against the label budget: one line per encoder (error bars: std over seeds), floors dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+    ticks = list(range(len(plan.labels_per_class)))
+    series = [(f"fine-tuned from {e}", "finetune", e, "test_top1", "-o") for e in ("scratch", *plan.orders)]
+    series += [("pixels k-NN@20", "floor", "pixels", "knn_top1", "--"), ("pixels linear", "floor", "pixels",
+               "linear_top1", ":")]  # fmt: skip
+    for label, kind, encoder, metric, style in series:
+        stats = [mean_std({metric: [r[metric] for r in by_seed(rows, kind, encoder, k).values()]}).get(metric)
+                 for k in plan.labels_per_class]  # fmt: skip
+        means = [s[0] if s else float("nan") for s in stats]
+        stds = [s[1] if s else 0.0 for s in stats]
+        ax.errorbar(ticks, means, yerr=stds, fmt=style, capsize=3, label=label)
+    ax.set_xticks(ticks, [label_text(k) for k in plan.labels_per_class])
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"{plan.data}: fine-tuning against labels")
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
