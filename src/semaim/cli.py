@@ -404,87 +404,64 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_study_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("study", help="studies that answer a question with many runs and write a report")
-    studies = p.add_subparsers(dest="study", required=True)
-    q = studies.add_parser(
-        "payoff", help="fine-tuning from semaim encoders vs from scratch, against labels, with pixel floors",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )  # fmt: skip
-    q.add_argument("--data", default="fashion-mnist", help="fashion-mnist or cluttered-fashion-mnist")
-    q.add_argument("--quick", action="store_true", help="a tiny smoke test of the whole pipeline")
-    q.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; --quick: 2)")
-    q.add_argument("--out", help="study folder (default: runs/payoff-DATA[-quick]); rerun to resume")
-    q.add_argument("--report-dir", help="where payoff-DATA.md and .png go (default: the study folder)")
-    add_set_argument(q, "study.finetune=[epochs=20,batch_size=32]")
-    q.add_argument("--no-progress", action="store_true")
-
-
-def run_study_command(args: argparse.Namespace) -> int:
-    from .config import parse_assignment
-    from .study.payoff import PayoffConfig, payoff_plan, plot_payoff, run_payoff, write_payoff_report
-
-    cfg = PayoffConfig(payoff_plan(args.data, args.quick, args.seeds))
-    for assignment in args.set:
-        cfg.set(*parse_assignment(assignment))
-    plan = cfg.validate().study
-    name = args.data.split(":", 1)[0].rstrip("/").split("/")[-1]
-    folder = Path(args.out or f"runs/payoff-{name}{'-quick' if args.quick else ''}")
-    rows = run_payoff(plan, folder, progress=not args.no_progress)
-    report_dir = Path(args.report_dir or folder)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    chart, report = report_dir / f"payoff-{name}.png", report_dir / f"payoff-{name}.md"
-    plot_payoff(rows, plan, chart)
-    command = f"semaim study payoff --data {args.data}" + " --quick" * args.quick
-    command += (f" --seeds {args.seeds}" if args.seeds else "") + "".join(f" --set {a}" for a in args.set)
-    write_payoff_report(rows, plan, command, report, chart)
-    if report_dir.resolve() != folder.resolve():  # keep the per-run rows beside the report
-        (report_dir / f"payoff-{name}.jsonl").write_text((folder / "results.jsonl").read_text())
-    print(f"wrote {report} and {chart}")
-    return 0
-
-
-def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "reproduce", help="the order study (Tables 1 and 3 at small scale): every order x seeds",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )  # fmt: skip
+def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str) -> None:
+    """The flags every study shares: data, quick, seeds, study folder, report folder, --set."""
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or cluttered-fashion-mnist")
-    p.add_argument(
-        "--quick", action="store_true", help="a tiny smoke test of the whole pipeline (~35 s on 2 cores)"
-    )
+    p.add_argument("--quick", action="store_true", help="a tiny smoke test of the whole pipeline")
     p.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; --quick: 2)")
-    p.add_argument("--out", help="study folder (default: runs/reproduce-DATA[-quick]); rerun to resume")
-    p.add_argument("--report-dir", help="where reproduce-DATA.md and .png go (default: the study folder)")
-    add_set_argument(p, "study.limit=38400")
+    p.add_argument("--out", help=f"study folder (default: runs/{kind}-DATA[-quick]); rerun to resume")
+    p.add_argument("--report-dir", help=f"where {kind}-DATA.md and .png go (default: the study folder)")
+    add_set_argument(p, example)
     p.add_argument("--no-progress", action="store_true")
 
 
-def run_reproduce(args: argparse.Namespace) -> int:
+def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plot, report) -> int:
+    """Plan (with --set), run (resumable), chart, report, and the per-run rows beside the report."""
     from .config import parse_assignment
-    from .study.reproduce import ReproduceConfig, plot_study, run_study, study_plan, write_report
 
-    name = args.data.split(":", 1)[0].rstrip("/").split("/")[-1]
-    cfg = ReproduceConfig(study_plan(args.data, args.quick, args.seeds))
     for assignment in args.set:
         cfg.set(*parse_assignment(assignment))
     plan = cfg.validate().study
-    folder = Path(args.out or f"runs/reproduce-{name}{'-quick' if args.quick else ''}")
-    rows = run_study(plan, folder, progress=not args.no_progress)
+    name = args.data.split(":", 1)[0].rstrip("/").split("/")[-1]
+    folder = Path(args.out or f"runs/{kind}-{name}{'-quick' if args.quick else ''}")
+    rows = run(plan, folder, progress=not args.no_progress)
     report_dir = Path(args.report_dir or folder)
     report_dir.mkdir(parents=True, exist_ok=True)
-    chart = report_dir / f"reproduce-{name}.png"
-    plot_study(rows, plan, chart)
-    command = f"semaim reproduce --data {args.data}" + " --quick" * args.quick
-    command += f" --seeds {args.seeds}" if args.seeds else ""
-    command += f" --out {args.out}" if args.out else ""
-    command += f" --report-dir {args.report_dir}" if args.report_dir else ""
-    command += "".join(f" --set {a}" for a in args.set)
-    write_report(rows, plan, command, report_dir / f"reproduce-{name}.md", chart)
+    chart, markdown = report_dir / f"{kind}-{name}.png", report_dir / f"{kind}-{name}.md"
+    plot(rows, plan, chart)
+    command += f" --data {args.data}" + " --quick" * args.quick + (f" --seeds {args.seeds}" if args.seeds else "")
+    command += (f" --out {args.out}" if args.out else "") + (f" --report-dir {args.report_dir}" if args.report_dir else "")
+    report(rows, plan, command + "".join(f" --set {a}" for a in args.set), markdown, chart)
     if report_dir.resolve() != folder.resolve():  # keep the per-run rows beside the report
-        (report_dir / f"reproduce-{name}.jsonl").write_text((folder / "results.jsonl").read_text())
-    print(f"wrote {report_dir / f'reproduce-{name}.md'} and {chart}")
+        (report_dir / f"{kind}-{name}.jsonl").write_text((folder / "results.jsonl").read_text())
+    print(f"wrote {markdown} and {chart}")
     return 0
+
+
+def add_study_parsers(sub: argparse._SubParsersAction) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("reproduce", help="the order study (Tables 1 and 3 at small scale): every order x seeds",
+                       formatter_class=fmt)  # fmt: skip
+    add_study_arguments(p, "reproduce", "study.limit=38400")
+    p = sub.add_parser("study", help="studies that answer a question with many runs and write a report")
+    studies = p.add_subparsers(dest="study", required=True)
+    q = studies.add_parser("payoff", formatter_class=fmt,
+                           help="fine-tuning from semaim encoders vs from scratch, against labels, with floors")  # fmt: skip
+    add_study_arguments(q, "payoff", "study.finetune=[epochs=20,batch_size=32]")
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from .study.reproduce import ReproduceConfig, plot_study, run_study, study_plan, write_report
+
+    cfg = ReproduceConfig(study_plan(args.data, args.quick, args.seeds))
+    return run_a_study(args, "reproduce", "semaim reproduce", cfg, run_study, plot_study, write_report)
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    from .study.payoff import PayoffConfig, payoff_plan, plot_payoff, run_payoff, write_payoff_report
+
+    cfg = PayoffConfig(payoff_plan(args.data, args.quick, args.seeds))
+    return run_a_study(args, "payoff", "semaim study payoff", cfg, run_payoff, plot_payoff, write_payoff_report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -496,8 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parsers(sub)
     add_figure_parsers(sub)
     add_bench_parser(sub)
-    add_reproduce_parser(sub)
-    add_study_parser(sub)
+    add_study_parsers(sub)
     return parser
 
 

@@ -11,7 +11,6 @@ Every finished run is a line of ``results.jsonl``; a rerun skips them and resume
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,7 +31,7 @@ from ..config import (
     require_choice,
 )
 from ..engine.pretrain import pretrain
-from ..engine.run import LAST, append_record, format_seconds
+from ..engine.run import LAST, append_record
 from ..engine.runlog import read_records
 from ..errors import ConfigError
 from ..evaluate.encoders import choose_encoder, split_features
@@ -40,7 +39,7 @@ from ..evaluate.finetune import finetune
 from ..evaluate.knn import knn_accuracy
 from ..evaluate.linear import train_linear_probe
 from ..presets import load_preset
-from .stats import cell, machine, mean_std, paired
+from .stats import cell, how_it_was_run, mean_std, paired
 
 
 @dataclass
@@ -226,7 +225,6 @@ def write_payoff_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         return f"| {label} | " + " | ".join(cells) + " |"
 
     encoders = ("scratch", *plan.orders)
-    wall = sum(r.get("wall_s", 0.0) for r in rows)
     lines = [
         f"# Does pretraining pay off? Fine-tuning on `{plan.data}`",
         "",
@@ -248,13 +246,7 @@ def write_payoff_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         *(line(f"`{o}` − `{plan.orders[-1]}`", "finetune", o, "test_top1", plan.orders[-1])
           for o in plan.orders[:-1]),  # fmt: skip
         "",
-        "## How it was run",
-        "",
-        f"- command: `{command}`",
-        f"- wall time: {format_seconds(wall)} for {len(rows)} runs",
-        f"- machine: {machine()}",
-        "- settings: " + json.dumps(PayoffConfig(plan).to_dict()["study"]),
-        "- per-run rows: `results.jsonl` in the study folder (copied as `payoff-<data>.jsonl` beside this report)",
+        *how_it_was_run(command, rows, PayoffConfig(plan).to_dict()["study"], "payoff"),
     ]
     if chart:
         lines += ["", f"![payoff]({Path(chart).name})"]

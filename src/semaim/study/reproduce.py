@@ -26,7 +26,7 @@ import yaml
 from ..config import ORDERS, LinprobeRunConfig, Sections, require, require_choice
 from ..engine.checkpoint import KIND_PRETRAIN, load_checkpoint
 from ..engine.pretrain import pretrain
-from ..engine.run import LAST, format_seconds
+from ..engine.run import LAST
 from ..engine.runlog import read_records
 from ..errors import ConfigError
 from ..evaluate.features import POOLS, RawPixels, extract_pooled_features
@@ -34,7 +34,7 @@ from ..evaluate.knn import knn_accuracy
 from ..evaluate.linear import train_linear_probe
 from ..export import load_encoder, random_encoder
 from ..presets import load_preset
-from .stats import cell, machine, mean_std, paired
+from .stats import cell, how_it_was_run, mean_std, paired
 
 METRICS = ("knn_cls", "linear_cls", "knn_avg", "linear_avg")
 METRIC_NAMES = {
@@ -249,7 +249,6 @@ def write_report(rows: list[dict[str, Any]], plan: StudyPlan, command: str, path
     """Markdown: settings, the order table (mean ± std over seeds), floors, decoder depths, commands."""
     best = best_order(rows, plan)
     steps = next((r["steps"] for r in rows if "steps" in r), 0)
-    wall = sum(r.get("wall_s", 0.0) for r in rows)
     header = (
         "| | "
         + " | ".join(METRIC_NAMES[m] for m in METRICS)
@@ -304,14 +303,7 @@ def write_report(rows: list[dict[str, Any]], plan: StudyPlan, command: str, path
             if d != full
         ),
         "",
-        "## How it was run",
-        "",
-        f"- command: `{command}`",
-        f"- wall time: {format_seconds(wall)} for {len(rows)} runs (pretraining + evaluation)",
-        f"- machine: {machine()}",
-        "- settings: " + json.dumps(asdict(plan)),
-        "- per-run rows (scores, steps, final loss, times): `results.jsonl` in the study folder, copied as "
-        "`reproduce-<data>.jsonl` beside this report when it is written elsewhere",
+        *how_it_was_run(command, rows, asdict(plan), "reproduce"),
     ]
     if chart:
         lines += ["", f"![orders]({Path(chart).name})"]

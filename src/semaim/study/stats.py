@@ -3,6 +3,7 @@ machine line, and table cells."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -52,3 +53,20 @@ def machine() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def how_it_was_run(command: str, rows: list[dict[str, Any]], settings: dict[str, Any], kind: str) -> list[str]:
+    """The closing section of a study report: command, wall time, machine, settings, where the rows are."""
+    from ..engine.run import format_seconds
+
+    wall = sum(r.get("wall_s", 0.0) for r in rows)
+    return [
+        "## How it was run",
+        "",
+        f"- command: `{command}`",
+        f"- wall time: {format_seconds(wall)} for {len(rows)} runs",
+        f"- machine: {machine()}",
+        "- settings: " + json.dumps(settings),
+        f"- per-run rows: `results.jsonl` in the study folder, copied as `{kind}-<data>.jsonl` beside this "
+        "report when it is written elsewhere",
+    ]
