@@ -249,6 +249,8 @@ class FeaturesConfig:
     val_size: int | None = None  # carved out (and unused) as fine-tuning does; only with a label subset
     split_seed: int = 0
     subset_seed: int = 0  # fine-tuning's finetune.seed
+    limit: int | None = None  # fine-tuning's finetune.limit
+    subset: bool = False  # learn from fine-tuning's training images even with every label (set by the above)
 
     def validate(self, prefix: str = "features.") -> FeaturesConfig:
         require_choice(self.pool, f"{prefix}pool", ("cls", "avg"))

@@ -25,6 +25,18 @@ def test_quick_study_end_to_end_then_resume_recomputes_only_the_missing_run(tmp_
         ("pretrain", "semantic"), ("floor", "pixels"), ("finetune", "scratch"), ("finetune", "semantic"),
     ]  # fmt: skip
     assert rows[1]["train_images"] == rows[2]["train_images"] == 20  # floors learn from fine-tuning's images
+    import yaml
+
+    from semaim.config import EncoderConfig
+    from semaim.data import open_dataset
+    from semaim.data.splits import labelled_subset
+    from semaim.study.payoff import PayoffConfig, finetune_config
+
+    plan = PayoffConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text())).study
+    ft = finetune_config(plan, EncoderConfig(random=True), 2, 0).finetune
+    labels = open_dataset(f"fashion-mnist:{tmp_path}", "train").labels
+    images, _ = labelled_subset(labels, ft.val_size, ft.split_seed, 2, None, ft.seed, ft.limit)
+    assert len(images) == 20 and int(images.max()) < 200 + 30  # drawn from the limited pool, as fine-tuning
     report = (reports / "payoff-fashion-mnist.md").read_text()
     assert "fine-tuned from semantic" in report and "`semantic` − scratch" in report
     assert (reports / "payoff-fashion-mnist.png").stat().st_size > 0 and (reports / "payoff-fashion-mnist.jsonl").is_file()

@@ -130,8 +130,10 @@ def finetune_run(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed: in
 
 def pixel_floors(plan: PayoffPlan, labels: int, seed: int, progress: bool) -> dict[str, Any]:
     """Raw-pixel k-NN@20 and linear probe, learning from exactly the images fine-tuning trains on."""
-    features = FeaturesConfig(data=plan.data, workers=plan.workers, labels_per_class=labels or None,
-                              val_size=plan.val_size, subset_seed=seed)  # fmt: skip
+    ft = finetune_config(plan, EncoderConfig(random=True), labels, seed).finetune  # its labelled images
+    features = FeaturesConfig(data=plan.data, workers=plan.workers, labels_per_class=ft.labels_per_class,
+                              val_size=ft.val_size, split_seed=ft.split_seed, subset_seed=ft.seed, limit=ft.limit,
+                              subset=True)  # fmt: skip
     enc = choose_encoder(EncoderConfig(pixels=True, preset=plan.preset))
     model = pretrain_config(plan, "semantic", seed).model  # the input size fine-tuning sees
     enc.img_size = (model.grid[0] * model.patch_size, model.grid[1] * model.patch_size)
