@@ -20,11 +20,15 @@ run() {  # name, encoder flags, recipe flags
   local resume=--force; [ -f $out/checkpoint-last.pt ] && resume=--resume
   python -m semaim finetune $2 $COMMON $3 --out $out $resume > $out.log 2>&1
 }
-for enc in scratch pre; do
-  if [ $enc = scratch ]; then E="--random"; else E="--checkpoint $P/checkpoint-last.pt"; fi
-  run $enc-cpu "$E" ""                                                                        # today's --recipe cpu: 3 epochs, batch 128
-  run $enc-b32-e40 "$E" "--set batch_size=32 --set epochs=40 --set warmup_epochs=4"             # more, smaller steps
-  run $enc-b32-e40-nomix "$E" "--set batch_size=32 --set epochs=40 --set warmup_epochs=4 --set mixup=0 --set cutmix=0"
-  run $enc-b32-e40-nomix-blr3e-3 "$E" "--set batch_size=32 --set epochs=40 --set warmup_epochs=4 --set mixup=0 --set cutmix=0 --set blr=3e-3"
+# scratch and pretrained side by side, recipe by recipe (the comparison first)
+for recipe in cpu b32-e40 b32-e40-nomix b32-e40-nomix-blr3e-3; do
+  case $recipe in
+    cpu) R_FLAGS="" ;;                                                                   # today's --recipe cpu: 3 epochs, batch 128
+    b32-e40) R_FLAGS="--set batch_size=32 --set epochs=40 --set warmup_epochs=4" ;;       # more, smaller steps
+    b32-e40-nomix) R_FLAGS="--set batch_size=32 --set epochs=40 --set warmup_epochs=4 --set mixup=0 --set cutmix=0" ;;
+    b32-e40-nomix-blr3e-3) R_FLAGS="--set batch_size=32 --set epochs=40 --set warmup_epochs=4 --set mixup=0 --set cutmix=0 --set blr=3e-3" ;;
+  esac
+  run scratch-$recipe "--random" "$R_FLAGS"
+  run pre-$recipe "--checkpoint $P/checkpoint-last.pt" "$R_FLAGS"
 done
 echo done > $R/DONE
