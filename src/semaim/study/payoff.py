@@ -39,7 +39,7 @@ from ..evaluate.finetune import finetune
 from ..evaluate.knn import knn_accuracy
 from ..evaluate.linear import train_linear_probe
 from ..presets import load_preset
-from .stats import cell, how_it_was_run, mean_std, paired
+from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
 
 
 @dataclass
@@ -250,9 +250,7 @@ def write_payoff_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         "",
         *how_it_was_run(command, rows, PayoffConfig(plan).to_dict()["study"], "payoff"),
     ]
-    if chart:
-        lines += ["", f"![payoff]({Path(chart).name})"]
-    Path(path).write_text("\n".join(lines) + "\n")
+    write_markdown(path, lines, chart, "payoff")
 
 
 def plot_payoff(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, dpi: int = 100) -> None:

@@ -34,7 +34,7 @@ from ..evaluate.knn import knn_accuracy
 from ..evaluate.linear import train_linear_probe
 from ..export import load_encoder, random_encoder
 from ..presets import load_preset
-from .stats import cell, how_it_was_run, mean_std, paired
+from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
 
 METRICS = ("knn_cls", "linear_cls", "knn_avg", "linear_avg")
 METRIC_NAMES = {
@@ -305,9 +305,7 @@ def write_report(rows: list[dict[str, Any]], plan: StudyPlan, command: str, path
         "",
         *how_it_was_run(command, rows, asdict(plan), "reproduce"),
     ]
-    if chart:
-        lines += ["", f"![orders]({Path(chart).name})"]
-    Path(path).write_text("\n".join(lines) + "\n")
+    write_markdown(path, lines, chart, "orders")
 
 
 def plot_study(rows: list[dict[str, Any]], plan: StudyPlan, path: str | Path, dpi: int = 100) -> None:

@@ -70,3 +70,10 @@ def how_it_was_run(command: str, rows: list[dict[str, Any]], settings: dict[str,
         f"- per-run rows: `results.jsonl` in the study folder, copied as `{kind}-<data>.jsonl` beside this "
         "report when it is written elsewhere",
     ]
+
+
+def write_markdown(path: str | Path, lines: list[str], chart: str | Path | None, alt: str) -> None:
+    """The report's lines, then the chart beside it (linked by file name), as one Markdown file."""
+    if chart:
+        lines = [*lines, "", f"![{alt}]({Path(chart).name})"]
+    Path(path).write_text("\n".join(lines) + "\n")
