@@ -250,7 +250,12 @@ class FeaturesConfig:
     split_seed: int = 0
     subset_seed: int = 0  # fine-tuning's finetune.seed
     limit: int | None = None  # fine-tuning's finetune.limit
-    subset: bool = False  # learn from fine-tuning's training images even with every label (set by the above)
+
+    @property
+    def draws_subset(self) -> bool:
+        """Whether the features learn from fine-tuning's training images rather than the whole split."""
+        fields_ = (self.labels_per_class, self.label_fraction, self.val_size, self.limit)
+        return any(value is not None for value in fields_)
 
     def validate(self, prefix: str = "features.") -> FeaturesConfig:
         require_choice(self.pool, f"{prefix}pool", ("cls", "avg"))

@@ -74,7 +74,7 @@ def split_features(cfg: FeaturesConfig, enc: EncoderChoice, progress: bool = Tru
             cfg.workers, device, precision, cfg.cache, enc.cache_key, progress,
         )  # fmt: skip
         out += [f, y]
-    if cfg.subset or cfg.labels_per_class is not None or cfg.label_fraction is not None:  # a floor
+    if cfg.draws_subset:  # a label-efficiency floor
         subset, _ = labelled_subset(out[1], cfg.val_size, cfg.split_seed, cfg.labels_per_class,
                                     cfg.label_fraction, cfg.subset_seed, cfg.limit, prefix="features.")  # fmt: skip
         out[0], out[1] = out[0][subset], out[1][subset]

@@ -128,15 +128,13 @@ def finetune_run(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed: in
     return {k: result[k] for k in ("test_top1", "test_top5", "best_val_top1", "train_images")}
 
 
-def pixel_floors(plan: PayoffPlan, labels: int, seed: int, progress: bool) -> dict[str, Any]:
+def pixel_floors(plan: PayoffPlan, labels: int, seed: int, folder: Path, progress: bool) -> dict[str, Any]:
     """Raw-pixel k-NN@20 and linear probe, learning from exactly the images fine-tuning trains on."""
     ft = finetune_config(plan, EncoderConfig(random=True), labels, seed).finetune  # its labelled images
     features = FeaturesConfig(data=plan.data, workers=plan.workers, labels_per_class=ft.labels_per_class,
-                              val_size=ft.val_size, split_seed=ft.split_seed, subset_seed=ft.seed, limit=ft.limit,
-                              subset=True)  # fmt: skip
-    enc = choose_encoder(EncoderConfig(pixels=True, preset=plan.preset))
-    model = pretrain_config(plan, "semantic", seed).model  # the input size fine-tuning sees
-    enc.img_size = (model.grid[0] * model.patch_size, model.grid[1] * model.patch_size)
+                              val_size=ft.val_size, split_seed=ft.split_seed, subset_seed=ft.seed,
+                              limit=ft.limit)  # fmt: skip
+    enc = choose_encoder(EncoderConfig(pixels=True, preset=shape_preset(plan, seed, folder)))
     train_f, train_y, test_f, test_y = split_features(features, enc, progress)
     knn = knn_accuracy(train_f, train_y, test_f, test_y, ks=(20,))["top1"]["20"]
     probe = train_linear_probe(train_f, train_y, test_f, test_y, load_preset("cpu", LinprobeRunConfig).probe,
@@ -171,7 +169,7 @@ def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True) -> l
             run(("pretrain", order, -1, seed), lambda o=order, s=seed: pretrain_run(plan, o, s, folder, progress))
     for labels in plan.labels_per_class:
         for seed in plan.seeds:
-            run(("floor", "pixels", labels, seed), lambda k=labels, s=seed: pixel_floors(plan, k, s, progress))
+            run(("floor", "pixels", labels, seed), lambda k=labels, s=seed: pixel_floors(plan, k, s, folder, progress))
             for encoder in ("scratch", *plan.orders):
                 source = encoder_source(plan, encoder, seed, folder)
                 out = folder / "runs" / f"finetune-{encoder}-K{labels}-seed{seed}"
@@ -183,9 +181,14 @@ def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True) -> l
 def encoder_source(plan: PayoffPlan, encoder: str, seed: int, folder: Path) -> EncoderConfig:
     """Scratch: the pretraining initialisation of this seed; an order: that seed's pretrained checkpoint."""
     if encoder == "scratch":
-        preset = folder / "runs" / f"pretrain-{plan.orders[0]}-seed{seed}" / "config.yaml"
-        return EncoderConfig(random=True, preset=str(preset) if preset.is_file() else plan.preset, init_seed=seed)
+        return EncoderConfig(random=True, preset=shape_preset(plan, seed, folder), init_seed=seed)
     return EncoderConfig(checkpoint=str(folder / "runs" / f"pretrain-{encoder}-seed{seed}" / LAST))
+
+
+def shape_preset(plan: PayoffPlan, seed: int, folder: Path) -> str:
+    """The model every run of this seed shares (input size included): a pretraining run's own config."""
+    saved = folder / "runs" / f"pretrain-{plan.orders[0]}-seed{seed}" / "config.yaml" if plan.orders else None
+    return str(saved) if saved is not None and saved.is_file() else plan.preset
 
 
 def row_key(row: dict[str, Any]) -> tuple:
