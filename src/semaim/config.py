@@ -64,6 +64,11 @@ def require_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
     require(value in choices, name, f"one of {choices}", value)
 
 
+def require_crop_scale(value: tuple[float, float], name: str) -> None:
+    ok = len(value) == 2 and 0 < value[0] <= value[1] <= 1
+    require(ok, name, "[min, max] with 0 < min <= max <= 1", list(value))
+
+
 # --------------------------------------------------------------------------- sections
 @dataclass
 class ModelConfig:
@@ -163,9 +168,7 @@ class DataConfig:
     def validate(self, prefix: str = "data.") -> DataConfig:
         require(self.limit is None or self.limit >= 1, f"{prefix}limit", "a positive int or null", self.limit)
         require(self.workers >= 0, f"{prefix}workers", "an int >= 0", self.workers)
-        low, high = self.crop_scale
-        require(0 < low <= high <= 1, f"{prefix}crop_scale", "[min, max] with 0 < min <= max <= 1",
-                list(self.crop_scale))  # fmt: skip
+        require_crop_scale(self.crop_scale, f"{prefix}crop_scale")
         require(self.std is None or all(s > 0 for s in self.std), f"{prefix}std", "values > 0", self.std)
         return self
 
@@ -197,12 +200,14 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     save_every_steps: int = 200  # checkpoint-last.pt at least this often (and at every epoch end)
     save_every_epochs: int = 0  # also keep checkpoint-EPOCH.pt every N epochs (0: only the last)
+    keep_steps: tuple[int, ...] = ()  # also keep checkpoint-stepN.pt at these steps (a compute curve)
     compile: bool = False  # torch.compile the model
 
     def validate(self, prefix: str = "train.") -> TrainConfig:
         for name in ("epochs", "batch_size", "accum_steps", "save_every_steps"):
             require(getattr(self, name) >= 1, f"{prefix}{name}", "a positive int", getattr(self, name))
         require(self.save_every_epochs >= 0, f"{prefix}save_every_epochs", "an int >= 0", self.save_every_epochs)
+        require(all(s >= 1 for s in self.keep_steps), f"{prefix}keep_steps", "positive ints", list(self.keep_steps))
         if self.batch_size % self.accum_steps:
             raise ConfigError(
                 f"{prefix}batch_size: {self.batch_size} is not divisible by {prefix}accum_steps {self.accum_steps}"
@@ -336,6 +341,7 @@ class FinetuneConfig:
     layer_decay: float = 0.65
     betas: tuple[float, float] = (0.9, 0.999)
     drop_path: float = 0.1
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's area range (timm's default)
     randaug: str = "rand-m9-mstd0.5-inc1"  # RandAugment(9, 0.5) in timm's notation ("" = none)
     reprob: float = 0.25  # random erasing
     mixup: float = 0.8
@@ -362,6 +368,7 @@ class FinetuneConfig:
             require(0 <= getattr(self, name) < 1, f"{prefix}{name}", "a value in [0, 1)", getattr(self, name))
         require(all(0 <= b < 1 for b in self.betas), f"{prefix}betas", "two values in [0, 1)", list(self.betas))
         require_choice(self.precision, f"{prefix}precision", ("auto", "fp32", "bf16"))
+        require_crop_scale(self.crop_scale, f"{prefix}crop_scale")
         self.validate_data(prefix)
         return self
 

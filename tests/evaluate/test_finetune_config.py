@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 import semaim.evaluate.finetune as ft
@@ -49,3 +50,15 @@ def test_a_non_finite_fine_tuning_loss_stops_the_run(tmp_path, pretrained, monke
     assert main(args) == 1
     assert "stopped: loss is nan at step 0" in capsys.readouterr().err
     assert not (out / "checkpoint-last.pt").exists()
+
+
+def test_crop_scale_reaches_the_training_transform_and_is_checked():
+    from semaim.config import FinetuneConfig
+    from semaim.errors import ConfigError
+
+    transform = ft.train_transform(FinetuneConfig(crop_scale=(0.5, 1.0)), 1, (32, 32), (0.5,), (0.5,))
+    crops = [step for step in transform.transforms if hasattr(step, "scale")]
+    assert len(crops) == 1 and tuple(crops[0].scale) == (0.5, 1.0)
+    for bad in [(0.5, 1.2), (0.0, 1.0), (0.9, 0.5)]:
+        with pytest.raises(ConfigError, match="finetune.crop_scale"):
+            FinetuneConfig(crop_scale=bad).validate()

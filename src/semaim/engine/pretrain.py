@@ -345,7 +345,7 @@ def train(cfg: PretrainConfig, state: TrainState, loader: DataLoader, sampler: E
 
 
 def save_when_due(cfg: PretrainConfig, state: TrainState, steps_per_epoch: int, out: Path) -> None:
-    """``checkpoint-last.pt`` every ``save_every_steps`` and at each epoch end; epoch copies as asked."""
+    """``checkpoint-last.pt`` every ``save_every_steps`` and at each epoch end; epoch and step copies as asked."""
     t = cfg.train
     end_of_epoch = state.step % steps_per_epoch == 0
     if end_of_epoch or state.step % t.save_every_steps == 0:
@@ -353,6 +353,8 @@ def save_when_due(cfg: PretrainConfig, state: TrainState, steps_per_epoch: int, 
     done_epochs = state.step // steps_per_epoch
     if end_of_epoch and t.save_every_epochs and done_epochs % t.save_every_epochs == 0:
         save_checkpoint(out / f"checkpoint-{done_epochs:04d}.pt", cfg, state, steps_per_epoch)
+    if state.step in t.keep_steps:
+        save_checkpoint(out / f"checkpoint-step{state.step}.pt", cfg, state, steps_per_epoch)
 
 
 def summarise(cfg: PretrainConfig, step: int, first_step: int, wall: float, losses: list[float],

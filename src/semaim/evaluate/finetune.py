@@ -69,7 +69,8 @@ def train_transform(ft: FinetuneConfig, in_chans: int, img_size: tuple[int, int]
     try:  # timm parses the policy string with asserts
         transform = create_transform(
             input_size=(in_chans, *img_size), is_training=True, auto_augment=ft.randaug or None,
-            re_prob=ft.reprob, re_mode="pixel", interpolation="bicubic", mean=mean, std=std,
+            scale=tuple(ft.crop_scale), re_prob=ft.reprob, re_mode="pixel", interpolation="bicubic",
+            mean=mean, std=std,
         )  # fmt: skip
     except (AssertionError, ValueError) as err:
         raise ConfigError(

@@ -11,11 +11,13 @@ Every finished run is a line of ``results.jsonl``; a rerun skips them and resume
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from ..config import (
@@ -54,8 +56,14 @@ class PayoffPlan:
     seeds: tuple[int, ...] = (0, 1, 2)
     recipe: str = "cpu"  # the fine-tuning recipe, the same for scratch and pretrained
     finetune: tuple[str, ...] = ()  # --set overrides of the fine-tuning recipe
+    epochs: tuple[int, ...] = ()  # fine-tuning epochs per label budget (as labels_per_class); (): the recipe's
     val_size: int = 5000
     workers: int = 1
+    # Curve (b): quality against pretraining compute, from the kept checkpoints of one longer pretraining.
+    curve_order: str = "semantic"
+    curve_epochs: int = 4  # 0: no curve
+    curve_steps: tuple[int, ...] = (60, 120, 240, 468, 936)  # checkpoints kept (and the last)
+    curve_labels: int = 60  # the label budget of the curve's fine-tuning
 
     def validate(self, prefix: str = "study.") -> PayoffPlan:
         for order in self.orders:
@@ -63,6 +71,11 @@ class PayoffPlan:
         require(len(self.seeds) > 0, f"{prefix}seeds", "at least one seed", list(self.seeds))
         ok = all(k >= 0 for k in self.labels_per_class) and self.labels_per_class
         require(bool(ok), f"{prefix}labels_per_class", "ints >= 0 (0: every label)", list(self.labels_per_class))
+        ok = not self.epochs or (len(self.epochs) == len(self.labels_per_class) and min(self.epochs) >= 1)
+        require(ok, f"{prefix}epochs", "one positive int per label budget (or empty)", list(self.epochs))
+        require_choice(self.curve_order, f"{prefix}curve_order", ORDERS)
+        require(self.curve_epochs >= 0, f"{prefix}curve_epochs", "an int >= 0", self.curve_epochs)
+        require(self.curve_labels >= 0, f"{prefix}curve_labels", "an int >= 0", self.curve_labels)
         pretrain_config(self, self.orders[0] if self.orders else "semantic", self.seeds[0])
         finetune_config(self, EncoderConfig(random=True), 0, self.seeds[0])
         return self
@@ -84,7 +97,8 @@ def payoff_plan(data: str, quick: bool = False, seeds: int | None = None) -> Pay
         tiny = ("model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_depth=2",
                 "data.limit=512", "train.batch_size=64")  # fmt: skip
         plan = replace(plan, pretrain=plan.pretrain + tiny, labels_per_class=(4, 0), seeds=(0, 1), val_size=100,
-                       finetune=("epochs=2", "batch_size=32", "limit=400"), workers=0)  # fmt: skip
+                       finetune=("batch_size=32", "limit=400"), epochs=(3, 1), workers=0, curve_epochs=2,
+                       curve_steps=(4,), curve_labels=4)  # fmt: skip
     return replace(plan, seeds=tuple(range(seeds))) if seeds is not None else plan
 
 
@@ -107,6 +121,16 @@ def finetune_config(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed:
     ft = cfg.finetune
     ft.data, ft.seed, ft.val_size, ft.workers = plan.data, seed, plan.val_size, plan.workers
     ft.labels_per_class = labels or None
+    if plan.epochs and labels in plan.labels_per_class:
+        ft.epochs = plan.epochs[plan.labels_per_class.index(labels)]
+    return cfg.validate()
+
+
+def curve_config(plan: PayoffPlan) -> PretrainConfig:
+    """The curve's pretraining: ``curve_epochs`` of seed 0, its checkpoints kept at ``curve_steps``."""
+    cfg = pretrain_config(plan, plan.curve_order, plan.seeds[0])
+    cfg.set("train.epochs", plan.curve_epochs)
+    cfg.set("train.keep_steps", plan.curve_steps)
     return cfg.validate()
 
 
@@ -116,6 +140,14 @@ def pretrain_run(plan: PayoffPlan, order: str, seed: int, folder: Path, progress
     out = folder / "runs" / f"pretrain-{order}-seed{seed}"
     resume = (out / LAST).is_file()
     summary = pretrain(pretrain_config(plan, order, seed), out, resume=resume, force=not resume, progress=progress)
+    return {"steps": summary["steps"], "final_loss": summary["final_loss"]}
+
+
+def curve_pretrain(plan: PayoffPlan, folder: Path, progress: bool) -> dict[str, Any]:
+    """Curve (b)'s one longer pretraining (resumed when it was cut): its summary."""
+    out = folder / "runs" / f"pretrain-curve-{plan.curve_order}"
+    resume = (out / LAST).is_file()
+    summary = pretrain(curve_config(plan), out, resume=resume, force=not resume, progress=progress)
     return {"steps": summary["steps"], "final_loss": summary["final_loss"]}
 
 
@@ -134,17 +166,48 @@ def pixel_floors(plan: PayoffPlan, labels: int, seed: int, folder: Path, progres
     features = FeaturesConfig(data=plan.data, workers=plan.workers, labels_per_class=ft.labels_per_class,
                               val_size=ft.val_size, split_seed=ft.split_seed, subset_seed=ft.seed,
                               limit=ft.limit)  # fmt: skip
-    enc = choose_encoder(EncoderConfig(pixels=True, preset=shape_preset(plan, seed, folder)))
-    train_f, train_y, test_f, test_y = split_features(features, enc, progress)
+    return frozen_scores(EncoderConfig(pixels=True, preset=shape_preset(plan, seed, folder)), features, progress)
+
+
+def frozen_scores(encoder: EncoderConfig, features: FeaturesConfig, progress: bool) -> dict[str, Any]:
+    """k-NN@20 and the ``cpu`` linear probe on frozen features (test split)."""
+    train_f, train_y, test_f, test_y = split_features(features, choose_encoder(encoder), progress)
     knn = knn_accuracy(train_f, train_y, test_f, test_y, ks=(20,))["top1"]["20"]
     probe = train_linear_probe(train_f, train_y, test_f, test_y, load_preset("cpu", LinprobeRunConfig).probe,
                                progress=False)  # fmt: skip
     return {"knn_top1": knn, "linear_top1": probe["top1"], "train_images": len(train_y)}
 
 
+def curve_points(plan: PayoffPlan, folder: Path) -> list[tuple[int, EncoderConfig]]:
+    """``(pretraining step, encoder)`` of curve (b): the initialisation, every kept checkpoint, the last."""
+    run = folder / "runs" / f"pretrain-curve-{plan.curve_order}"
+    points = [(0, EncoderConfig(random=True, preset=str(run / "config.yaml"), init_seed=plan.seeds[0]))]
+    points += [(step, EncoderConfig(checkpoint=str(run / f"checkpoint-step{step}.pt"))) for step in plan.curve_steps
+               if (run / f"checkpoint-step{step}.pt").is_file()]  # fmt: skip
+    last = torch.load(run / LAST, map_location="cpu", weights_only=False)["step"]
+    return points + [(last, EncoderConfig(checkpoint=str(run / LAST)))] if last not in plan.curve_steps else points
+
+
+def curve_point(plan: PayoffPlan, step: int, encoder: EncoderConfig, folder: Path,
+                progress: bool) -> dict[str, Any]:  # fmt: skip
+    """One point of curve (b): pretraining minutes so far, frozen k-NN / linear, fine-tuning at ``curve_labels``."""
+    run = folder / "runs" / f"pretrain-curve-{plan.curve_order}"
+    steps = {r["step"]: r for r in read_records(run / "metrics.jsonl")}  # a resumed step counts once
+    batch = curve_config(plan).train.batch_size
+    minutes = sum(batch / r["images_per_s"] for s, r in steps.items() if s <= step) / 60
+    features = FeaturesConfig(data=plan.data, workers=plan.workers, val_size=plan.val_size)  # fine-tuning's 100 %
+    frozen = frozen_scores(encoder, features, progress)
+    tuned = finetune_run(plan, encoder, plan.curve_labels, plan.seeds[0],
+                         folder / "runs" / f"curve-finetune-step{step}", progress)  # fmt: skip
+    return {"pretrain_minutes": minutes, "knn_top1": frozen["knn_top1"],
+            "linear_top1": frozen["linear_top1"], "test_top1": tuned["test_top1"],
+            "best_val_top1": tuned["best_val_top1"]}  # fmt: skip
+
+
 def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True) -> list[dict[str, Any]]:
-    """Pretrain every order × seed, then per label budget and seed: the pixel floors and fine-tuning from
-    scratch and from each pretrained encoder. Finished runs are kept in ``results.jsonl``; returns all rows."""
+    """Curve (b) first (one longer pretraining and its kept checkpoints); then pretrain every order × seed,
+    and per label budget and seed: the pixel floors and fine-tuning from scratch and each pretrained encoder.
+    Finished runs are kept in ``results.jsonl``; returns all rows."""
     folder = Path(folder)
     plan.validate()
     check_plan(folder, plan)
@@ -156,14 +219,18 @@ def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True) -> l
         if key in done:
             return
         start = time.perf_counter()
-        row = {"kind": key[0], "encoder": key[1], "labels": key[2], "seed": key[3], **work(),
-               "wall_s": time.perf_counter() - start}  # fmt: skip
+        row = {**dict(zip(KEY, key, strict=False)), **work(), "wall_s": time.perf_counter() - start}
         append_record(results, row)
         rows.append(row)
         done.add(key)
         print(f"[{len(rows)}] {key}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()
                                                    if k.endswith("top1")), flush=True)  # fmt: skip
 
+    if plan.curve_epochs:
+        run(("pretrain", f"curve-{plan.curve_order}", -1, plan.seeds[0]), lambda: curve_pretrain(plan, folder, progress))
+        for step, encoder in curve_points(plan, folder):
+            run(("curve", plan.curve_order, plan.curve_labels, plan.seeds[0], step),
+                lambda t=step, e=encoder: curve_point(plan, t, e, folder, progress))  # fmt: skip
     for seed in plan.seeds:
         for order in plan.orders:
             run(("pretrain", order, -1, seed), lambda o=order, s=seed: pretrain_run(plan, o, s, folder, progress))
@@ -191,8 +258,11 @@ def shape_preset(plan: PayoffPlan, seed: int, folder: Path) -> str:
     return str(saved) if saved is not None and saved.is_file() else plan.preset
 
 
+KEY = ("kind", "encoder", "labels", "seed", "step")  # what tells the rows of results.jsonl apart
+
+
 def row_key(row: dict[str, Any]) -> tuple:
-    return row["kind"], row["encoder"], row["labels"], row["seed"]
+    return tuple(row[name] for name in KEY if name in row)
 
 
 def check_plan(folder: Path, plan: PayoffPlan) -> None:
@@ -251,19 +321,63 @@ def write_payoff_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         *(line(f"`{o}` − `{plan.orders[-1]}`", "finetune", o, "test_top1", plan.orders[-1])
           for o in plan.orders[:-1]),  # fmt: skip
         "",
+        *curve_lines(rows, plan),
         *how_it_was_run(command, rows, PayoffConfig(plan).to_dict()["study"], "payoff"),
     ]
     write_markdown(path, lines, chart, "payoff")
 
 
+def curve_rows(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[dict[str, Any]]:
+    return sorted((r for r in rows if r["kind"] == "curve" and r["encoder"] == plan.curve_order),
+                  key=lambda r: r["step"])  # fmt: skip
+
+
+def curve_lines(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
+    """Curve (b): frozen k-NN / linear (every label) and fine-tuning at ``curve_labels`` per checkpoint."""
+    points = curve_rows(rows, plan)
+    if not points:
+        return []
+    labels = label_text(plan.curve_labels)
+    lines = [
+        f"Quality against pretraining compute: the `{plan.curve_order}` pretraining of seed {plan.seeds[0]} run "
+        f"for {plan.curve_epochs} epochs (one cosine schedule), its kept checkpoints scored by frozen k-NN@20 "
+        f"and linear probe (cls token, every training label but the validation split) and by fine-tuning "
+        f"with {labels} (seed {plan.seeds[0]}); minutes are the sum of the pretraining's step times. "
+        "Step 0 is the initialisation (scratch).",
+        "",
+        f"| pretraining step | minutes | k-NN@20 | linear | fine-tuned, {labels}: test | validation (best) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in points:
+        lines.append(f"| {r['step']} | {r['pretrain_minutes']:.1f} | {r['knn_top1']:.2f} | {r['linear_top1']:.2f} "
+                     f"| {r['test_top1']:.2f} | {r['best_val_top1']:.2f} |")  # fmt: skip
+    floors = by_seed(rows, "floor", "pixels", 0)
+    if floors:
+        knn = statistics.mean(r["knn_top1"] for r in floors.values())
+        linear = statistics.mean(r["linear_top1"] for r in floors.values())
+        lines += ["", f"Raw pixels on the same labels: k-NN@20 {knn:.2f}, linear {linear:.2f}."]
+    return lines + [""]
+
+
 def plot_payoff(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, dpi: int = 100) -> None:
-    """Test top-1 against the label budget: one line per encoder (error bars: std over seeds), floors dashed."""
+    """(a) test top-1 against the label budget, one line per encoder (error bars: std over seeds), floors
+    dashed; (b) when the curve has points: quality against pretraining minutes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+    points = curve_rows(rows, plan)
+    fig, axes = plt.subplots(1, 2 if points else 1, figsize=(11 if points else 5.5, 3.8), constrained_layout=True)
+    axes = list(axes) if points else [axes]
+    plot_labels(axes[0], rows, plan)
+    if points:
+        plot_curve(axes[1], rows, plan, points)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def plot_labels(ax: Any, rows: list[dict[str, Any]], plan: PayoffPlan) -> None:
     ticks = list(range(len(plan.labels_per_class)))
     series = [(f"fine-tuned from {e}", "finetune", e, "test_top1", "-o") for e in ("scratch", *plan.orders)]
     series += [("pixels k-NN@20", "floor", "pixels", "knn_top1", "--"), ("pixels linear", "floor", "pixels",
@@ -276,7 +390,21 @@ def plot_payoff(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, 
         ax.errorbar(ticks, means, yerr=stds, fmt=style, capsize=3, label=label)
     ax.set_xticks(ticks, [label_text(k) for k in plan.labels_per_class])
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title(f"{plan.data}: fine-tuning against labels")
+    ax.set_title(f"(a) {plan.data}: fine-tuning against labels")
     ax.legend(fontsize=7)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+
+
+def plot_curve(ax: Any, rows: list[dict[str, Any]], plan: PayoffPlan, points: list[dict[str, Any]]) -> None:
+    minutes = [r["pretrain_minutes"] for r in points]
+    labels = label_text(plan.curve_labels)
+    for metric, text, colour in (("knn_top1", "k-NN@20 (all labels)", "C0"), ("linear_top1", "linear (all labels)",
+                                 "C1"), ("test_top1", f"fine-tuned, {labels}", "C2")):  # fmt: skip
+        ax.plot(minutes, [r[metric] for r in points], "-o", color=colour, label=text)
+    floors = by_seed(rows, "floor", "pixels", 0)
+    for metric, colour in (("knn_top1", "C0"), ("linear_top1", "C1")):
+        if floors:
+            ax.axhline(statistics.mean(r[metric] for r in floors.values()), ls="--", color=colour, lw=0.8)
+    ax.set_xlabel(f"pretraining minutes ({plan.curve_order}; dashed: raw pixels)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("(b) quality against pretraining compute")
+    ax.legend(fontsize=7)
