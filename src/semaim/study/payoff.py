@@ -12,13 +12,9 @@ Every finished run is a line of ``results.jsonl``; a rerun skips them and resume
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import torch
-import yaml
 
 from ..config import (
     ORDERS,
@@ -32,15 +28,16 @@ from ..config import (
     require,
     require_choice,
 )
+from ..data import open_dataset
 from ..engine.pretrain import pretrain
-from ..engine.run import LAST, append_record
+from ..engine.run import LAST
 from ..engine.runlog import read_records
-from ..errors import ConfigError
 from ..evaluate.encoders import choose_encoder, split_features
 from ..evaluate.finetune import finetune
 from ..evaluate.knn import knn_accuracy
 from ..evaluate.linear import train_linear_probe
 from ..presets import load_preset
+from .runner import StudyRunner
 from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
 
 
@@ -180,12 +177,13 @@ def frozen_scores(encoder: EncoderConfig, features: FeaturesConfig, progress: bo
 
 def curve_points(plan: PayoffPlan, folder: Path) -> list[tuple[int, EncoderConfig]]:
     """``(pretraining step, encoder)`` of curve (b): the initialisation, every kept checkpoint, the last."""
-    run = folder / "runs" / f"pretrain-curve-{plan.curve_order}"
+    cfg, run = curve_config(plan), folder / "runs" / f"pretrain-curve-{plan.curve_order}"
+    images = len(open_dataset(cfg.data.data, "train", cfg.model.in_chans))
+    last = cfg.train.epochs * (min(images, cfg.data.limit or images) // cfg.train.batch_size)
     points = [(0, EncoderConfig(random=True, preset=str(run / "config.yaml"), init_seed=plan.seeds[0]))]
-    points += [(step, EncoderConfig(checkpoint=str(run / f"checkpoint-step{step}.pt"))) for step in plan.curve_steps
-               if (run / f"checkpoint-step{step}.pt").is_file()]  # fmt: skip
-    last = torch.load(run / LAST, map_location="cpu", weights_only=False)["step"]
-    return points + [(last, EncoderConfig(checkpoint=str(run / LAST)))] if last not in plan.curve_steps else points
+    points += [(step, EncoderConfig(checkpoint=str(run / f"checkpoint-step{step}.pt")))
+               for step in plan.curve_steps if step < last]  # fmt: skip
+    return [*points, (last, EncoderConfig(checkpoint=str(run / LAST)))]
 
 
 def curve_point(plan: PayoffPlan, step: int, encoder: EncoderConfig, folder: Path,
@@ -204,45 +202,37 @@ def curve_point(plan: PayoffPlan, step: int, encoder: EncoderConfig, folder: Pat
             "best_val_top1": tuned["best_val_top1"]}  # fmt: skip
 
 
-def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True) -> list[dict[str, Any]]:
+def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True,
+               shard: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:  # fmt: skip
     """Curve (b) first (one longer pretraining and its kept checkpoints); then pretrain every order × seed,
     and per label budget and seed: the pixel floors and fine-tuning from scratch and each pretrained encoder.
-    Finished runs are kept in ``results.jsonl``; returns all rows."""
+    Finished runs are kept in ``results.jsonl``; returns all rows (every shard's)."""
     folder = Path(folder)
     plan.validate()
-    check_plan(folder, plan)
-    results = folder / "results.jsonl"
-    rows = read_records(results) if results.is_file() else []
-    done = {row_key(r) for r in rows}
-
-    def run(key: tuple, work) -> None:
-        if key in done:
-            return
-        start = time.perf_counter()
-        row = {**dict(zip(KEY, key, strict=False)), **work(), "wall_s": time.perf_counter() - start}
-        append_record(results, row)
-        rows.append(row)
-        done.add(key)
-        print(f"[{len(rows)}] {key}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()
-                                                   if k.endswith("top1")), flush=True)  # fmt: skip
-
+    runner = StudyRunner(folder, PayoffConfig(plan).to_dict(), KEY, shard)
+    seed0 = plan.seeds[0]
     if plan.curve_epochs:
-        run(("pretrain", f"curve-{plan.curve_order}", -1, plan.seeds[0]), lambda: curve_pretrain(plan, folder, progress))
-        for step, encoder in curve_points(plan, folder):
-            run(("curve", plan.curve_order, plan.curve_labels, plan.seeds[0], step),
-                lambda t=step, e=encoder: curve_point(plan, t, e, folder, progress))  # fmt: skip
+        curve = ("pretrain", f"curve-{plan.curve_order}", -1, seed0)
+        runner.run(curve, lambda: curve_pretrain(plan, folder, progress))
+        for step, encoder in curve_points(plan, folder):  # on the curve's shard, after it
+            runner.run(("curve", plan.curve_order, plan.curve_labels, seed0, step),
+                       lambda t=step, e=encoder: curve_point(plan, t, e, folder, progress), needs=[curve],
+                       beside=curve)  # fmt: skip
     for seed in plan.seeds:
         for order in plan.orders:
-            run(("pretrain", order, -1, seed), lambda o=order, s=seed: pretrain_run(plan, o, s, folder, progress))
+            runner.run(("pretrain", order, -1, seed), lambda o=order, s=seed: pretrain_run(plan, o, s, folder, progress))
     for labels in plan.labels_per_class:
         for seed in plan.seeds:
-            run(("floor", "pixels", labels, seed), lambda k=labels, s=seed: pixel_floors(plan, k, s, folder, progress))
+            pretrained = [("pretrain", order, -1, seed) for order in plan.orders]
+            runner.run(("floor", "pixels", labels, seed),
+                       lambda k=labels, s=seed: pixel_floors(plan, k, s, folder, progress), needs=pretrained[:1])  # fmt: skip
             for encoder in ("scratch", *plan.orders):
-                source = encoder_source(plan, encoder, seed, folder)
                 out = folder / "runs" / f"finetune-{encoder}-K{labels}-seed{seed}"
-                run(("finetune", encoder, labels, seed),
-                    lambda e=source, k=labels, s=seed, o=out: finetune_run(plan, e, k, s, o, progress))  # fmt: skip
-    return rows
+                needs = pretrained[:1] if encoder == "scratch" else [("pretrain", encoder, -1, seed)]
+                runner.run(("finetune", encoder, labels, seed),
+                           lambda e=encoder, k=labels, s=seed, o=out: finetune_run(
+                               plan, encoder_source(plan, e, s, folder), k, s, o, progress), needs=needs)  # fmt: skip
+    return runner.finish()
 
 
 def encoder_source(plan: PayoffPlan, encoder: str, seed: int, folder: Path) -> EncoderConfig:
@@ -259,19 +249,6 @@ def shape_preset(plan: PayoffPlan, seed: int, folder: Path) -> str:
 
 
 KEY = ("kind", "encoder", "labels", "seed", "step")  # what tells the rows of results.jsonl apart
-
-
-def row_key(row: dict[str, Any]) -> tuple:
-    return tuple(row[name] for name in KEY if name in row)
-
-
-def check_plan(folder: Path, plan: PayoffPlan) -> None:
-    """A study folder keeps its plan (``config.yaml``): another plan there is an error, not a mix."""
-    folder.mkdir(parents=True, exist_ok=True)
-    saved, wanted = folder / "config.yaml", PayoffConfig(plan).to_dict()
-    if saved.is_file() and yaml.safe_load(saved.read_text()) != wanted:
-        raise ConfigError(f"{folder} holds a study with other settings ({saved}); use another --out")
-    saved.write_text(yaml.safe_dump(wanted, sort_keys=False))
 
 
 # --------------------------------------------------------------------------- report

@@ -14,26 +14,24 @@ up where it stopped; a pretraining run cut off midway resumes from its checkpoin
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ..config import ORDERS, LinprobeRunConfig, Sections, require, require_choice
 from ..engine.checkpoint import KIND_PRETRAIN, load_checkpoint
 from ..engine.pretrain import pretrain
 from ..engine.run import LAST
 from ..engine.runlog import read_records
-from ..errors import ConfigError
 from ..evaluate.features import POOLS, RawPixels, extract_pooled_features
 from ..evaluate.knn import knn_accuracy
 from ..evaluate.linear import train_linear_probe
 from ..export import load_encoder, random_encoder
 from ..presets import load_preset
+from .runner import StudyRunner
 from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
 
 METRICS = ("knn_cls", "linear_cls", "knn_avg", "linear_avg")
@@ -154,48 +152,14 @@ def load_results(path: Path) -> list[dict[str, Any]]:
     return read_records(path)
 
 
-def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True) -> list[dict[str, Any]]:
+def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True,
+              shard: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:  # fmt: skip
     """Floors, every order × seed, then the decoder-depth ablation of the best order; returns all rows."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    plan_file, wanted = folder / "config.yaml", ReproduceConfig(plan).to_dict()
-    if plan_file.is_file() and yaml.safe_load(plan_file.read_text()) != wanted:
-        raise ConfigError(f"{folder} holds a study with other settings ({plan_file}); use another --out")
-    plan_file.write_text(yaml.safe_dump(wanted, sort_keys=False))
-    results_file = folder / "results.jsonl"
-    rows = load_results(results_file)
-    done = {(r["order"], r["decoder_depth"], r["seed"]) for r in rows}
-
-    def record(row: dict[str, Any]) -> None:
-        rows.append(row)
-        done.add((row["order"], row["decoder_depth"], row["seed"]))
-        with results_file.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        scores = "  ".join(f"{METRIC_NAMES[k]} {row[k]:.2f}" for k in METRICS if k in row)
-        print(
-            f"[{len(rows)}] {row['order']:12s} dec {row['decoder_depth']} seed {row['seed']}: {scores}",
-            flush=True,
-        )
+    runner = StudyRunner(folder, ReproduceConfig(plan).to_dict(), ("order", "decoder_depth", "seed"), shard)
 
     def run(order: str, decoder_depth: int, seed: int) -> None:
-        if (order, decoder_depth, seed) in done:
-            return
-        start = time.perf_counter()
-        if order == "pixels":
-            row = {
-                "order": order,
-                "decoder_depth": 0,
-                "seed": 0,
-                **evaluate_encoder(RawPixels(), plan, progress),
-            }
-        elif order == "random":
-            cfg = pretrain_config(plan, "semantic", plan.decoder_depth, seed).model
-            row = {"order": order, "decoder_depth": 0, "seed": seed,
-                   **evaluate_encoder(random_encoder(cfg, seed), plan, progress)}  # fmt: skip
-        else:
-            row = pretrain_and_evaluate(plan, order, decoder_depth, seed, folder, progress)
-        row["wall_s"] = time.perf_counter() - start
-        record(row)
+        runner.run((order, decoder_depth, seed), lambda: one_run(plan, order, decoder_depth, seed, folder, progress))
 
     run("pixels", 0, 0)
     for seed in plan.seeds:
@@ -203,11 +167,25 @@ def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True) -> lis
     for seed in plan.seeds:  # seeds outermost: an interrupted study has every order at equal footing
         for order in plan.orders:
             run(order, plan.decoder_depth, seed)
-    best = best_order(rows, plan)
+    if not plan.decoder_depths():
+        return runner.finish()
+    runner.wait_for([(o, plan.decoder_depth, s) for s in plan.seeds for o in plan.orders])  # the best order's
+    best = best_order(runner.reload(), plan)
     for depth in plan.decoder_depths():
         for seed in plan.seeds:
             run(best, depth, seed)
-    return rows
+    return runner.finish()
+
+
+def one_run(plan: StudyPlan, order: str, decoder_depth: int, seed: int, folder: Path,
+            progress: bool) -> dict[str, Any]:  # fmt: skip
+    """One row: a floor (raw pixels, the random encoder of a seed) or a pretraining and its scores."""
+    if order == "pixels":
+        return evaluate_encoder(RawPixels(), plan, progress)
+    if order == "random":
+        cfg = pretrain_config(plan, "semantic", plan.decoder_depth, seed).model
+        return evaluate_encoder(random_encoder(cfg, seed), plan, progress)
+    return pretrain_and_evaluate(plan, order, decoder_depth, seed, folder, progress)
 
 
 def summarise(
