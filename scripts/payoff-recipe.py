@@ -16,6 +16,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -27,13 +28,13 @@ COMMON = ["--labels-per-class", "60", "--val-size", "2000", "--no-progress", "--
 # Batch 32 and 40 epochs (750 steps on 600 images), no Mixup / CutMix (they need many more steps).
 BASE = ["batch_size=32", "epochs=40", "warmup_epochs=4", "mixup=0", "cutmix=0"]
 LIGHT = ["crop_scale=[0.5,1.0]", "randaug=", "reprob=0"]  # crop + flip only
-GRID: dict[str, tuple[str, list[str]]] = {
-    "light-blr1e-3-ld0.75": ("light aug, blr 1e-3, layer decay 0.75", BASE + LIGHT + ["blr=1e-3", "layer_decay=0.75"]),
-    "light-blr3e-3-ld0.75": ("light aug, blr 3e-3, layer decay 0.75", BASE + LIGHT + ["blr=3e-3", "layer_decay=0.75"]),
+GRID: dict[str, tuple[str, list[str]]] = {  # in the order they run (the most informative first)
     "light-blr1e-2-ld0.75": ("light aug, blr 1e-2, layer decay 0.75", BASE + LIGHT + ["blr=1e-2", "layer_decay=0.75"]),
-    "light-blr1e-3-ld1": ("light aug, blr 1e-3, no layer decay", BASE + LIGHT + ["blr=1e-3", "layer_decay=1.0"]),
-    "light-blr3e-3-ld1": ("light aug, blr 3e-3, no layer decay", BASE + LIGHT + ["blr=3e-3", "layer_decay=1.0"]),
+    "light-blr3e-2-ld0.75": ("light aug, blr 3e-2, layer decay 0.75", BASE + LIGHT + ["blr=3e-2", "layer_decay=0.75"]),
+    "light-blr3e-3-ld0.75": ("light aug, blr 3e-3, layer decay 0.75", BASE + LIGHT + ["blr=3e-3", "layer_decay=0.75"]),
     "light-blr1e-2-ld1": ("light aug, blr 1e-2, no layer decay", BASE + LIGHT + ["blr=1e-2", "layer_decay=1.0"]),
+    "light-blr3e-2-ld1": ("light aug, blr 3e-2, no layer decay", BASE + LIGHT + ["blr=3e-2", "layer_decay=1.0"]),
+    "light-blr1e-3-ld0.75": ("light aug, blr 1e-3, layer decay 0.75", BASE + LIGHT + ["blr=1e-3", "layer_decay=0.75"]),
 }
 
 
@@ -94,10 +95,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "report":
         return report(args.checkpoint)
-    for name in args.only:
-        for arm in args.arms:
-            run(name, arm, args.checkpoint)
-    report(args.checkpoint)
+    todo = [(name, arm) for name in args.only for arm in args.arms]
+    while todo:  # the first run that can start (pretrained ones once the checkpoint exists)
+        ready = [(n, a) for n, a in todo if a == "scratch" or Path(args.checkpoint).is_file()]
+        if not ready:
+            time.sleep(30)
+            continue
+        run(*ready[0], args.checkpoint)
+        todo.remove(ready[0])
+        report(args.checkpoint)
 
 
 if __name__ == "__main__":

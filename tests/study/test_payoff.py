@@ -19,7 +19,7 @@ def test_quick_study_end_to_end_then_resume_recomputes_only_the_missing_run(tmp_
             "--report-dir", str(reports), "--no-progress", "--set", "study.orders=[semantic]",
             "--set", "study.labels_per_class=[2]", "--set", "study.val_size=30",
             "--set", "study.finetune=[batch_size=10,limit=200]", "--set", "study.epochs=[1]",
-            "--set", "study.curve_epochs=0"]  # fmt: skip
+            "--set", "study.curve_steps=[]"]  # fmt: skip
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["encoder"]) for r in rows] == [
@@ -58,21 +58,38 @@ def test_curve_scores_the_initialisation_every_kept_checkpoint_and_the_last(tmp_
     make_fmnist_dir(tmp_path, n_train=300, n_test=50)
     out = tmp_path / "study"
     argv = ["study", "payoff", "--quick", "--seeds", "1", "--data", f"fashion-mnist:{tmp_path}", "--out", str(out),
-            "--report-dir", str(tmp_path / "reports"), "--no-progress", "--set", "study.orders=[]",
-            "--set", "study.labels_per_class=[0]", "--set", "study.epochs=[1]", "--set", "study.val_size=30",
+            "--report-dir", str(tmp_path / "reports"), "--no-progress", "--set", "study.orders=[semantic]",
+            "--set", "study.labels_per_class=[2]", "--set", "study.epochs=[1]", "--set", "study.val_size=30",
             "--set", "study.finetune=[batch_size=10,limit=100]", "--set", "study.curve_labels=2"]  # fmt: skip
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     curve = [r for r in rows if r["kind"] == "curve"]
-    run = out / "runs" / "pretrain-curve-semantic"
     steps_per_epoch = 300 // 64  # pretraining reads the whole training split; batch 64, drop_last
     assert [r["step"] for r in curve] == [0, 4, 2 * steps_per_epoch]
-    assert (run / "checkpoint-step4.pt").is_file()
+    assert (out / "runs" / "pretrain-semantic-seed0" / "checkpoint-step4.pt").is_file()
     minutes = [r["pretrain_minutes"] for r in curve]
     assert minutes[0] == 0 < minutes[1] < minutes[2]
-    assert all(r["labels"] == 2 and 0 <= r["knn_top1"] <= 100 for r in curve)
+    tuned = {r["encoder"]: r["test_top1"] for r in rows if r["kind"] == "finetune"}
+    assert (curve[0]["test_top1"], curve[-1]["test_top1"]) == (tuned["scratch"], tuned["semantic"])  # reused runs
+    assert not (out / "runs" / "curve-finetune-step8").exists()
     report = (tmp_path / "reports" / "payoff-fashion-mnist.md").read_text()
     assert "Quality against pretraining compute" in report and "| 4 |" in report
+
+
+def test_only_seeds_runs_one_seed_now_and_the_rest_on_a_rerun(tmp_path):
+    make_fmnist_dir(tmp_path, n_train=200, n_test=20)
+    out = tmp_path / "study"
+    argv = ["study", "payoff", "--quick", "--data", f"fashion-mnist:{tmp_path}", "--out", str(out), "--no-progress",
+            "--set", "study.orders=[]", "--set", "study.labels_per_class=[2]", "--set", "study.epochs=[1]",
+            "--set", "study.val_size=30", "--set", "study.finetune=[batch_size=10,limit=50]",
+            "--set", "study.curve_steps=[]"]  # fmt: skip
+    assert main([*argv, "--only-seeds", "1"]) == 0
+    seeds = [json.loads(line)["seed"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert seeds == [1, 1]  # its floor and its scratch fine-tuning
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["kind"], r["seed"]) for r in rows) == [("finetune", 0), ("finetune", 1), ("floor", 0),
+                                                           ("floor", 1)]  # fmt: skip
 
 
 def test_plans_are_checked():
@@ -81,6 +98,8 @@ def test_plans_are_checked():
         PayoffPlan(orders=("spiral",)).validate()
     with pytest.raises(ConfigError, match="study.labels_per_class"):
         PayoffPlan(labels_per_class=(-1,)).validate()
+    with pytest.raises(ConfigError, match="study.curve_labels"):
+        PayoffPlan(labels_per_class=(600, 0), curve_labels=60).validate()
     with pytest.raises(ConfigError, match="study.epochs"):
         PayoffPlan(labels_per_class=(60, 0), epochs=(40,)).validate()
     assert payoff_plan("fashion-mnist", quick=True).validate()  # its epochs match its label budgets

@@ -11,6 +11,7 @@ Every finished run is a line of ``results.jsonl``; a rerun skips them and resume
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,10 +57,10 @@ class PayoffPlan:
     epochs: tuple[int, ...] = ()  # fine-tuning epochs per label budget (as labels_per_class); (): the recipe's
     val_size: int = 5000
     workers: int = 1
-    # Curve (b): quality against pretraining compute, from the kept checkpoints of one longer pretraining.
+    # Curve (b), quality against pretraining compute: the first seed's pretraining with `curve_order`
+    # keeps its checkpoints at `curve_steps`; each (with the initialisation and the last) is scored.
     curve_order: str = "semantic"
-    curve_epochs: int = 4  # 0: no curve
-    curve_steps: tuple[int, ...] = (60, 120, 240, 468, 936)  # checkpoints kept (and the last)
+    curve_steps: tuple[int, ...] = (60, 120, 240, 468)  # (): no curve
     curve_labels: int = 60  # the label budget of the curve's fine-tuning
 
     def validate(self, prefix: str = "study.") -> PayoffPlan:
@@ -70,8 +71,11 @@ class PayoffPlan:
         require(bool(ok), f"{prefix}labels_per_class", "ints >= 0 (0: every label)", list(self.labels_per_class))
         ok = not self.epochs or (len(self.epochs) == len(self.labels_per_class) and min(self.epochs) >= 1)
         require(ok, f"{prefix}epochs", "one positive int per label budget (or empty)", list(self.epochs))
-        require_choice(self.curve_order, f"{prefix}curve_order", ORDERS)
-        require(self.curve_epochs >= 0, f"{prefix}curve_epochs", "an int >= 0", self.curve_epochs)
+        ok = not self.curve_steps or self.curve_order in self.orders
+        require(ok, f"{prefix}curve_order", f"one of the study's orders {list(self.orders)}", self.curve_order)
+        ok = not self.curve_steps or self.curve_labels in self.labels_per_class
+        require(ok, f"{prefix}curve_labels", f"one of the label budgets {list(self.labels_per_class)}",
+                self.curve_labels)  # fmt: skip
         require(self.curve_labels >= 0, f"{prefix}curve_labels", "an int >= 0", self.curve_labels)
         pretrain_config(self, self.orders[0] if self.orders else "semantic", self.seeds[0])
         finetune_config(self, EncoderConfig(random=True), 0, self.seeds[0])
@@ -93,9 +97,9 @@ def payoff_plan(data: str, quick: bool = False, seeds: int | None = None) -> Pay
     if quick:
         tiny = ("model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_depth=2",
                 "data.limit=512", "train.batch_size=64")  # fmt: skip
-        plan = replace(plan, pretrain=plan.pretrain + tiny, labels_per_class=(4, 0), seeds=(0, 1), val_size=100,
-                       finetune=("batch_size=32", "limit=400"), epochs=(3, 1), workers=0, curve_epochs=2,
-                       curve_steps=(4,), curve_labels=4)  # fmt: skip
+        plan = replace(plan, pretrain=plan.pretrain + tiny + ("train.epochs=2",), labels_per_class=(4, 0),
+                       seeds=(0, 1), val_size=100, finetune=("batch_size=32", "limit=400"), epochs=(3, 1),
+                       workers=0, curve_steps=(4,), curve_labels=4)  # fmt: skip
     return replace(plan, seeds=tuple(range(seeds))) if seeds is not None else plan
 
 
@@ -107,6 +111,8 @@ def pretrain_config(plan: PayoffPlan, order: str, seed: int) -> PretrainConfig:
     cfg.set("data.workers", plan.workers)
     cfg.set("model.order", order)
     cfg.set("train.seed", seed)
+    if (order, seed) == (plan.curve_order, plan.seeds[0]):  # curve (b)'s run
+        cfg.set("train.keep_steps", plan.curve_steps)
     return cfg.validate()
 
 
@@ -123,14 +129,6 @@ def finetune_config(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed:
     return cfg.validate()
 
 
-def curve_config(plan: PayoffPlan) -> PretrainConfig:
-    """The curve's pretraining: ``curve_epochs`` of seed 0, its checkpoints kept at ``curve_steps``."""
-    cfg = pretrain_config(plan, plan.curve_order, plan.seeds[0])
-    cfg.set("train.epochs", plan.curve_epochs)
-    cfg.set("train.keep_steps", plan.curve_steps)
-    return cfg.validate()
-
-
 # --------------------------------------------------------------------------- runs
 def pretrain_run(plan: PayoffPlan, order: str, seed: int, folder: Path, progress: bool) -> dict[str, Any]:
     """One pretraining (resumed when it was cut): its summary."""
@@ -140,17 +138,12 @@ def pretrain_run(plan: PayoffPlan, order: str, seed: int, folder: Path, progress
     return {"steps": summary["steps"], "final_loss": summary["final_loss"]}
 
 
-def curve_pretrain(plan: PayoffPlan, folder: Path, progress: bool) -> dict[str, Any]:
-    """Curve (b)'s one longer pretraining (resumed when it was cut): its summary."""
-    out = folder / "runs" / f"pretrain-curve-{plan.curve_order}"
-    resume = (out / LAST).is_file()
-    summary = pretrain(curve_config(plan), out, resume=resume, force=not resume, progress=progress)
-    return {"steps": summary["steps"], "final_loss": summary["final_loss"]}
-
-
 def finetune_run(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed: int, out: Path,
                  progress: bool) -> dict[str, Any]:  # fmt: skip
-    """One fine-tuning run (resumed when it was cut): its test and validation scores."""
+    """One fine-tuning run (resumed when it was cut; read when it is done): its test and validation scores."""
+    if (out / "result.json").is_file():
+        result = json.loads((out / "result.json").read_text())
+        return {k: result[k] for k in ("test_top1", "test_top5", "best_val_top1", "train_images")}
     resume = (out / LAST).is_file()
     result = finetune(finetune_config(plan, encoder, labels, seed), out, resume=resume, force=not resume,
                       progress=progress)  # fmt: skip
@@ -175,55 +168,49 @@ def frozen_scores(encoder: EncoderConfig, features: FeaturesConfig, progress: bo
     return {"knn_top1": knn, "linear_top1": probe["top1"], "train_images": len(train_y)}
 
 
-def curve_points(plan: PayoffPlan, folder: Path) -> list[tuple[int, EncoderConfig]]:
-    """``(pretraining step, encoder)`` of curve (b): the initialisation, every kept checkpoint, the last."""
-    cfg, run = curve_config(plan), folder / "runs" / f"pretrain-curve-{plan.curve_order}"
+def curve_run(plan: PayoffPlan, folder: Path) -> Path:
+    return folder / "runs" / f"pretrain-{plan.curve_order}-seed{plan.seeds[0]}"
+
+
+def curve_points(plan: PayoffPlan, folder: Path) -> list[tuple[int, EncoderConfig, str]]:
+    """``(pretraining step, encoder, fine-tuning folder)`` of curve (b): the initialisation (scratch), every
+    kept checkpoint and the last; the first and the last fine-tunings are the main table's own runs."""
+    cfg, run, seed = pretrain_config(plan, plan.curve_order, plan.seeds[0]), curve_run(plan, folder), plan.seeds[0]
     images = len(open_dataset(cfg.data.data, "train", cfg.model.in_chans))
     last = cfg.train.epochs * (min(images, cfg.data.limit or images) // cfg.train.batch_size)
-    points = [(0, EncoderConfig(random=True, preset=str(run / "config.yaml"), init_seed=plan.seeds[0]))]
-    points += [(step, EncoderConfig(checkpoint=str(run / f"checkpoint-step{step}.pt")))
+    points = [(0, encoder_source(plan, "scratch", seed, folder), f"finetune-scratch-K{plan.curve_labels}-seed{seed}")]
+    points += [(step, EncoderConfig(checkpoint=str(run / f"checkpoint-step{step}.pt")), f"curve-finetune-step{step}")
                for step in plan.curve_steps if step < last]  # fmt: skip
-    return [*points, (last, EncoderConfig(checkpoint=str(run / LAST)))]
+    return [*points, (last, encoder_source(plan, plan.curve_order, seed, folder),
+                      f"finetune-{plan.curve_order}-K{plan.curve_labels}-seed{seed}")]  # fmt: skip
 
 
-def curve_point(plan: PayoffPlan, step: int, encoder: EncoderConfig, folder: Path,
+def curve_point(plan: PayoffPlan, step: int, encoder: EncoderConfig, finetuned: str, folder: Path,
                 progress: bool) -> dict[str, Any]:  # fmt: skip
     """One point of curve (b): pretraining minutes so far, frozen k-NN / linear, fine-tuning at ``curve_labels``."""
-    run = folder / "runs" / f"pretrain-curve-{plan.curve_order}"
-    steps = {r["step"]: r for r in read_records(run / "metrics.jsonl")}  # a resumed step counts once
-    batch = curve_config(plan).train.batch_size
+    steps = {r["step"]: r for r in read_records(curve_run(plan, folder) / "metrics.jsonl")}  # a resumed step once
+    batch = pretrain_config(plan, plan.curve_order, plan.seeds[0]).train.batch_size
     minutes = sum(batch / r["images_per_s"] for s, r in steps.items() if s <= step) / 60
     features = FeaturesConfig(data=plan.data, workers=plan.workers, val_size=plan.val_size)  # fine-tuning's 100 %
     frozen = frozen_scores(encoder, features, progress)
-    tuned = finetune_run(plan, encoder, plan.curve_labels, plan.seeds[0],
-                         folder / "runs" / f"curve-finetune-step{step}", progress)  # fmt: skip
-    return {"pretrain_minutes": minutes, "knn_top1": frozen["knn_top1"],
-            "linear_top1": frozen["linear_top1"], "test_top1": tuned["test_top1"],
-            "best_val_top1": tuned["best_val_top1"]}  # fmt: skip
+    tuned = finetune_run(plan, encoder, plan.curve_labels, plan.seeds[0], folder / "runs" / finetuned, progress)
+    return {"pretrain_minutes": minutes, "knn_top1": frozen["knn_top1"], "linear_top1": frozen["linear_top1"],
+            "test_top1": tuned["test_top1"], "best_val_top1": tuned["best_val_top1"]}  # fmt: skip
 
 
-def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True,
-               shard: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:  # fmt: skip
-    """Curve (b) first (one longer pretraining and its kept checkpoints); then pretrain every order × seed,
-    and per label budget and seed: the pixel floors and fine-tuning from scratch and each pretrained encoder.
+def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True, shard: tuple[int, int] = (0, 1),
+               only_seeds: tuple[int, ...] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Seed by seed: pretrain every order (the first seed's ``curve_order`` run keeps the checkpoints of curve
+    (b), scored next); per label budget the pixel floors and fine-tuning from scratch and each encoder.
     Finished runs are kept in ``results.jsonl``; returns all rows (every shard's)."""
     folder = Path(folder)
     plan.validate()
-    runner = StudyRunner(folder, PayoffConfig(plan).to_dict(), KEY, shard)
-    seed0 = plan.seeds[0]
-    if plan.curve_epochs:
-        curve = ("pretrain", f"curve-{plan.curve_order}", -1, seed0)
-        runner.run(curve, lambda: curve_pretrain(plan, folder, progress))
-        for step, encoder in curve_points(plan, folder):  # on the curve's shard, after it
-            runner.run(("curve", plan.curve_order, plan.curve_labels, seed0, step),
-                       lambda t=step, e=encoder: curve_point(plan, t, e, folder, progress), needs=[curve],
-                       beside=curve)  # fmt: skip
-    for seed in plan.seeds:
+    runner = StudyRunner(folder, PayoffConfig(plan).to_dict(), KEY, shard, only_seeds)
+    for seed in plan.seeds:  # seed by seed: a seed's runs need only its own pretrainings
         for order in plan.orders:
             runner.run(("pretrain", order, -1, seed), lambda o=order, s=seed: pretrain_run(plan, o, s, folder, progress))
-    for labels in plan.labels_per_class:
-        for seed in plan.seeds:
-            pretrained = [("pretrain", order, -1, seed) for order in plan.orders]
+        pretrained = [("pretrain", order, -1, seed) for order in plan.orders]
+        for labels in plan.labels_per_class:
             runner.run(("floor", "pixels", labels, seed),
                        lambda k=labels, s=seed: pixel_floors(plan, k, s, folder, progress), needs=pretrained[:1])  # fmt: skip
             for encoder in ("scratch", *plan.orders):
@@ -232,6 +219,13 @@ def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True,
                 runner.run(("finetune", encoder, labels, seed),
                            lambda e=encoder, k=labels, s=seed, o=out: finetune_run(
                                plan, encoder_source(plan, e, s, folder), k, s, o, progress), needs=needs)  # fmt: skip
+        if seed == plan.seeds[0] and plan.curve_steps:  # on the pretraining's shard, after the runs it reuses
+            curve = ("pretrain", plan.curve_order, -1, seed)
+            reused = [("finetune", e, plan.curve_labels, seed) for e in ("scratch", plan.curve_order)]
+            for step, encoder, finetuned in curve_points(plan, folder):
+                runner.run(("curve", plan.curve_order, plan.curve_labels, seed, step),
+                           lambda t=step, e=encoder, f=finetuned: curve_point(plan, t, e, f, folder, progress),
+                           needs=[curve, *reused], beside=curve)  # fmt: skip
     return runner.finish()
 
 
@@ -316,8 +310,8 @@ def curve_lines(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
         return []
     labels = label_text(plan.curve_labels)
     lines = [
-        f"Quality against pretraining compute: the `{plan.curve_order}` pretraining of seed {plan.seeds[0]} run "
-        f"for {plan.curve_epochs} epochs (one cosine schedule), its kept checkpoints scored by frozen k-NN@20 "
+        f"Quality against pretraining compute: the checkpoints kept along the `{plan.curve_order}` pretraining "
+        f"of seed {plan.seeds[0]} above (one schedule, not one run per budget), scored by frozen k-NN@20 "
         f"and linear probe (cls token, every training label but the validation split) and by fine-tuning "
         f"with {labels} (seed {plan.seeds[0]}); minutes are the sum of the pretraining's step times. "
         "Step 0 is the initialisation (scratch).",

@@ -152,11 +152,12 @@ def load_results(path: Path) -> list[dict[str, Any]]:
     return read_records(path)
 
 
-def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True,
-              shard: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:  # fmt: skip
+def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True, shard: tuple[int, int] = (0, 1),
+              only_seeds: tuple[int, ...] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Floors, every order × seed, then the decoder-depth ablation of the best order; returns all rows."""
     folder = Path(folder)
-    runner = StudyRunner(folder, ReproduceConfig(plan).to_dict(), ("order", "decoder_depth", "seed"), shard)
+    runner = StudyRunner(folder, ReproduceConfig(plan).to_dict(), ("order", "decoder_depth", "seed"), shard,
+                         only_seeds)  # fmt: skip
 
     def run(order: str, decoder_depth: int, seed: int) -> None:
         runner.run((order, decoder_depth, seed), lambda: one_run(plan, order, decoder_depth, seed, folder, progress))

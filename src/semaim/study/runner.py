@@ -4,7 +4,8 @@ A study is a fixed list of runs, each a function that returns one row of ``resul
 the rows already there (and a cut pretraining or fine-tuning resumes from its checkpoint). ``--shard K/N``
 lets N processes (N GPUs, or two single-threaded processes on two CPU cores) share one study folder: the
 process K does the runs whose position in the list is K modulo N, and waits for another shard's row when
-one of its runs needs it (a fine-tuning needs its pretraining).
+one of its runs needs it (a fine-tuning needs its pretraining). ``--only-seeds`` does the runs of some seeds
+now and the rest later (e.g. one seed per working session, the rows kept between them).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ class StudyRunner:
     """``run(key, work, needs)`` for every run of the study, in the same order in every process."""
 
     def __init__(self, folder: Path, plan: dict[str, Any], key_fields: tuple[str, ...],
-                 shard: tuple[int, int] = (0, 1), poll_s: float = 20.0) -> None:  # fmt: skip
+                 shard: tuple[int, int] = (0, 1), only_seeds: Iterable[int] | None = None,
+                 poll_s: float = 20.0) -> None:  # fmt: skip
         self.folder, self.key_fields, self.poll_s = Path(folder), key_fields, poll_s
         self.shard, self.count = shard, shard[1]
+        self.only_seeds = None if only_seeds is None else set(only_seeds)
         if not 0 <= shard[0] < shard[1]:
             raise ConfigError(f"--shard: expected K/N with 0 <= K < N, got {shard[0]}/{shard[1]}")
         check_plan(self.folder, plan)
@@ -55,7 +58,9 @@ class StudyRunner:
             self.position += 1
         else:
             self.owner[key] = self.owner[beside]
-        if key in self.done or self.owner[key] != self.shard[0]:
+        seed = dict(zip(self.key_fields, key, strict=False)).get("seed")
+        skipped = self.only_seeds is not None and seed not in self.only_seeds
+        if key in self.done or self.owner[key] != self.shard[0] or skipped:
             return
         self.wait_for(needs)
         start = time.perf_counter()
