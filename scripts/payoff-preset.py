@@ -7,12 +7,14 @@ minutes, because the two cores are shared while this runs). The proxy score is f
 on a 5000-image validation split carved from the training split, against each variant's own random
 initialisation. Resumable: a finished variant is skipped.
 
-    python scripts/payoff-preset.py [run|report]
+    python scripts/payoff-preset.py [run|report] [K/N]     # K/N: every N-th variant from the K-th (2 cores: two
+                                                          # single-threaded processes, 0/2 and 1/2)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,8 +72,12 @@ def val_knn(encoder: EncoderConfig) -> float:
     return knn_accuracy(feats[train], labels[train], feats[val], labels[val], ks=(20,))["top1"]["20"]
 
 
+def folder_of(name: str) -> Path:
+    return FOLDER / "".join(c if c.isalnum() or c in ".-" else "-" for c in name)
+
+
 def run(name: str, sets: list[str]) -> dict:
-    out = FOLDER / name.replace(" ", "-").replace(",", "").replace("(", "").replace(")", "")
+    out = folder_of(name)
     result = out / "proxy.json"
     if result.is_file():
         return json.loads(result.read_text())
@@ -81,7 +87,7 @@ def run(name: str, sets: list[str]) -> dict:
     cmd = [sys.executable, "-m", "semaim", "pretrain", "--out", str(out), "--force", "--no-progress",
            "--limit", str(images // epochs), "--epochs", str(epochs), *flags]  # fmt: skip
     print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     batch = config(sets).train.batch_size
     row = {"variant": name, "sets": sets, "images": images, "steps": len(steps),
@@ -115,12 +121,12 @@ def report(rows: list[dict]) -> None:
 def main() -> None:
     torch.set_num_threads(1)
     what = sys.argv[1] if len(sys.argv) > 1 else "run"
-    rows = []
-    for name, sets in VARIANTS.items():
-        done = FOLDER / name.replace(" ", "-").replace(",", "").replace("(", "").replace(")", "") / "proxy.json"
-        if what == "run" or done.is_file():
-            rows.append(run(name, sets))
-            report(rows)
+    k, n = (int(x) for x in (sys.argv[2] if len(sys.argv) > 2 else "0/1").split("/"))
+    for i, (name, sets) in enumerate(VARIANTS.items()):
+        if what == "run" and i % n == k:
+            run(name, sets)
+    rows = [json.loads(p.read_text()) for name in VARIANTS if (p := folder_of(name) / "proxy.json").is_file()]
+    report(rows)
 
 
 if __name__ == "__main__":

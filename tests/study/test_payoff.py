@@ -103,5 +103,11 @@ def test_plans_are_checked():
     with pytest.raises(ConfigError, match="study.epochs"):
         PayoffPlan(labels_per_class=(60, 0), epochs=(40,)).validate()
     assert payoff_plan("fashion-mnist", quick=True).validate()  # its epochs match its label budgets
+    from semaim.config import EncoderConfig
+    from semaim.study.payoff import finetune_config
+
+    plan = PayoffPlan(labels_per_class=(60, 0), epochs=(40, 2), finetune=("epochs=40", "warmup_epochs=4"))
+    ft = finetune_config(plan.validate(), EncoderConfig(random=True), 0, 0).finetune
+    assert (ft.epochs, ft.warmup_epochs, ft.labels_per_class) == (2, 0.2, None)  # the schedule shrunk alike
     with pytest.raises(ConfigError, match="finetune.epohcs|unknown field"):
         PayoffPlan(finetune=("epohcs=2",)).validate()

@@ -54,7 +54,7 @@ class PayoffPlan:
     seeds: tuple[int, ...] = (0, 1, 2)
     recipe: str = "cpu"  # the fine-tuning recipe, the same for scratch and pretrained
     finetune: tuple[str, ...] = ()  # --set overrides of the fine-tuning recipe
-    epochs: tuple[int, ...] = ()  # fine-tuning epochs per label budget (as labels_per_class); (): the recipe's
+    epochs: tuple[int, ...] = ()  # fine-tuning epochs per label budget (as labels_per_class; warmup scaled alike)
     val_size: int = 5000
     workers: int = 1
     # Curve (b), quality against pretraining compute: the first seed's pretraining with `curve_order`
@@ -124,8 +124,9 @@ def finetune_config(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed:
     ft = cfg.finetune
     ft.data, ft.seed, ft.val_size, ft.workers = plan.data, seed, plan.val_size, plan.workers
     ft.labels_per_class = labels or None
-    if plan.epochs and labels in plan.labels_per_class:
-        ft.epochs = plan.epochs[plan.labels_per_class.index(labels)]
+    if plan.epochs and labels in plan.labels_per_class:  # the same schedule, shrunk or stretched
+        epochs = plan.epochs[plan.labels_per_class.index(labels)]
+        ft.warmup_epochs, ft.epochs = ft.warmup_epochs * epochs / ft.epochs, epochs
     return cfg.validate()
 
 
