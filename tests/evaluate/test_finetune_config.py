@@ -22,12 +22,12 @@ def test_a_runs_config_yaml_rebuilds_it(tmp_path, pretrained):
     make_image_folder(data / "train", classes=("a", "b"), per_class=8)
     make_image_folder(data / "val", classes=("a", "b"), per_class=2, seed=1)
     first = tmp_path / "first"
-    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--no-progress",
+    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--no-progress", "--set", "min_steps=0",
             "--set", "epochs=2", "--set", "batch_size=4", "--set", "finetune.workers=0", "--set", "seed=3"]  # fmt: skip
     assert main([*args, "--out", str(first)]) == 0
     saved = FinetuneRunConfig.from_dict(yaml.safe_load((first / "config.yaml").read_text()))
     assert saved.encoder.checkpoint == str(pretrained) and saved.finetune.seed == 3
-    assert saved.finetune.epochs == 2 and saved.finetune.blr == 1e-3  # the cpu recipe under the --set values
+    assert saved.finetune.epochs == 2 and saved.finetune.blr == 1e-2  # the cpu recipe under the --set values
     again = tmp_path / "again"
     assert main(["finetune", "--recipe", str(first / "config.yaml"), "--out", str(again), "--no-progress"]) == 0
     assert losses(again) == losses(first)
@@ -45,7 +45,7 @@ def test_a_non_finite_fine_tuning_loss_stops_the_run(tmp_path, pretrained, monke
 
     monkeypatch.setattr(ft, "build_objective", exploding)
     out = tmp_path / "ft"
-    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--out", str(out), "--no-progress",
+    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--out", str(out), "--no-progress", "--set", "min_steps=0",
             "--set", "batch_size=4", "--set", "finetune.workers=0"]  # fmt: skip
     assert main(args) == 1
     assert "stopped: loss is nan at step 0" in capsys.readouterr().err
@@ -62,3 +62,16 @@ def test_crop_scale_reaches_the_training_transform_and_is_checked():
     for bad in [(0.5, 1.2), (0.0, 1.0), (0.9, 0.5)]:
         with pytest.raises(ConfigError, match="finetune.crop_scale"):
             FinetuneConfig(crop_scale=bad).validate()
+
+
+def test_min_steps_stretches_the_schedule_of_a_small_labelled_set():
+    from semaim.config import FinetuneConfig
+
+    small = FinetuneConfig(epochs=1, min_steps=720, warmup_epochs=0.1)
+    ft.stretch_schedule(small, steps_per_epoch=18)  # 600 images at batch 32
+    assert (small.epochs, small.warmup_epochs) == (40, 4.0)
+    large = FinetuneConfig(epochs=1, min_steps=720, warmup_epochs=0.1)
+    ft.stretch_schedule(large, steps_per_epoch=1718)  # every label: one epoch is already enough
+    assert (large.epochs, large.warmup_epochs) == (1, 0.1)
+    ft.stretch_schedule(small, steps_per_epoch=18)  # a resumed run's config stays as it ran
+    assert (small.epochs, small.warmup_epochs) == (40, 4.0)

@@ -242,6 +242,7 @@ def finetune(cfg: FinetuneRunConfig, out_dir: str | Path, resume: bool = False, 
         weights, args, source = starting_weights(cfg.encoder)
         ckpt = load_checkpoint(folder.path / LAST, KIND_FINETUNE) if resume else None
         splits = open_splits(ft, args)
+        stretch_schedule(ft, splits.sampler.steps_per_epoch)
         model = build_classifier(args, weights, splits.num_classes, ft, source).to(device)
         groups = layer_decay_groups(model, ft.weight_decay, ft.layer_decay, len(model.blocks))
         optimizer = torch.optim.AdamW(groups, lr=scaled_lr(ft.blr, ft.batch_size), betas=ft.betas, fused=True)
@@ -272,6 +273,13 @@ def finetune(cfg: FinetuneRunConfig, out_dir: str | Path, resume: bool = False, 
         f"in {format_seconds(result['wall_s'])}; checkpoint {folder.path / LAST}"
     )
     return result
+
+
+def stretch_schedule(ft: FinetuneConfig, steps_per_epoch: int) -> None:
+    """At least ``min_steps`` steps: more epochs for a small labelled set, the warmup stretched alike (the
+    run's config.yaml records the epochs it ran)."""
+    epochs = max(ft.epochs, math.ceil(ft.min_steps / steps_per_epoch))
+    ft.warmup_epochs, ft.epochs = ft.warmup_epochs * epochs / ft.epochs, epochs
 
 
 def train_step(state: FinetuneState, images: torch.Tensor, labels: torch.Tensor, lr: float,
