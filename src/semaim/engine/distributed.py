@@ -41,6 +41,10 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
             raise ConfigError(f"device: {spec!r} asked for, but no CUDA device is available")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if device.index >= count:  # else a traceback at the first tensor moved there
+            here = f"the CUDA devices here are cuda:0 to cuda:{count - 1}" if count > 1 else "this machine has only cuda:0"
+            raise ConfigError(f"device: {spec!r} asked for, but {here}")
     return device
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..errors import NonFiniteLossError, RunDirError
+from ..errors import ConfigError, NonFiniteLossError, RunDirError
 
 LAST = "checkpoint-last.pt"
 """The checkpoint a run writes as it goes and ``--resume`` continues from."""
@@ -197,7 +197,12 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where the device computes it natively (:func:`native_bf16`), else ``fp32``."""
+    """``auto`` -> ``bf16`` where the device computes it natively (:func:`native_bf16`), else ``fp32``.
+
+    ``fp16`` needs a CUDA device (it trains with a gradient scaler there); elsewhere it is a
+    :class:`ConfigError`, as every command that takes ``--precision fp16`` reports it."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"precision: fp16 needs a CUDA device, not {device}; use bf16 (or fp32) on the CPU")
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
