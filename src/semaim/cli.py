@@ -1,8 +1,9 @@
 """``semaim <command>``: the command line. ``python -m semaim`` is the same program.
 
-Commands: ``pretrain`` (Algorithm 1), ``knn``, ``linprobe``, ``finetune`` (evaluation), ``export``,
-``visualize`` and ``plot-metrics`` (figures). Configuration comes from a preset (``configs/*.yaml``), then the
-flags, then ``--set section.field=value`` overrides, all checked against the typed config.
+Commands: ``pretrain`` (Algorithm 1), ``knn``, ``linprobe``, ``finetune``, ``segment`` (evaluation),
+``export``, ``visualize`` and ``plot-metrics`` (figures). Configuration comes from a preset
+(``configs/*.yaml``), then the flags, then ``--set section.field=value`` overrides, all checked against
+the typed config.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .config import (
     KnnRunConfig,
     LinprobeRunConfig,
     PretrainConfig,
+    SegmentRunConfig,
 )
 from .errors import ConfigError, NonFiniteLossError, SemAIMError
 from .presets import build_config, load_preset, preset_names
@@ -131,6 +133,10 @@ FINETUNE_FLAGS = {"checkpoint": "encoder.checkpoint", "random": "encoder.random"
                   "labels_per_class": "finetune.labels_per_class", "label_fraction": "finetune.label_fraction",
                   "val_size": "finetune.val_size", "pool": "finetune.pool", "select": "finetune.select",
                   "device": "finetune.device"}  # fmt: skip
+SEGMENT_FLAGS = {"checkpoint": "encoder.checkpoint", "random": "encoder.random", "preset": "encoder.preset",
+                 "init_seed": "encoder.init_seed", "data": "segment.data", "mode": "segment.mode",
+                 "num_classes": "segment.num_classes", "limit": "segment.limit", "val_size": "segment.val_size",
+                 "select": "segment.select", "device": "segment.device"}  # fmt: skip
 
 
 def add_set_argument(p: argparse.ArgumentParser, example: str) -> None:
@@ -213,9 +219,47 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="start a new run in a non-empty OUT (removes its run files)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("export", help="the encoder alone, in timm's format (safetensors + json)")
+    p = sub.add_parser("export", help="the encoder alone: timm's safetensors + json, or an MAE-format .pth")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", default="encoder.safetensors")
+    p.add_argument("--format", default="safetensors", help="safetensors (timm's keys, with a .json of the shape) "
+                   "or mae (a {'model': state_dict} .pth, the file detectron2's ViTDet and mmsegmentation's MAE "
+                   "configs load) [default: safetensors]")  # fmt: skip
+    p.add_argument("--out", help="[default: encoder.safetensors, or encoder.pth with --format mae]")
+
+
+def add_segment_parser(sub: argparse._SubParsersAction) -> None:
+    from .config import SegmentConfig
+
+    sg, e = SegmentConfig(), EncoderConfig()
+    p = sub.add_parser("segment", help="semantic segmentation: the encoder as a ViTDet backbone (mIoU)")
+    g = p.add_argument_group("encoder (one of)")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="pretraining / fine-tuning checkpoint, or an exported encoder "
+                     "(.safetensors or .pth, with its .json)")  # fmt: skip
+    src.add_argument("--random", action="store_const", const=True,
+                     help="the scratch baseline: the encoder as pretraining initialises it (shape of --preset)")  # fmt: skip
+    g.add_argument("--preset", help=f"model shape for --random [default: {e.preset}]")
+    g.add_argument("--init-seed", type=int, help=f"initialisation seed for --random [default: {e.init_seed}]")
+    g = p.add_argument_group("task")
+    g.add_argument("--data", help="cluttered-fashion-mnist[:dir], or a folder with train/ and val/, each with "
+                   f"images/ and masks/ (PNG class ids, 255 = ignore) [default: {sg.data}]")  # fmt: skip
+    g.add_argument("--num-classes", type=int, help="classes of a mask folder (ids 0..K-1) [default: the data's own]")
+    g.add_argument("--linear", dest="mode", action="store_const", const="linear",
+                   help="frozen-encoder linear probe (BN + 1x1 conv on the patch tokens) instead of fine-tuning "
+                   "the pyramid + Semantic FPN head end to end")  # fmt: skip
+    g.add_argument("--limit", type=int, help="only the first N training images")
+    g.add_argument("--val-size", type=int, help="validation images carved from the training split "
+                   "[default: 10 %%, at most 5000]")  # fmt: skip
+    g.add_argument("--select", choices=["last", "best"], help="weights scored on the test split, once "
+                   f"[default: {sg.select}]")  # fmt: skip
+    p.add_argument("--recipe", help=f"one of {preset_names(SegmentRunConfig)} or a YAML file such as a run's "
+                   "config.yaml [default: cpu] (paper: MAE's ADE20k recipe)")  # fmt: skip
+    add_set_argument(p, "segment.epochs=5 (or epochs=5)")
+    p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N [default: {sg.device}]")
+    p.add_argument("--out", default="runs/segment", help="run folder [default: runs/segment]")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
+    p.add_argument("--force", action="store_true", help="start a new run in a non-empty OUT (removes its run files)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_figure_parsers(sub: argparse._SubParsersAction) -> None:
@@ -302,8 +346,15 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         "--config", nargs="+", default=["vit-t16-224", "vit-s16-224", "vit-t4-32"], choices=sorted(CONFIGS)
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 where the device computes it natively, else fp32")  # fmt: skip
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: bf16 where the device computes it natively, else fp32; fp16: CUDA only")  # fmt: skip
+    p.add_argument("--batch-size", type=_batch_size, metavar="N|max",
+                   help="batch of every config (default: the config's own); max: the largest power of two "
+                   "whose fast step fits in device memory")  # fmt: skip
+    p.add_argument("--max-batch", type=int, default=4096, help="upper bound of --batch-size max")
+    p.add_argument("--fast-only", action="store_true", help="time the fast path alone (no explicit masks)")
+    p.add_argument("--matmul-size", type=int, help="side of the matmul that measures the ceiling "
+                   "(default: 2048 on CPU, 8192 on GPU)")  # fmt: skip
     p.add_argument("--steps", type=int, default=5, help="timed steps per path")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
@@ -319,8 +370,18 @@ def run_bench_command(args: argparse.Namespace) -> int:
         if args.out:
             _write_json(args.out, {"sweep": rows})
         return 0
-    run_bench(args.config, args.device, args.precision, args.steps, args.warmup, not args.no_memory, args.out)
+    run_bench(args.config, args.device, args.precision, args.steps, args.warmup, not args.no_memory, args.out,
+              args.batch_size, args.max_batch, args.fast_only, args.matmul_size)  # fmt: skip
     return 0
+
+
+def _batch_size(text: str) -> int | str:
+    """``--batch-size``: a positive int, or ``max``."""
+    if text == "max":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int or 'max', got {text!r}")
+    return int(text)
 
 
 def _print_results(title: str, rows: dict[str, dict[str, float]]) -> None:
@@ -396,11 +457,21 @@ def check_writable(path: str | None) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .export import export_encoder
+    from .export import export_encoder, export_path
 
-    check_writable(args.out)
-    weights, meta = export_encoder(args.checkpoint, args.out)
+    out = export_path(args.out, args.format)  # an unknown --format stops here, before anything is written
+    check_writable(str(out))
+    weights, meta = export_encoder(args.checkpoint, out, args.format)
     print(f"wrote {weights} and {meta}")
+    return 0
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from .evaluate.segment import segment
+
+    preset = run_preset(args, "recipe", "cpu")
+    cfg = build_config(SegmentRunConfig, preset, flag_values(args, SEGMENT_FLAGS), args.set)
+    segment(cfg, args.out, args.resume, args.force, progress=not args.no_progress)
     return 0
 
 
@@ -411,6 +482,9 @@ def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str) -> 
     p.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; --quick: 2)")
     p.add_argument("--out", help=f"study folder (default: runs/{kind}-DATA[-quick]); rerun to resume")
     p.add_argument("--report-dir", help=f"where {kind}-DATA.md and .png go (default: the study folder)")
+    p.add_argument("--shard", default="0/1", help="K/N: this process does every N-th run from the K-th (N processes "
+                   "share one --out, e.g. one per GPU, or two single-threaded ones on two CPU cores)")  # fmt: skip
+    p.add_argument("--only-seeds", type=int, nargs="+", help="run only these seeds' runs now (the rest on a rerun)")
     add_set_argument(p, example)
     p.add_argument("--no-progress", action="store_true")
 
@@ -418,13 +492,15 @@ def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str) -> 
 def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plot, report) -> int:
     """Plan (with --set), run (resumable), chart, report, and the per-run rows beside the report."""
     from .config import parse_assignment
+    from .study.runner import parse_shard
 
+    shard = parse_shard(args.shard)
     for assignment in args.set:
         cfg.set(*parse_assignment(assignment))
     plan = cfg.validate().study
     name = args.data.split(":", 1)[0].rstrip("/").split("/")[-1]
     folder = Path(args.out or f"runs/{kind}-{name}{'-quick' if args.quick else ''}")
-    rows = run(plan, folder, progress=not args.no_progress)
+    rows = run(plan, folder, progress=not args.no_progress, shard=shard, only_seeds=args.only_seeds)
     report_dir = Path(args.report_dir or folder)
     report_dir.mkdir(parents=True, exist_ok=True)
     chart, markdown = report_dir / f"{kind}-{name}.png", report_dir / f"{kind}-{name}.md"
@@ -474,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_figure_parsers(sub)
     add_bench_parser(sub)
     add_study_parsers(sub)
+    add_segment_parser(sub)
     return parser
 
 
@@ -483,6 +560,7 @@ COMMANDS = {
     "linprobe": run_linprobe,
     "finetune": run_finetune,
     "export": run_export,
+    "segment": run_segment,
     "visualize": run_visualize,
     "plot-metrics": run_plot_metrics,
     "bench": run_bench_command,

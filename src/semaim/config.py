@@ -333,6 +333,7 @@ class FinetuneConfig:
     pool: str = "avg"  # avg: mean of patch tokens + a new fc_norm (the official fine-tuning); cls: cls token
     device: str = "auto"
     epochs: int = 100
+    min_steps: int = 0  # at least this many steps: a small labelled set gets more epochs (warmup alike)
     batch_size: int = 1024
     blr: float = 5e-4  # lr = blr × batch / 256
     min_lr: float = 1e-6
@@ -358,6 +359,7 @@ class FinetuneConfig:
             require(getattr(self, name) >= 1, f"{prefix}{name}", "a positive int", getattr(self, name))
         require(self.limit is None or self.limit >= 1, f"{prefix}limit", "a positive int or null", self.limit)
         require(self.workers >= 0, f"{prefix}workers", "an int >= 0", self.workers)
+        require(self.min_steps >= 0, f"{prefix}min_steps", "an int >= 0", self.min_steps)
         require_positive(self, prefix, "blr", "clip_grad")
         require_positive(self, prefix, "min_lr", "warmup_epochs", "weight_decay", "mixup", "cutmix",
                          allow_zero=True)  # fmt: skip
@@ -379,6 +381,71 @@ class FinetuneConfig:
         require_choice(self.select, f"{prefix}select", ("last", "best"))
         require(self.select == "last" or self.val_size != 0, f"{prefix}select", "last when val_size is 0",
                 self.select)  # fmt: skip
+
+
+SEGMENT_MODES = ("finetune", "linear")
+"""``finetune``: pyramid + head, the encoder trained end to end; ``linear``: a head on the frozen encoder."""
+
+
+@dataclass
+class SegmentConfig:
+    """Semantic segmentation with the encoder as a ViTDet backbone (``semaim segment``; docs/design.md §5).
+
+    The defaults are MAE's ADE20k recipe that the paper follows (mmsegmentation's MAE UperNet config:
+    AdamW lr 1e-4, layer decay 0.65, 160k iterations of batch 16, warmup 1500 iterations), with the
+    iterations as epochs of ADE20k's 20,210 training images; ``configs/segment/cpu.yaml`` is a small run.
+    """
+
+    data: str = "cluttered-fashion-mnist"  # [:dir], or a folder: {train,val}/{images,masks}/
+    num_classes: int | None = None  # None: the data's own (cluttered: background + 10 items); set for a folder
+    mode: str = "finetune"  # finetune | linear (frozen encoder, BN + 1x1 conv on the patch tokens)
+    limit: int | None = None  # only the first N training images (after the validation split is carved out)
+    val_size: int | None = None  # validation images carved from the training split; None: 10 %, at most 5000
+    split_seed: int = 0
+    select: str = "last"  # weights scored on the test split: last | best (best validation mIoU)
+    eval_every: int = 1  # validate every N epochs (and after the last)
+    device: str = "auto"
+    scales: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)  # ViTDet's pyramid, relative to the patch grid
+    pyramid_dim: int = 256  # ViTDet's pyramid width
+    head_dim: int = 128  # Panoptic FPN's semantic branch width
+    epochs: int = 127  # 160k iterations x batch 16 / 20,210 images
+    batch_size: int = 16
+    lr: float = 1e-4  # absolute (segmentation recipes give it so), not scaled by the batch
+    min_lr: float = 0.0
+    warmup_epochs: float = 1.19  # 1500 iterations
+    weight_decay: float = 0.05
+    layer_decay: float = 0.65
+    betas: tuple[float, float] = (0.9, 0.999)
+    drop_path: float = 0.1
+    hflip: bool = True  # the one augmentation, applied to image and mask alike
+    clip_grad: float | None = None
+    precision: str = "auto"  # auto | fp32 | bf16
+    workers: int = 2
+    seed: int = 0
+    save_every_steps: int = 500
+
+    def validate(self, prefix: str = "segment.") -> SegmentConfig:
+        for name in ("epochs", "batch_size", "save_every_steps", "eval_every", "pyramid_dim", "head_dim"):
+            require(getattr(self, name) >= 1, f"{prefix}{name}", "a positive int", getattr(self, name))
+        require(self.limit is None or self.limit >= 1, f"{prefix}limit", "a positive int or null", self.limit)
+        require(self.val_size is None or self.val_size >= 0, f"{prefix}val_size", "an int >= 0", self.val_size)
+        ok = self.num_classes is None or self.num_classes >= 2
+        require(ok, f"{prefix}num_classes", "an int >= 2 or null", self.num_classes)
+        require(self.workers >= 0, f"{prefix}workers", "an int >= 0", self.workers)
+        require_choice(self.mode, f"{prefix}mode", SEGMENT_MODES)
+        require_choice(self.select, f"{prefix}select", ("last", "best"))
+        require(self.select == "last" or self.val_size != 0, f"{prefix}select", "last when val_size is 0",
+                self.select)  # fmt: skip
+        ok = len(self.scales) > 0 and len(set(self.scales)) == len(self.scales)
+        require(ok and set(self.scales) <= {4.0, 2.0, 1.0, 0.5}, f"{prefix}scales",
+                "distinct values among [4.0, 2.0, 1.0, 0.5] (ViTDet's pyramid)", list(self.scales))  # fmt: skip
+        require_positive(self, prefix, "lr", "clip_grad")
+        require_positive(self, prefix, "min_lr", "warmup_epochs", "weight_decay", allow_zero=True)
+        require(0 < self.layer_decay <= 1, f"{prefix}layer_decay", "a value in (0, 1]", self.layer_decay)
+        require(0 <= self.drop_path < 1, f"{prefix}drop_path", "a value in [0, 1)", self.drop_path)
+        require(all(0 <= b < 1 for b in self.betas), f"{prefix}betas", "two values in [0, 1)", list(self.betas))
+        require_choice(self.precision, f"{prefix}precision", ("auto", "fp32", "bf16"))
+        return self
 
 
 # --------------------------------------------------------------------------- the mechanism
@@ -483,6 +550,15 @@ class KnnRunConfig(Sections):
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
+
+
+@dataclass
+class SegmentRunConfig(Sections):
+    """``semaim segment``: the encoder to start from and the recipe; the run folder's config.yaml."""
+
+    PRESETS: ClassVar[str] = "segment"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
 
 
 # --------------------------------------------------------------------------- values
