@@ -5,7 +5,7 @@ on Fashion-MNIST for the same compute: as many images as cost the same training 
 of ``cpu-tiny`` (``semaim.bench.step_flops``, so that a cheaper variant sees more images; FLOPs, not
 minutes, because the two cores are shared while this runs). The proxy score is frozen k-NN@20 (cls token)
 on a 5000-image validation split carved from the training split, against each variant's own random
-initialisation. Resumable: a finished variant is skipped.
+initialisation. Resumable across sessions: a variant with a row in ``ROWS`` is skipped.
 
     python scripts/payoff-preset.py [run|report] [K/N]     # K/N: every N-th variant from the K-th (2 cores: two
                                                           # single-threaded processes, 0/2 and 1/2)
@@ -31,6 +31,7 @@ from semaim.presets import load_preset
 
 FOLDER = Path("runs/payoff-preset")
 REPORT = Path("benchmarks/results/payoff-preset.md")
+ROWS = Path("benchmarks/results/payoff-preset.jsonl")  # committed: a later session skips what is there
 BUDGET = 20000  # images of cpu-tiny (about a third of an epoch)
 VARIANTS: dict[str, list[str]] = {
     "cpu-tiny": [],
@@ -76,11 +77,15 @@ def folder_of(name: str) -> Path:
     return FOLDER / "".join(c if c.isalnum() or c in ".-" else "-" for c in name)
 
 
-def run(name: str, sets: list[str]) -> dict:
+def done_rows() -> dict[str, dict]:
+    lines = ROWS.read_text().splitlines() if ROWS.is_file() else []
+    return {row["variant"]: row for row in map(json.loads, lines)}
+
+
+def run(name: str, sets: list[str]) -> None:
+    if name in done_rows():
+        return
     out = folder_of(name)
-    result = out / "proxy.json"
-    if result.is_file():
-        return json.loads(result.read_text())
     images = images_for(sets)
     epochs = -(-images // 60000)  # more images than the split: several epochs over a part of it
     flags = [arg for s in sets for arg in ("--set", s)]
@@ -94,8 +99,8 @@ def run(name: str, sets: list[str]) -> dict:
            "minutes": sum(batch / r["images_per_s"] for r in steps) / 60, "final_loss": steps[-1]["loss"],
            "knn_init": val_knn(EncoderConfig(random=True, preset=str(out / "config.yaml"))),
            "knn": val_knn(EncoderConfig(checkpoint=str(out / "checkpoint-last.pt")))}  # fmt: skip
-    result.write_text(json.dumps(row))
-    return row
+    with ROWS.open("a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def report(rows: list[dict]) -> None:
@@ -125,8 +130,8 @@ def main() -> None:
     for i, (name, sets) in enumerate(VARIANTS.items()):
         if what == "run" and i % n == k:
             run(name, sets)
-    rows = [json.loads(p.read_text()) for name in VARIANTS if (p := folder_of(name) / "proxy.json").is_file()]
-    report(rows)
+    rows = done_rows()
+    report([rows[name] for name in VARIANTS if name in rows])
 
 
 if __name__ == "__main__":

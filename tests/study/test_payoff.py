@@ -93,7 +93,7 @@ def test_only_seeds_runs_one_seed_now_and_the_rest_on_a_rerun(tmp_path):
 
 
 def test_plans_are_checked():
-    assert payoff_plan("cluttered-fashion-mnist").pretrain[:2] == ("model.img_size=64", "model.patch_size=8")
+    assert payoff_plan("cluttered-fashion-mnist").pretrain[:3] == ("train.epochs=2", "model.img_size=64", "model.patch_size=8")
     with pytest.raises(ConfigError, match="study.orders"):
         PayoffPlan(orders=("spiral",)).validate()
     with pytest.raises(ConfigError, match="study.labels_per_class"):
