@@ -24,7 +24,7 @@ import yaml
 FOLDER = Path("runs/payoff-recipe")
 REPORT = Path("benchmarks/results/payoff-recipe.md")
 COMMON = ["--labels-per-class", "60", "--val-size", "2000", "--no-progress", "--set", "finetune.workers=1",
-          "--set", "eval_every=5"]  # fmt: skip
+          "--set", "eval_every=5", "--set", "budget_steps=0"]  # fmt: skip
 # Batch 32 and 40 epochs (750 steps on 600 images), no Mixup / CutMix (they need many more steps).
 BASE = ["batch_size=32", "epochs=40", "warmup_epochs=4", "mixup=0", "cutmix=0"]
 LIGHT = ["crop_scale=[0.5,1.0]", "randaug=", "reprob=0"]  # crop + flip only
@@ -34,7 +34,8 @@ GRID: dict[str, tuple[str, list[str]]] = {  # in the order they run (the most in
     "light-blr3e-3-ld0.75": ("light aug, blr 3e-3, layer decay 0.75", BASE + LIGHT + ["blr=3e-3", "layer_decay=0.75"]),
     "light-blr1e-2-ld0.75-e100": ("light aug, blr 1e-2, layer decay 0.75, 100 epochs",
                                   BASE + LIGHT + ["blr=1e-2", "layer_decay=0.75", "epochs=100", "warmup_epochs=10"]),
-    "light-blr1e-2-ld1": ("light aug, blr 1e-2, no layer decay", BASE + LIGHT + ["blr=1e-2", "layer_decay=1.0"]),
+    "light-blr1e-2-ld1": ("light aug, blr 1e-2, no layer decay, 100 epochs",
+                          BASE + LIGHT + ["blr=1e-2", "layer_decay=1.0", "epochs=100", "warmup_epochs=10"]),
     "light-blr3e-2-ld1": ("light aug, blr 3e-2, no layer decay", BASE + LIGHT + ["blr=3e-2", "layer_decay=1.0"]),
     "light-blr1e-3-ld0.75": ("light aug, blr 1e-3, layer decay 0.75", BASE + LIGHT + ["blr=1e-3", "layer_decay=0.75"]),
 }

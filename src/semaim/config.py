@@ -333,7 +333,7 @@ class FinetuneConfig:
     pool: str = "avg"  # avg: mean of patch tokens + a new fc_norm (the official fine-tuning); cls: cls token
     device: str = "auto"
     epochs: int = 100
-    min_steps: int = 0  # at least this many steps: a small labelled set gets more epochs (warmup alike)
+    budget_steps: int = 0  # about this many steps: a small labelled set gets more epochs (warmup alike)
     batch_size: int = 1024
     blr: float = 5e-4  # lr = blr × batch / 256
     min_lr: float = 1e-6
@@ -359,7 +359,7 @@ class FinetuneConfig:
             require(getattr(self, name) >= 1, f"{prefix}{name}", "a positive int", getattr(self, name))
         require(self.limit is None or self.limit >= 1, f"{prefix}limit", "a positive int or null", self.limit)
         require(self.workers >= 0, f"{prefix}workers", "an int >= 0", self.workers)
-        require(self.min_steps >= 0, f"{prefix}min_steps", "an int >= 0", self.min_steps)
+        require(self.budget_steps >= 0, f"{prefix}budget_steps", "an int >= 0", self.budget_steps)
         require_positive(self, prefix, "blr", "clip_grad")
         require_positive(self, prefix, "min_lr", "warmup_epochs", "weight_decay", "mixup", "cutmix",
                          allow_zero=True)  # fmt: skip

@@ -203,7 +203,7 @@ def test_knn_and_finetune_run_on_the_device(tmp_path, fmnist, device, capsys):
     assert main(args) == 0
     assert 0 <= json.loads(knn.read_text())["top1"]["3"] <= 100
     ft = tmp_path / "ft"
-    args = ["finetune", "--random", "--data", fmnist, "--device", device, "--out", str(ft), "--no-progress", "--set", "min_steps=0",
+    args = ["finetune", "--random", "--data", fmnist, "--device", device, "--out", str(ft), "--no-progress", "--set", "budget_steps=0",
             "--limit", "16", "--set", "epochs=1", "--set", "batch_size=8", "--set", "workers=0",
             "--set", "val_size=4"]  # fmt: skip
     assert main(args) == 0

@@ -196,7 +196,7 @@ def test_finetune_command(tmp_path, pretrained, capsys):
     make_image_folder(data / "train", classes=("a", "b", "c"), per_class=6)
     make_image_folder(data / "val", classes=("a", "b", "c"), per_class=2, seed=1)
     out = tmp_path / "ft"
-    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--out", str(out), "--no-progress", "--set", "min_steps=0",
+    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--out", str(out), "--no-progress", "--set", "budget_steps=0",
             "--set", "epochs=2", "--set", "batch_size=6", "--set", "workers=0", "--set", "val_size=3"]  # fmt: skip
     assert main(args) == 0
     assert "semaim finetune done: test top-1" in capsys.readouterr().out
@@ -218,7 +218,7 @@ def test_finetune_resumes_exactly(tmp_path, pretrained, monkeypatch):
     data = tmp_path / "data"
     make_image_folder(data / "train", classes=("a", "b"), per_class=8)
     make_image_folder(data / "val", classes=("a", "b"), per_class=2, seed=1)
-    base = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--no-progress", "--set", "min_steps=0", "--set", "epochs=2",
+    base = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--no-progress", "--set", "budget_steps=0", "--set", "epochs=2",
             "--set", "batch_size=4", "--set", "workers=0", "--set", "save_every_steps=1",
             "--set", "val_size=0"]  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "whole")]) == 0

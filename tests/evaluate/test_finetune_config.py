@@ -22,7 +22,7 @@ def test_a_runs_config_yaml_rebuilds_it(tmp_path, pretrained):
     make_image_folder(data / "train", classes=("a", "b"), per_class=8)
     make_image_folder(data / "val", classes=("a", "b"), per_class=2, seed=1)
     first = tmp_path / "first"
-    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--no-progress", "--set", "min_steps=0",
+    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--no-progress", "--set", "budget_steps=0",
             "--set", "epochs=2", "--set", "batch_size=4", "--set", "finetune.workers=0", "--set", "seed=3"]  # fmt: skip
     assert main([*args, "--out", str(first)]) == 0
     saved = FinetuneRunConfig.from_dict(yaml.safe_load((first / "config.yaml").read_text()))
@@ -45,7 +45,7 @@ def test_a_non_finite_fine_tuning_loss_stops_the_run(tmp_path, pretrained, monke
 
     monkeypatch.setattr(ft, "build_objective", exploding)
     out = tmp_path / "ft"
-    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--out", str(out), "--no-progress", "--set", "min_steps=0",
+    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--out", str(out), "--no-progress", "--set", "budget_steps=0",
             "--set", "batch_size=4", "--set", "finetune.workers=0"]  # fmt: skip
     assert main(args) == 1
     assert "stopped: loss is nan at step 0" in capsys.readouterr().err
@@ -64,14 +64,17 @@ def test_crop_scale_reaches_the_training_transform_and_is_checked():
             FinetuneConfig(crop_scale=bad).validate()
 
 
-def test_min_steps_stretches_the_schedule_of_a_small_labelled_set():
+def test_budget_steps_stretches_the_schedule_of_a_small_labelled_set():
     from semaim.config import FinetuneConfig
 
-    small = FinetuneConfig(epochs=1, min_steps=720, warmup_epochs=0.1)
+    small = FinetuneConfig(epochs=1, budget_steps=1800, warmup_epochs=0.1)
     ft.stretch_schedule(small, steps_per_epoch=18)  # 600 images at batch 32
-    assert (small.epochs, small.warmup_epochs) == (40, 4.0)
-    large = FinetuneConfig(epochs=1, min_steps=720, warmup_epochs=0.1)
-    ft.stretch_schedule(large, steps_per_epoch=1718)  # every label: one epoch is already enough
+    assert (small.epochs, small.warmup_epochs) == (100, 10.0)
+    mid = FinetuneConfig(epochs=1, budget_steps=1800, warmup_epochs=0.1)
+    ft.stretch_schedule(mid, steps_per_epoch=187)  # 6000 images: the nearest whole number of epochs
+    assert mid.epochs == 10
+    large = FinetuneConfig(epochs=1, budget_steps=1800, warmup_epochs=0.1)
+    ft.stretch_schedule(large, steps_per_epoch=1718)  # every label: one epoch is about the budget
     assert (large.epochs, large.warmup_epochs) == (1, 0.1)
     ft.stretch_schedule(small, steps_per_epoch=18)  # a resumed run's config stays as it ran
-    assert (small.epochs, small.warmup_epochs) == (40, 4.0)
+    assert (small.epochs, small.warmup_epochs) == (100, 10.0)

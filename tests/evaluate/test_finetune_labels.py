@@ -32,7 +32,7 @@ def folder(tmp_path_factory):
 def run(tmp_path, folder, *extra: str) -> int:
     preset = tmp_path / "tiny.yaml"
     preset.write_text(TINY_PRESET)
-    return main(["finetune", "--random", "--preset", str(preset), "--data", str(folder), "--no-progress", "--set", "min_steps=0",
+    return main(["finetune", "--random", "--preset", str(preset), "--data", str(folder), "--no-progress", "--set", "budget_steps=0",
                  "--set", "epochs=2", "--set", "batch_size=4", "--set", "finetune.workers=0", *extra])  # fmt: skip
 
 

@@ -18,7 +18,7 @@ def test_quick_study_end_to_end_then_resume_recomputes_only_the_missing_run(tmp_
     argv = ["study", "payoff", "--quick", "--seeds", "1", "--data", f"fashion-mnist:{tmp_path}", "--out", str(out),
             "--report-dir", str(reports), "--no-progress", "--set", "study.orders=[semantic]",
             "--set", "study.labels_per_class=[2]", "--set", "study.val_size=30",
-            "--set", "study.finetune=[batch_size=10,limit=200,min_steps=0]", "--set", "study.epochs=[1]",
+            "--set", "study.finetune=[batch_size=10,limit=200,budget_steps=0]", "--set", "study.epochs=[1]",
             "--set", "study.curve_steps=[]"]  # fmt: skip
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -60,7 +60,7 @@ def test_curve_scores_the_initialisation_every_kept_checkpoint_and_the_last(tmp_
     argv = ["study", "payoff", "--quick", "--seeds", "1", "--data", f"fashion-mnist:{tmp_path}", "--out", str(out),
             "--report-dir", str(tmp_path / "reports"), "--no-progress", "--set", "study.orders=[semantic]",
             "--set", "study.labels_per_class=[2]", "--set", "study.epochs=[1]", "--set", "study.val_size=30",
-            "--set", "study.finetune=[batch_size=10,limit=100,min_steps=0]", "--set", "study.curve_labels=2"]  # fmt: skip
+            "--set", "study.finetune=[batch_size=10,limit=100,budget_steps=0]", "--set", "study.curve_labels=2"]  # fmt: skip
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     curve = [r for r in rows if r["kind"] == "curve"]
@@ -81,7 +81,7 @@ def test_only_seeds_runs_one_seed_now_and_the_rest_on_a_rerun(tmp_path):
     out = tmp_path / "study"
     argv = ["study", "payoff", "--quick", "--data", f"fashion-mnist:{tmp_path}", "--out", str(out), "--no-progress",
             "--set", "study.orders=[]", "--set", "study.labels_per_class=[2]", "--set", "study.epochs=[1]",
-            "--set", "study.val_size=30", "--set", "study.finetune=[batch_size=10,limit=50,min_steps=0]",
+            "--set", "study.val_size=30", "--set", "study.finetune=[batch_size=10,limit=50,budget_steps=0]",
             "--set", "study.curve_steps=[]"]  # fmt: skip
     assert main([*argv, "--only-seeds", "1"]) == 0
     seeds = [json.loads(line)["seed"] for line in (out / "results.jsonl").read_text().splitlines()]

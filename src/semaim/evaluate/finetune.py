@@ -276,9 +276,9 @@ def finetune(cfg: FinetuneRunConfig, out_dir: str | Path, resume: bool = False, 
 
 
 def stretch_schedule(ft: FinetuneConfig, steps_per_epoch: int) -> None:
-    """At least ``min_steps`` steps: more epochs for a small labelled set, the warmup stretched alike (the
-    run's config.yaml records the epochs it ran)."""
-    epochs = max(ft.epochs, math.ceil(ft.min_steps / steps_per_epoch))
+    """About ``budget_steps`` steps (whole epochs, the nearest count): more epochs for a small labelled set,
+    the warmup stretched alike (the run's config.yaml records the epochs it ran)."""
+    epochs = max(ft.epochs, round(ft.budget_steps / steps_per_epoch))
     ft.warmup_epochs, ft.epochs = ft.warmup_epochs * epochs / ft.epochs, epochs
 
 

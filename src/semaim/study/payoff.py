@@ -98,7 +98,7 @@ def payoff_plan(data: str, quick: bool = False, seeds: int | None = None) -> Pay
         tiny = ("model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_depth=2",
                 "data.limit=512", "train.batch_size=64")  # fmt: skip
         plan = replace(plan, pretrain=plan.pretrain + tiny, labels_per_class=(4, 0),
-                       seeds=(0, 1), val_size=100, finetune=("batch_size=32", "limit=400", "min_steps=0"), epochs=(3, 1),
+                       seeds=(0, 1), val_size=100, finetune=("batch_size=32", "limit=400", "budget_steps=0"), epochs=(3, 1),
                        workers=0, curve_steps=(4,), curve_labels=4)  # fmt: skip
     return replace(plan, seeds=tuple(range(seeds))) if seeds is not None else plan
 
