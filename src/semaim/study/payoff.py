@@ -60,7 +60,7 @@ class PayoffPlan:
     # Curve (b), quality against pretraining compute: the first seed's pretraining with `curve_order`
     # keeps its checkpoints at `curve_steps`; each (with the initialisation and the last) is scored.
     curve_order: str = "semantic"
-    curve_steps: tuple[int, ...] = (60, 120, 240, 468)  # (): no curve
+    curve_steps: tuple[int, ...] = (117, 468)  # a quarter and one epoch of cpu-tiny; (): no curve
     curve_labels: int = 60  # the label budget of the curve's fine-tuning
 
     def validate(self, prefix: str = "study.") -> PayoffPlan:
