@@ -13,7 +13,7 @@ import json
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -85,11 +85,15 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--target", help="pixels or features")
     g.add_argument("--teacher", help="teacher checkpoint file (target=features)")
     g.add_argument("--teacher-arch", help="teacher timm architecture, e.g. vit_base_patch16_224")
-    g = p.add_argument_group("run folder")
-    g.add_argument("--out", default="runs/pretrain", help="run folder [default: runs/pretrain]")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
-    g.add_argument("--force", action="store_true", help="start a new run in a non-empty OUT (removes its run files)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_folder_arguments(p.add_argument_group("run folder"), "pretrain")
+
+
+def add_run_folder_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, command: str) -> None:
+    """``--out`` (default ``runs/COMMAND``), ``--resume``, ``--force``, ``--no-progress``: a training run's folder."""
+    p.add_argument("--out", default=f"runs/{command}", help=f"run folder [default: runs/{command}]")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
+    p.add_argument("--force", action="store_true", help="start a new run in a non-empty OUT (removes its run files)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_preset(args: argparse.Namespace, name: str, default: str | None) -> str | None:
@@ -128,13 +132,13 @@ FEATURE_FLAGS = {"data": "features.data", "pool": "features.pool", "batch_size":
                  "label_fraction": "features.label_fraction"}  # fmt: skip
 LINPROBE_FLAGS = {"epochs": "probe.epochs", "probe_batch_size": "probe.batch_size", "blr": "probe.blr",
                   "optimizer": "probe.optimizer"}  # fmt: skip
-FINETUNE_FLAGS = {"checkpoint": "encoder.checkpoint", "random": "encoder.random", "preset": "encoder.preset",
-                  "init_seed": "encoder.init_seed", "data": "finetune.data", "limit": "finetune.limit",
+STARTING_ENCODER_FLAGS = {"checkpoint": "encoder.checkpoint", "random": "encoder.random",
+                          "preset": "encoder.preset", "init_seed": "encoder.init_seed"}  # fmt: skip
+FINETUNE_FLAGS = {**STARTING_ENCODER_FLAGS, "data": "finetune.data", "limit": "finetune.limit",
                   "labels_per_class": "finetune.labels_per_class", "label_fraction": "finetune.label_fraction",
                   "val_size": "finetune.val_size", "pool": "finetune.pool", "select": "finetune.select",
                   "device": "finetune.device"}  # fmt: skip
-SEGMENT_FLAGS = {"checkpoint": "encoder.checkpoint", "random": "encoder.random", "preset": "encoder.preset",
-                 "init_seed": "encoder.init_seed", "data": "segment.data", "mode": "segment.mode",
+SEGMENT_FLAGS = {**STARTING_ENCODER_FLAGS, "data": "segment.data", "mode": "segment.mode",
                  "num_classes": "segment.num_classes", "limit": "segment.limit", "val_size": "segment.val_size",
                  "select": "segment.select", "device": "segment.device"}  # fmt: skip
 
@@ -191,14 +195,8 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     add_set_argument(p, "probe.epochs=10")
 
     p = sub.add_parser("finetune", help="end-to-end fine-tuning (Table S2)", formatter_class=fmt)
-    ft, e = FinetuneConfig(), EncoderConfig()
-    g = p.add_argument_group("encoder (one of)")
-    src = g.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="pretraining checkpoint or exported .safetensors")
-    src.add_argument("--random", action="store_const", const=True,
-                     help="the scratch baseline: the encoder as pretraining initialises it (shape of --preset)")  # fmt: skip
-    g.add_argument("--preset", help=f"model shape for --random [default: {e.preset}]")
-    g.add_argument("--init-seed", type=int, help=f"initialisation seed for --random [default: {e.init_seed}]")
+    ft = FinetuneConfig()
+    add_starting_encoder_arguments(p, "pretraining checkpoint or exported .safetensors")
     g = p.add_argument_group("labels and selection")
     g.add_argument("--labels-per-class", type=int, help="train on K labelled images per class (stratified, seeded)")
     g.add_argument("--label-fraction", type=float, help="... or on this fraction of every class, in (0, 1]")
@@ -214,10 +212,7 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     add_set_argument(p, "finetune.epochs=5 (or epochs=5)")
     p.add_argument("--limit", type=int, help="only the first N training images")
     p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N [default: {ft.device}]")
-    p.add_argument("--out", default="runs/finetune", help="run folder [default: runs/finetune]")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
-    p.add_argument("--force", action="store_true", help="start a new run in a non-empty OUT (removes its run files)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_folder_arguments(p, "finetune")
 
     p = sub.add_parser("export", help="the encoder alone: timm's safetensors + json, or an MAE-format .pth")
     p.add_argument("--checkpoint", required=True)
@@ -227,19 +222,25 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="[default: encoder.safetensors, or encoder.pth with --format mae]")
 
 
-def add_segment_parser(sub: argparse._SubParsersAction) -> None:
-    from .config import SegmentConfig
-
-    sg, e = SegmentConfig(), EncoderConfig()
-    p = sub.add_parser("segment", help="semantic segmentation: the encoder as a ViTDet backbone (mIoU)")
+def add_starting_encoder_arguments(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """The encoder a ``finetune`` / ``segment`` run starts from: a checkpoint, or the scratch baseline."""
+    e = EncoderConfig()
     g = p.add_argument_group("encoder (one of)")
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="pretraining / fine-tuning checkpoint, or an exported encoder "
-                     "(.safetensors or .pth, with its .json)")  # fmt: skip
+    src.add_argument("--checkpoint", help=checkpoint_help)
     src.add_argument("--random", action="store_const", const=True,
                      help="the scratch baseline: the encoder as pretraining initialises it (shape of --preset)")  # fmt: skip
     g.add_argument("--preset", help=f"model shape for --random [default: {e.preset}]")
     g.add_argument("--init-seed", type=int, help=f"initialisation seed for --random [default: {e.init_seed}]")
+
+
+def add_segment_parser(sub: argparse._SubParsersAction) -> None:
+    from .config import SegmentConfig
+
+    sg = SegmentConfig()
+    p = sub.add_parser("segment", help="semantic segmentation: the encoder as a ViTDet backbone (mIoU)")
+    add_starting_encoder_arguments(p, "pretraining / fine-tuning checkpoint, or an exported encoder "
+                                   "(.safetensors or .pth, with its .json)")  # fmt: skip
     g = p.add_argument_group("task")
     g.add_argument("--data", help="cluttered-fashion-mnist[:dir], or a folder with train/ and val/, each with "
                    f"images/ and masks/ (PNG class ids, 255 = ignore) [default: {sg.data}]")  # fmt: skip
@@ -256,10 +257,7 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> None:
                    "config.yaml [default: cpu] (paper: MAE's ADE20k recipe)")  # fmt: skip
     add_set_argument(p, "segment.epochs=5 (or epochs=5)")
     p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N [default: {sg.device}]")
-    p.add_argument("--out", default="runs/segment", help="run folder [default: runs/segment]")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
-    p.add_argument("--force", action="store_true", help="start a new run in a non-empty OUT (removes its run files)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_folder_arguments(p, "segment")
 
 
 def add_figure_parsers(sub: argparse._SubParsersAction) -> None:
@@ -433,13 +431,19 @@ def run_linprobe(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_supervised(args: argparse.Namespace, config_class: type, flags: dict[str, str], run: Callable) -> int:
+    """``finetune`` / ``segment``: the run config from ``--recipe`` (when resuming, the run's own), the flags and
+    ``--set``, then the run into ``--out``."""
+    preset = run_preset(args, "recipe", "cpu")
+    cfg = build_config(config_class, preset, flag_values(args, flags), args.set)
+    run(cfg, args.out, args.resume, args.force, progress=not args.no_progress)
+    return 0
+
+
 def run_finetune(args: argparse.Namespace) -> int:
     from .evaluate.finetune import finetune
 
-    preset = run_preset(args, "recipe", "cpu")
-    cfg = build_config(FinetuneRunConfig, preset, flag_values(args, FINETUNE_FLAGS), args.set)
-    finetune(cfg, args.out, args.resume, args.force, progress=not args.no_progress)
-    return 0
+    return run_supervised(args, FinetuneRunConfig, FINETUNE_FLAGS, finetune)
 
 
 def check_writable(path: str | None) -> None:
@@ -469,10 +473,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_segment(args: argparse.Namespace) -> int:
     from .evaluate.segment import segment
 
-    preset = run_preset(args, "recipe", "cpu")
-    cfg = build_config(SegmentRunConfig, preset, flag_values(args, SEGMENT_FLAGS), args.set)
-    segment(cfg, args.out, args.resume, args.force, progress=not args.no_progress)
-    return 0
+    return run_supervised(args, SegmentRunConfig, SEGMENT_FLAGS, segment)
 
 
 def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str) -> None:

@@ -213,7 +213,7 @@ def test_finetune_command(tmp_path, pretrained, capsys):
 
 
 def test_finetune_resumes_exactly(tmp_path, pretrained, monkeypatch):
-    import semaim.evaluate.finetune as ft
+    import semaim.evaluate.supervised as sup
 
     data = tmp_path / "data"
     make_image_folder(data / "train", classes=("a", "b"), per_class=8)
@@ -223,7 +223,7 @@ def test_finetune_resumes_exactly(tmp_path, pretrained, monkeypatch):
             "--set", "val_size=0"]  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "whole")]) == 0
 
-    real_save, calls = ft.save_atomic, {"n": 0}
+    real_save, calls = sup.save_atomic, {"n": 0}
 
     def save_then_die(obj, path):
         real_save(obj, path)
@@ -231,9 +231,9 @@ def test_finetune_resumes_exactly(tmp_path, pretrained, monkeypatch):
         if calls["n"] == 3:
             raise KeyboardInterrupt  # a kill right after the third checkpoint (mid-epoch: 4 steps per epoch)
 
-    monkeypatch.setattr(ft, "save_atomic", save_then_die)
+    monkeypatch.setattr(sup, "save_atomic", save_then_die)
     assert main([*base, "--out", str(tmp_path / "cut")]) == 130
-    monkeypatch.setattr(ft, "save_atomic", real_save)
+    monkeypatch.setattr(sup, "save_atomic", real_save)
     assert main([*base, "--out", str(tmp_path / "cut"), "--resume"]) == 0
 
     def losses(run):

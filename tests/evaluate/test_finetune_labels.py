@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-import semaim.evaluate.finetune as ft
+import semaim.evaluate.supervised as sup
 from semaim import load_encoder
 from semaim.cli import main
 from semaim.config import EncoderConfig
@@ -45,9 +45,9 @@ def test_random_is_the_pretraining_initialisation():
 
 def test_label_subset_validation_and_one_test_at_the_end(tmp_path, folder, monkeypatch):
     events: list[str] = []
-    real_load, real_final = ImageFolder.load, ft.final_test
+    real_load, real_final = ImageFolder.load, sup.final_test
     monkeypatch.setattr(ImageFolder, "load", lambda self, i: events.append(self.root.name) or real_load(self, i))
-    monkeypatch.setattr(ft, "final_test", lambda *a: events.append("final test") or real_final(*a))
+    monkeypatch.setattr(sup, "final_test", lambda *a: events.append("final test") or real_final(*a))
     out = tmp_path / "ft"
     assert run(tmp_path, folder, "--labels-per-class", "4", "--val-size", "6", "--out", str(out)) == 0
     first_test_read = events.index("val")  # the data folder's val/ is the test split

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 import semaim.evaluate.segment as seg
+import semaim.evaluate.supervised as sup
 from semaim.cli import main
 from semaim.config import EncoderConfig, SegmentConfig, SegmentRunConfig
 from semaim.data.cluttered import ClutteredFashionMNIST
@@ -95,10 +96,10 @@ def test_layer_decay_reaches_the_encoder_only():
 # --------------------------------------------------------------------------- the run
 def test_segment_end_to_end_with_one_test_at_the_end(tmp_path, cluttered, monkeypatch, capsys):
     events: list[str] = []
-    real_load, real_final = ClutteredFashionMNIST.load_pair, seg.final_test
+    real_load, real_final = ClutteredFashionMNIST.load_pair, sup.final_test
     monkeypatch.setattr(ClutteredFashionMNIST, "load_pair",
                         lambda self, i: events.append(self.name) or real_load(self, i))  # fmt: skip
-    monkeypatch.setattr(seg, "final_test", lambda *a: events.append("final test") or real_final(*a))
+    monkeypatch.setattr(sup, "final_test", lambda *a: events.append("final test") or real_final(*a))
     out = tmp_path / "seg"
     assert run(tmp_path, cluttered, "--val-size", "8", "--limit", "16", "--out", str(out)) == 0
     assert "semaim segment done: test mIoU" in capsys.readouterr().out
@@ -151,7 +152,7 @@ def test_from_a_pretraining_checkpoint_and_its_mae_export(tmp_path, cluttered, p
 def test_resume_repeats_an_uninterrupted_run(tmp_path, cluttered, monkeypatch):
     extra = ["--limit", "16", "--val-size", "4", "--set", "save_every_steps=1"]
     assert run(tmp_path, cluttered, *extra, "--out", str(tmp_path / "whole")) == 0
-    real_save, calls = seg.save_atomic, {"n": 0}
+    real_save, calls = sup.save_atomic, {"n": 0}
 
     def save_then_die(obj, path):
         real_save(obj, path)
@@ -159,9 +160,9 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path, cluttered, monkeypatch):
         if calls["n"] == 3:
             raise KeyboardInterrupt  # a kill right after the third checkpoint (step 3 of 4 in epoch 1)
 
-    monkeypatch.setattr(seg, "save_atomic", save_then_die)
+    monkeypatch.setattr(sup, "save_atomic", save_then_die)
     assert run(tmp_path, cluttered, *extra, "--out", str(tmp_path / "cut")) == 130
-    monkeypatch.setattr(seg, "save_atomic", real_save)
+    monkeypatch.setattr(sup, "save_atomic", real_save)
     assert main(["segment", "--out", str(tmp_path / "cut"), "--resume", "--no-progress"]) == 0  # its own config
 
     def records(run_dir, name):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -15,6 +17,15 @@ from ..errors import BadImageError, DataError, MissingFileError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def hash_files(digest: Any, root: Path, paths: Iterable[Path]) -> str:
+    """``digest`` (a :mod:`hashlib` object) over every file's path relative to ``root``, size and mtime, in
+    order: a folder's fingerprint, which changes when a file does."""
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 class ImageFolder(Dataset):
@@ -67,11 +78,7 @@ class ImageFolder(Dataset):
 
     def fingerprint(self) -> str:
         """A hash of the class list and of every file's relative path, size and mtime: changed files, new hash."""
-        digest = hashlib.sha1(json.dumps([self.mode, self.classes]).encode())
-        for path in self.files:
-            stat = path.stat()
-            digest.update(f"{path.relative_to(self.root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-        return digest.hexdigest()
+        return hash_files(hashlib.sha1(json.dumps([self.mode, self.classes]).encode()), self.root, self.files)
 
     def __len__(self) -> int:
         return len(self.files)

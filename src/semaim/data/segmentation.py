@@ -32,7 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..errors import BadImageError, ConfigError, DataError, MissingFileError
 from .cluttered import SPEC as CLUTTERED
 from .cluttered import ClutteredFashionMNIST
-from .folders import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD
+from .folders import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, hash_files
 from .idx import FASHION_MNIST_DIR
 from .transforms import channel_stats
 
@@ -77,11 +77,7 @@ class MaskFolder(Dataset):
     def fingerprint(self) -> str:
         """A hash of every pair's relative paths, sizes and mtimes."""
         digest = hashlib.sha1(f"{self.mode}:{self.num_classes}".encode())
-        for image, mask in self.files:
-            for path in (image, mask):
-                stat = path.stat()
-                digest.update(f"{path.relative_to(self.root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-        return digest.hexdigest()
+        return hash_files(digest, self.root, (path for pair in self.files for path in pair))
 
     def __len__(self) -> int:
         return len(self.files)

@@ -5,18 +5,14 @@ erasing, warmup + cosine, all from timm's own implementations. Checkpoints are a
 mid-epoch; every per-sample and per-step random draw is seeded from (seed, epoch, position) or
 (seed, step), so a resumed run repeats an uninterrupted one. The run folder holds ``config.yaml`` (a
 :class:`~semaim.config.FinetuneRunConfig` that rebuilds the run), ``metrics.jsonl``, ``eval.jsonl``,
-TensorBoard events and the checkpoints. Single process.
+TensorBoard events and the checkpoints (the run itself is :mod:`semaim.evaluate.supervised`'s). Single
+process.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import random
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +31,21 @@ from ..data import open_dataset
 from ..data.sampler import AugmentedDataset, EpochSampler, collate, sample_seed
 from ..data.splits import labelled_subset
 from ..data.transforms import PretrainTransform, channel_stats
-from ..engine.checkpoint import load_checkpoint, save_atomic
-from ..engine.distributed import resolve_device
-from ..engine.optim import layer_decay_groups, lr_at, scaled_lr
-from ..engine.run import (
-    LAST,
-    RunFolder,
-    append_record,
-    autocast_context,
-    check_finite,
-    format_seconds,
-    resolve_precision,
-    write_text_atomic,
-)
-from ..engine.runlog import RunLog
+from ..engine.optim import layer_decay_groups, scaled_lr
+from ..engine.run import LAST, autocast_context, format_seconds
 from ..errors import ConfigError, DataError
 from ..export import KIND_FINETUNE, build_vit
-from .encoders import starting_weights
 from .linear import top_k_accuracy
+from .supervised import (
+    Splits,
+    SupervisedState,
+    SupervisedTask,
+    best_val,
+    image_size,
+    optimizer_step,
+    run,
+    set_lr,
+)
 
 
 # --------------------------------------------------------------------------- data
@@ -107,25 +100,6 @@ class FinetuneDataset(Dataset):
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
         return self.transform(img.convert(self.mode)), int(self.base.labels[index])
-
-
-@dataclass
-class Splits:
-    """What a fine-tuning run learns from (a labelled subset of the training split) and selects on (a
-    validation split carved from it). The test split is opened only by :func:`final_test`."""
-
-    train: DataLoader
-    val: DataLoader | None
-    sampler: EpochSampler
-    num_images: int
-    num_val: int
-    num_classes: int
-    img_size: tuple[int, int]
-    stats: tuple[tuple[float, ...], tuple[float, ...]]  # the training split's mean and std, for every split
-
-
-def image_size(args: dict[str, Any]) -> tuple[int, int]:
-    return tuple(args["img_size"]) if isinstance(args["img_size"], list) else (args["img_size"],) * 2
 
 
 def eval_loader(base: Dataset, indices: list[int] | None, img_size: tuple[int, int], in_chans: int,
@@ -209,24 +183,65 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, precisi
 
 
 # --------------------------------------------------------------------------- the run
-@dataclass
-class FinetuneState:
-    model: VisionTransformer
-    optimizer: torch.optim.Optimizer
-    cfg: FinetuneRunConfig
-    args: dict[str, Any]
-    num_classes: int
-    precision: str
-    step: int = 0
-    best_val_top1: float = -1.0
+class FinetuneTask(SupervisedTask):
+    """Classification on the labelled subset: Table S2's objective, top-1 selects (``best_val_top1``)."""
 
-    def save(self, path: Path) -> None:
-        save_atomic({
-            "kind": KIND_FINETUNE, "model": self.model.state_dict(),
-            "model_args": {**self.args, "global_pool": self.model.global_pool},
-            "num_classes": self.num_classes, "config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
-            "step": self.step, "best_val_top1": self.best_val_top1,
-        }, path)  # fmt: skip
+    name, kind, metric = "finetune", KIND_FINETUNE, "top1"
+    recorded, plotted = ("top1", "top5"), ("top1",)
+
+    def prepare(self, ft: FinetuneConfig, args: dict[str, Any], weights: dict[str, torch.Tensor], source: str,
+                device: torch.device) -> tuple[Splits, nn.Module, torch.optim.Optimizer]:  # fmt: skip
+        """The splits (the schedule stretched to ``min_steps``), the classifier, AdamW with layer decay, and
+        the objective :meth:`train_step` uses."""
+        splits = open_splits(ft, args)
+        stretch_schedule(ft, splits.sampler.steps_per_epoch)
+        model = build_classifier(args, weights, splits.num_classes, ft, source).to(device)
+        groups = layer_decay_groups(model, ft.weight_decay, ft.layer_decay, len(model.blocks))
+        optimizer = torch.optim.AdamW(groups, lr=self.base_lr(ft), betas=ft.betas, fused=True)
+        self.objective = build_objective(ft, splits.num_classes)
+        return splits, model, optimizer
+
+    def base_lr(self, ft: FinetuneConfig) -> float:
+        return scaled_lr(ft.blr, ft.batch_size)
+
+    def header_notes(self, ft: FinetuneConfig) -> tuple[str, str]:
+        return "", f"{ft.pool} pool, "
+
+    def train_step(self, state: SupervisedState, batch: tuple[torch.Tensor, torch.Tensor, Any], lr: float,
+                   device: torch.device, out: Path) -> tuple[float, float]:  # fmt: skip
+        """One AdamW step with layer-wise lr: ``-> (loss, grad norm)``. Drop path and mixup are seeded per step."""
+        ft = state.cfg.finetune
+        step_seed = sample_seed(ft.seed, state.step, 0)
+        torch.manual_seed(step_seed)  # drop path
+        np.random.seed(step_seed % 2**32)  # mixup / cutmix
+        set_lr(state.optimizer, lr)
+        mixup, criterion = self.objective
+        images, labels, _ = batch
+        images, labels = images.to(device), labels.to(device)
+        targets = labels
+        if mixup is not None:
+            images, targets = mixup(images, labels)
+        with autocast_context(device, state.precision):
+            loss = criterion(state.model(images).float(), targets)
+        return optimizer_step(state, loss, state.model.parameters(), ft.clip_grad, out)
+
+    def score(self, state: SupervisedState, model: nn.Module, loader: DataLoader,
+              device: torch.device) -> dict[str, float]:  # fmt: skip
+        return evaluate(model, loader, device, state.precision)
+
+    def test_loader(self, state: SupervisedState, splits: Splits) -> DataLoader:
+        ft, in_chans = state.cfg.finetune, state.args["in_chans"]
+        test = open_dataset(ft.data, "test", in_chans)
+        return eval_loader(test, None, splits.img_size, in_chans, ft.workers, *splits.stats)
+
+    def result(self, state: SupervisedState, splits: Splits, scores: dict[str, float],
+               test: DataLoader) -> dict[str, Any]:  # fmt: skip
+        return {"test_top1": scores["top1"], "test_top5": scores["top5"], "selected": state.cfg.finetune.select,
+                "best_val_top1": best_val(state, splits), "train_images": splits.num_images,
+                "val_images": splits.num_val}  # fmt: skip
+
+    def model_args(self, state: SupervisedState) -> dict[str, Any]:
+        return {**state.args, "global_pool": state.model.global_pool}
 
 
 def finetune(cfg: FinetuneRunConfig, out_dir: str | Path, resume: bool = False, force: bool = False,
@@ -235,42 +250,11 @@ def finetune(cfg: FinetuneRunConfig, out_dir: str | Path, resume: bool = False, 
     labelled subset of ``cfg.finetune.data``'s training split, validate after every epoch on a split
     carved from it, and score the test split once, at the end, with the last or the best-validation
     weights (``finetune.select``). Returns the test scores, the validation history's best and the time."""
-    cfg.validate()
-    ft = cfg.finetune
-    device = resolve_device(ft.device)
-    with RunFolder(Path(out_dir), resume, force) as folder:
-        weights, args, source = starting_weights(cfg.encoder)
-        ckpt = load_checkpoint(folder.path / LAST, KIND_FINETUNE) if resume else None
-        splits = open_splits(ft, args)
-        stretch_schedule(ft, splits.sampler.steps_per_epoch)
-        model = build_classifier(args, weights, splits.num_classes, ft, source).to(device)
-        groups = layer_decay_groups(model, ft.weight_decay, ft.layer_decay, len(model.blocks))
-        optimizer = torch.optim.AdamW(groups, lr=scaled_lr(ft.blr, ft.batch_size), betas=ft.betas, fused=True)
-        state = FinetuneState(model, optimizer, cfg, args, splits.num_classes, resolve_precision(ft.precision, device))
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            state.step, state.best_val_top1 = ckpt["step"], ckpt["best_val_top1"]
-        folder.start(cfg.to_dict(), inputs=[cfg.encoder.checkpoint])
-        log = RunLog(folder.path, "finetune", splits.sampler.steps_per_epoch * ft.epochs, state.step, resume, progress)
-        print(
-            f"semaim finetune: {source}, {splits.num_images} training images ({splits.num_val} held out for "
-            f"validation), {splits.num_classes} classes, {splits.sampler.steps_per_epoch} steps/epoch × "
-            f"{ft.epochs} epochs, batch {ft.batch_size}, lr {scaled_lr(ft.blr, ft.batch_size):.3g}, "
-            f"{ft.pool} pool, {state.precision} on {device}",
-            file=sys.stderr,
-        )
-        start = time.perf_counter()
-        try:
-            train(state, splits, folder.path, log, device)
-        finally:
-            log.close()
-        result = {**final_test(state, splits, folder.path, device), "steps": state.step,
-                  "wall_s": time.perf_counter() - start}  # fmt: skip
+    result = run(FinetuneTask(), cfg, out_dir, resume, force, progress)
     print(
         f"semaim finetune done: test top-1 {result['test_top1']:.2f}%, top-5 {result['test_top5']:.2f}% "
-        f"({ft.select} weights; best validation top-1 {result['best_val_top1']:.2f}%) after {state.step} steps "
-        f"in {format_seconds(result['wall_s'])}; checkpoint {folder.path / LAST}"
+        f"({cfg.finetune.select} weights; best validation top-1 {result['best_val_top1']:.2f}%) after "
+        f"{result['steps']} steps in {format_seconds(result['wall_s'])}; checkpoint {Path(out_dir) / LAST}"
     )
     return result
 
@@ -280,85 +264,3 @@ def stretch_schedule(ft: FinetuneConfig, steps_per_epoch: int) -> None:
     the warmup stretched alike (the run's config.yaml records the epochs it ran)."""
     epochs = max(ft.epochs, round(ft.budget_steps / steps_per_epoch))
     ft.warmup_epochs, ft.epochs = ft.warmup_epochs * epochs / ft.epochs, epochs
-
-
-def train_step(state: FinetuneState, images: torch.Tensor, labels: torch.Tensor, lr: float,
-               objective: tuple[Mixup | None, nn.Module], device: torch.device, out: Path) -> tuple[float, float]:  # fmt: skip
-    """One AdamW step with layer-wise lr: ``-> (loss, grad norm)``. Drop path and mixup are seeded per step."""
-    ft = state.cfg.finetune
-    step_seed = sample_seed(ft.seed, state.step, 0)
-    torch.manual_seed(step_seed)  # drop path
-    np.random.seed(step_seed % 2**32)  # mixup / cutmix
-    for group in state.optimizer.param_groups:
-        group["lr"] = lr * group["lr_scale"]
-    mixup, criterion = objective
-    images, labels = images.to(device), labels.to(device)
-    targets = labels
-    if mixup is not None:
-        images, targets = mixup(images, labels)
-    with autocast_context(device, state.precision):
-        loss = criterion(state.model(images).float(), targets)
-    check_finite(loss.item(), state.step, out / LAST)
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), ft.clip_grad or math.inf).item()
-    state.optimizer.step()
-    state.step += 1
-    return loss.item(), grad_norm
-
-
-def train(state: FinetuneState, splits: Splits, out: Path, log: RunLog, device: torch.device) -> None:
-    """Epochs from ``state.step`` on: validate and save after each, ``checkpoint-last.pt`` as configured."""
-    ft = state.cfg.finetune
-    steps_per_epoch = splits.sampler.steps_per_epoch
-    total, warmup = steps_per_epoch * ft.epochs, round(ft.warmup_epochs * steps_per_epoch)
-    base_lr, objective = scaled_lr(ft.blr, ft.batch_size), build_objective(ft, splits.num_classes)
-    state.model.train()
-    while state.step < total:
-        epoch, in_epoch = divmod(state.step, steps_per_epoch)
-        splits.sampler.set_epoch(epoch, in_epoch)
-        for images, labels, _ in splits.train:
-            t0, lr = time.perf_counter(), lr_at(state.step, total, warmup, base_lr, ft.min_lr)
-            loss, grad_norm = train_step(state, images, labels, lr, objective, device, out)
-            record = {"step": state.step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                      "images_per_s": ft.batch_size / (time.perf_counter() - t0), "time": time.time()}  # fmt: skip
-            log.log(record, f"epoch {epoch + 1}/{ft.epochs}", loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            if state.step % steps_per_epoch == 0:
-                end_of_epoch(state, splits, out, log, device, epoch)
-            elif state.step % ft.save_every_steps == 0:
-                state.save(out / LAST)
-
-
-def end_of_epoch(state: FinetuneState, splits: Splits, out: Path, log: RunLog, device: torch.device,
-                 epoch: int) -> None:  # fmt: skip
-    """Validate every ``eval_every`` epochs and after the last (append to ``eval.jsonl``; a new best is
-    saved as ``checkpoint-best.pt``), then save ``checkpoint-last.pt``."""
-    ft = state.cfg.finetune
-    due = (epoch + 1) % ft.eval_every == 0 or epoch + 1 == ft.epochs
-    if splits.val is not None and due:
-        result = evaluate(state.model, splits.val, device, state.precision)
-        log.scalar("val_top1", result["top1"], state.step)
-        append_record(out / "eval.jsonl", {"step": state.step, "epoch": epoch + 1, "val_top1": result["top1"],
-                                           "val_top5": result["top5"]})  # fmt: skip
-        if result["top1"] > state.best_val_top1:
-            state.best_val_top1 = result["top1"]
-            state.save(out / "checkpoint-best.pt")
-    state.save(out / LAST)
-
-
-def final_test(state: FinetuneState, splits: Splits, out: Path, device: torch.device) -> dict[str, Any]:
-    """Score the test split once, with the last weights or the best-validation ones; write ``result.json``."""
-    ft = state.cfg.finetune
-    model = state.model
-    if ft.select == "best":
-        model = copy.deepcopy(state.model)
-        model.load_state_dict(load_checkpoint(out / "checkpoint-best.pt", KIND_FINETUNE)["model"])
-    in_chans = state.args["in_chans"]
-    test = open_dataset(ft.data, "test", in_chans)
-    loader = eval_loader(test, None, splits.img_size, in_chans, ft.workers, *splits.stats)
-    scores = evaluate(model, loader, device, state.precision)
-    result = {"test_top1": scores["top1"], "test_top5": scores["top5"], "selected": ft.select,
-              "best_val_top1": state.best_val_top1 if splits.val is not None else float("nan"),
-              "train_images": splits.num_images, "val_images": splits.num_val}  # fmt: skip
-    write_text_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
-    return result
