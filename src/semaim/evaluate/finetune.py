@@ -11,7 +11,6 @@ process.
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 from typing import Any
@@ -191,7 +190,7 @@ class FinetuneTask(SupervisedTask):
 
     def prepare(self, ft: FinetuneConfig, args: dict[str, Any], weights: dict[str, torch.Tensor], source: str,
                 device: torch.device) -> tuple[Splits, nn.Module, torch.optim.Optimizer]:  # fmt: skip
-        """The splits (the schedule stretched to ``min_steps``), the classifier, AdamW with layer decay, and
+        """The splits (the schedule stretched to ``budget_steps``), the classifier, AdamW with layer decay, and
         the objective :meth:`train_step` uses."""
         splits = open_splits(ft, args)
         stretch_schedule(ft, splits.sampler.steps_per_epoch)
