@@ -57,7 +57,7 @@ def run(name: str, arm: str, checkpoint: str | None) -> None:
 
 def cell(out: Path) -> str:
     if not (out / "result.json").is_file():
-        return "not run yet | |"
+        return "not run | |"
     evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines() if line.strip()]
     best = max(evals, key=lambda e: e["val_top1"])
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -75,7 +75,9 @@ def report(checkpoint: str) -> None:
         f"checkpoint (`pre`: `{checkpoint}`) with `semaim finetune {' '.join(COMMON)}` plus the recipe's",
         "`--set` values: 60 labelled images per class, validation top-1 (%) on 2000 images carved from the",
         "training split after the last epoch and at the best evaluated epoch (every 5). The test split is not",
-        "used for any choice. Minutes are the sum of optimiser steps (evaluation excluded) on one of the two",
+        "used for any choice. The checkpoint is step 468 (one epoch) of `semaim pretrain --set train.epochs=4",
+        "--set train.keep_steps=[60,120,240,468]` (cpu-tiny, seed 0), stopped after it: a 1-epoch encoder on a",
+        "4-epoch schedule. Minutes are the sum of optimiser steps (evaluation excluded) on one of the two",
         "cores while another job ran on the other: compare, don't quote.",
         "",
         f"Common to every recipe: `{' '.join(BASE)}`; light aug = `{' '.join(LIGHT)}`.",
