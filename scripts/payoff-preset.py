@@ -103,7 +103,7 @@ def run(name: str, sets: list[str]) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def report(rows: list[dict]) -> None:
+def report(rows: dict[str, dict]) -> None:
     lines = [
         "# Which pretraining preset learns the most per unit of compute? (issue #12, item 2)",
         "",
@@ -116,7 +116,11 @@ def report(rows: list[dict]) -> None:
         "| variant | `--set` | images | steps | minutes | final loss | k-NN@20 init | k-NN@20 | gain |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for name, sets in VARIANTS.items():
+        if name not in rows:
+            lines.append(f"| {name} | `{' '.join(sets)}` | not run yet | | | | | | |")
+            continue
+        r = rows[name]
         lines.append(f"| {r['variant']} | `{' '.join(r['sets'])}` | {r['images']} | {r['steps']} | {r['minutes']:.1f} "
                      f"| {r['final_loss']:.3f} | {r['knn_init']:.2f} | {r['knn']:.2f} | {r['knn'] - r['knn_init']:+.2f} |")  # fmt: skip
     REPORT.write_text("\n".join(lines) + "\n")
@@ -130,8 +134,7 @@ def main() -> None:
     for i, (name, sets) in enumerate(VARIANTS.items()):
         if what == "run" and i % n == k:
             run(name, sets)
-    rows = done_rows()
-    report([rows[name] for name in VARIANTS if name in rows])
+    report(done_rows())
 
 
 if __name__ == "__main__":
