@@ -30,6 +30,12 @@ ORDERS = ("raster", "stochastic", "similarity", "semantic", "center", "multi-cen
 TARGETS = ("pixels", "features")
 """Prediction targets (Eq. 12): patch pixels, or a frozen teacher's patch features."""
 
+CENTER_FILTERS = ("mean3x3", "none")
+"""Smoothing before the argmax of Eq. 3: the paper's 3×3 mean filter, or none (the official code)."""
+
+CENTER_MAPS = ("similarity", "attention")
+"""The map the semantic centre is found on: ``S`` of Eq. 2 (the paper), or the last block's cls attention."""
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 """``auto``: bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32."""
 
@@ -85,6 +91,8 @@ class ModelConfig:
     # Order (Eq. 2-6): which patch is predicted first.
     order: str = "semantic"
     lam: float = 0.01  # λ of Eq. 5: random tie-breaking among patches at the same distance
+    center_filter: str = "mean3x3"  # before Eq. 3's argmax: the paper's 3x3 mean, or none (the official code)
+    center_map: str = "similarity"  # the centre's map: S of Eq. 2, or the last block's cls attention (beyond)
     num_centers: int = 2  # multi-center only
     nms_radius: float | None = None  # multi-center only; None = a quarter of the shorter grid side
     # Targets (Eq. 12).
@@ -132,7 +140,12 @@ class ModelConfig:
         require_positive(self, prefix, "mlp_ratio", "nms_radius", "blur_sigma")
         require_positive(self, prefix, "lam", allow_zero=True)
         require_choice(self.order, f"{prefix}order", ORDERS)
+        require_choice(self.center_filter, f"{prefix}center_filter", CENTER_FILTERS)
+        require_choice(self.center_map, f"{prefix}center_map", CENTER_MAPS)
         require_choice(self.target, f"{prefix}target", TARGETS)
+        if self.center_map == "attention" and self.target == "features":
+            raise ConfigError(f"{prefix}center_map: 'attention' reads the model's own encoder; with a teacher "
+                              "(target='features') the teacher's similarity map gives the order")  # fmt: skip
         if self.target == "features" and not (self.teacher_arch and self.teacher_path):
             raise ConfigError(
                 f"{prefix}teacher_arch/teacher_path: target='features' needs a timm architecture name and a "
@@ -196,6 +209,7 @@ class TrainConfig:
     clip_grad: float | None = 3.0
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16: CUDA only, with a gradient scaler)
     ema_decay: float | None = None  # an EMA copy of the model gives the order when set
+    order_source: str | None = None  # a frozen encoder (checkpoint / export) gives the order, not the targets
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     save_every_steps: int = 200  # checkpoint-last.pt at least this often (and at every epoch end)
@@ -218,6 +232,9 @@ class TrainConfig:
         require_choice(self.precision, f"{prefix}precision", PRECISIONS)
         ok = self.ema_decay is None or 0 < self.ema_decay < 1
         require(ok, f"{prefix}ema_decay", "a value in (0, 1) or null", self.ema_decay)
+        ok = self.ema_decay is None or self.order_source is None
+        require(ok, f"{prefix}order_source", "unset when train.ema_decay is set (one source of the order)",
+                self.order_source)  # fmt: skip
         return self
 
 

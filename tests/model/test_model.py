@@ -89,14 +89,12 @@ def test_order_pass_is_no_grad_eval_and_matches_the_orders_module():
     model = tiny_model(order="semantic")
     model.train()
     images = torch.randn(4, 3, 32, 32)
-    tokens = model.order_tokens(images)
+    similarity = model.order_map(images)
     assert model.training  # restored
-    assert not tokens.requires_grad
-    torch.testing.assert_close(tokens, model.forward_features(images))
+    assert not similarity.requires_grad
+    torch.testing.assert_close(similarity, orders.similarity_map(model.forward_features(images)))
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    expected = orders.centerness(
-        "semantic", 4, (8, 8), similarity=orders.similarity_map(tokens), generator=g1
-    )
+    expected = orders.centerness("semantic", 4, (8, 8), similarity=similarity, generator=g1)
     torch.testing.assert_close(model.compute_centerness(images, generator=g2), expected)
     out = model(images)  # centerness=None: computed internally
     assert out.centerness.shape == (4, 64) and not out.centerness.requires_grad

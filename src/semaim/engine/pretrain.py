@@ -34,6 +34,8 @@ from ..data import open_dataset
 from ..data.sampler import AugmentedDataset, EpochSampler, collate, sample_seed
 from ..data.transforms import PretrainTransform
 from ..errors import ConfigError, RunDirError
+from ..export import load_encoder
+from ..model.orders import NEEDS_SIMILARITY, encoder_map
 from ..model.semaim import SemAIM
 from .checkpoint import KIND_PRETRAIN, load_checkpoint, model_config_diff, save_atomic
 from .distributed import (
@@ -67,6 +69,7 @@ class TrainState:
     model: SemAIM
     forward_model: torch.nn.Module  # the model as called: compiled and/or wrapped in DDP
     ema: SemAIM | None
+    order_source: torch.nn.Module | None  # a frozen encoder whose map gives the order (train.order_source)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     base_lr: float
@@ -134,7 +137,7 @@ def _pretrain(cfg: PretrainConfig, folder: RunFolder, progress: bool, device: to
     loader = build_loader(cfg, base, sampler, micro, device, state.model.img_size)
     log = None
     if info.is_main:
-        folder.start(cfg.to_dict(), inputs=[cfg.model.teacher_path])
+        folder.start(cfg.to_dict(), inputs=[cfg.model.teacher_path, t.order_source])
         log = RunLog(folder.path, "pretrain", sampler.steps_per_epoch * t.epochs, state.step, folder.resume,
                      progress)  # fmt: skip
         print(
@@ -200,7 +203,20 @@ def build_state(cfg: PretrainConfig, device: torch.device, info: DistInfo) -> Tr
         forward_model = DistributedDataParallel(
             forward_model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
-    return TrainState(model, forward_model, ema, optimizer, scaler, base_lr, precision)
+    order_source = load_order_source(t.order_source, cfg.model.grid, device) if t.order_source else None
+    return TrainState(model, forward_model, ema, order_source, optimizer, scaler, base_lr, precision)
+
+
+def load_order_source(path: str, grid: tuple[int, int], device: torch.device) -> torch.nn.Module:
+    """``train.order_source``: a frozen encoder on the model's patch grid; it gives the order only."""
+    vit = load_encoder(path)
+    source_grid = tuple(vit.patch_embed.grid_size)
+    if source_grid != tuple(grid) or not vit.has_class_token:
+        raise ConfigError(
+            f"train.order_source: {path} is an encoder of a {source_grid[0]}x{source_grid[1]} patch grid"
+            f"{'' if vit.has_class_token else ' without a cls token'}; the model's grid is {grid[0]}x{grid[1]}"
+        )
+    return vit.requires_grad_(False).eval().to(device)
 
 
 def restore_state(state: TrainState, ckpt: dict[str, Any], steps_per_epoch: int) -> None:
@@ -284,13 +300,22 @@ def forward_backward(cfg: PretrainConfig, state: TrainState, micro_batches: list
         sync = state.forward_model.no_sync() if info.enabled and not last else contextlib.nullcontext()
         with sync:
             with autocast_context(device, state.precision):
-                centerness = state.ema.compute_centerness(images, generator) if state.ema is not None else None
+                centerness = order_from_source(cfg, state, images, generator)
                 output = state.forward_model(images, centerness=centerness, generator=generator)
             loss = all_reduce_mean(output.loss.detach().float(), info).item()
             check_finite(loss, state.step, out / LAST)
             state.scaler.scale(output.loss / t.accum_steps).backward()
         step_loss += loss / t.accum_steps
     return step_loss
+
+
+def order_from_source(cfg: PretrainConfig, state: TrainState, images: torch.Tensor,
+                      generator: torch.Generator) -> torch.Tensor | None:  # fmt: skip
+    """Centerness from the EMA copy's or the order source's map; ``None``: the model orders itself."""
+    source = state.ema if state.ema is not None else state.order_source
+    if source is None or cfg.model.order not in NEEDS_SIMILARITY:
+        return None
+    return state.model.compute_centerness(images, generator, encoder_map(source, images, cfg.model.center_map))
 
 
 def optimiser_step(cfg: PretrainConfig, state: TrainState) -> float:

@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from timm.utils import AttentionExtract
 from torch import nn
 
 from ..config import ORDERS
 from ..data.folders import IMAGE_EXTENSIONS
 from ..data.transforms import PretrainTransform
 from ..errors import BadImageError, ConfigError, DataError, MissingFileError
-from ..model.orders import centerness, similarity_map
+from ..model.orders import centerness, encoder_map
 
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
 
@@ -84,32 +83,10 @@ def center_square(img: Image.Image) -> Image.Image:
 def encoder_maps(vit: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(S, A)``, both ``(B, N)``: the similarity map (Eq. 2) and the last block's cls attention.
 
-    ``vit`` is any timm ViT with a cls token (the exported encoder, or a teacher). S compares the
-    final-norm cls token with the patch tokens (other prefix tokens dropped); A is :func:`cls_attention`.
+    ``vit`` is any timm ViT with a cls token (the exported encoder, or a teacher), or a ``SemAIM``; both
+    maps come from :func:`semaim.model.orders.encoder_map`, the function the orders use.
     """
-    vit.eval()
-    attention = cls_attention(vit, images)
-    tokens = vit.forward_features(images)
-    tokens = torch.cat([tokens[:, :1], tokens[:, vit.num_prefix_tokens :]], dim=1)
-    return similarity_map(tokens), attention
-
-
-@torch.no_grad()
-def cls_attention(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """``(B, N)``: the last block's cls attention over the patches, averaged over heads, renormalised.
-
-    timm's ``AttentionExtract`` traces the model (``torch.fx``) up to that block's softmax; its fused
-    SDPA path never materialises the probabilities, so the trace is taken with it switched off.
-    """
-    attn = vit.blocks[-1].attn
-    fused, attn.fused_attn = attn.fused_attn, False
-    try:
-        extract = AttentionExtract(vit, names=[f"blocks.{len(vit.blocks) - 1}.attn.softmax"])
-    finally:
-        attn.fused_attn = fused  # the traced graph keeps the explicit path; the model is as it was
-    (weights,) = extract(images).values()  # (B, H, T, T)
-    weights = weights[:, :, 0, vit.num_prefix_tokens :].mean(1)
-    return weights / weights.sum(-1, keepdim=True)
+    return encoder_map(vit, images, "similarity"), encoder_map(vit, images, "attention")
 
 
 def order_ranks(

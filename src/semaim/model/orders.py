@@ -15,6 +15,10 @@ Kinds (Table 1 and controls):
 - ``multi-center``: beyond the paper: ``k`` centres from the ``k`` highest peaks of the smoothed map with
   non-maximum suppression; a patch's distance is to its nearest centre.
 
+Variants of the centre rule (``ModelConfig.center_filter`` / ``center_map``): the official code takes the
+argmax of the raw map (``center_filter="none"``, with ``λ = 1e-3``); beyond the paper, the map may be the
+last block's cls *attention* (:func:`cls_attention`) instead of the cls similarity ``S`` of Eq. 2.
+
 (docs/design.md §1; the 3×3 filter, λ and raster order vs the official code: §3; the extra kinds: §4)
 """
 
@@ -25,12 +29,14 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ..config import ORDERS, to_2tuple
+from ..config import CENTER_FILTERS, CENTER_MAPS, ORDERS, to_2tuple
 from ..errors import ConfigError
 
 NEEDS_SIMILARITY = frozenset({"similarity", "semantic", "multi-center"})
 """Orders that need the similarity map ``S`` of Eq. 2 (and so an encoder pass)."""
+
 
 
 def similarity_map(tokens: torch.Tensor) -> torch.Tensor:
@@ -49,17 +55,68 @@ def similarity_map(tokens: torch.Tensor) -> torch.Tensor:
     return cosine.softmax(dim=-1)
 
 
-def smooth_map(similarity: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """The 3×3 mean filter of Eq. 3 (stride 1, borders averaged over the cells that exist): ``(B, h, w)``."""
+@torch.no_grad()
+def cls_attention(block: nn.Module, tokens: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """``(B, N)``: the cls query's attention over the patches in ``block`` (a timm ``Block``), mean over heads.
+
+    ``tokens`` ``(B, T, D)`` is the block's input (cls first, ``num_prefix_tokens`` prefix tokens); the
+    weights ``softmax(q_cls kᵀ / √d)`` are computed from the block's own ``norm1``, ``qkv``, ``q_norm`` and
+    ``k_norm`` (fused attention never materialises them), then renormalised over the patches.
+    """
+    attn = block.attn
+    b, t, _ = tokens.shape
+    qkv = attn.qkv(block.norm1(tokens)).reshape(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0][:, :, :1]), attn.k_norm(qkv[1])
+    weights = (q.float() @ k.float().transpose(-2, -1) * attn.scale).softmax(-1)[:, :, 0, num_prefix_tokens:]
+    weights = weights.mean(1)
+    return weights / weights.sum(-1, keepdim=True)
+
+
+@torch.no_grad()
+def encoder_map(encoder: nn.Module, images: torch.Tensor, kind: str = "similarity") -> torch.Tensor:
+    """The map the centre is found on, from ``encoder`` run without a mask in eval mode: ``(B, N)``.
+
+    ``encoder`` is a :class:`semaim.SemAIM` or a timm ViT with a cls token (``forward_features``,
+    ``blocks``, ``num_prefix_tokens``). ``kind``: ``"similarity"``, ``S`` of Eq. 2 from the final-norm tokens
+    (other prefix tokens dropped); ``"attention"``, :func:`cls_attention` of the last block.
+    """
+    if kind not in CENTER_MAPS:
+        raise ConfigError(f"center_map: expected one of {CENTER_MAPS}, got {kind!r}")
+    prefix = int(encoder.num_prefix_tokens)
+    last_input = []
+    hook = encoder.blocks[-1].register_forward_pre_hook(lambda _, args: last_input.append(args[0]))
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        tokens = encoder.forward_features(images)
+    finally:
+        hook.remove()
+        encoder.train(was_training)
+    if kind == "attention":
+        return cls_attention(encoder.blocks[-1], last_input[0], prefix)
+    return similarity_map(torch.cat([tokens[:, :1], tokens[:, prefix:]], dim=1))
+
+
+def smooth_map(similarity: torch.Tensor, grid: tuple[int, int], center_filter: str = "mean3x3") -> torch.Tensor:
+    """The 3×3 mean filter of Eq. 3 (stride 1, borders averaged over the cells that exist): ``(B, h, w)``.
+
+    ``center_filter="none"`` returns the map unfiltered, as the official code takes its argmax.
+    """
+    if center_filter not in CENTER_FILTERS:
+        raise ConfigError(f"center_filter: expected one of {CENTER_FILTERS}, got {center_filter!r}")
     h, w = grid
     s = similarity.reshape(-1, 1, h, w).float()
+    if center_filter == "none":
+        return s[:, 0]
     return F.avg_pool2d(s, kernel_size=3, stride=1, padding=1, count_include_pad=False)[:, 0]
 
 
-def semantic_center(similarity: torch.Tensor, grid: int | tuple[int, int]) -> torch.Tensor:
+def semantic_center(
+    similarity: torch.Tensor, grid: int | tuple[int, int], center_filter: str = "mean3x3"
+) -> torch.Tensor:
     """Eq. 3: ``(c_y, c_x) = argmax(mean3x3(S))`` for ``S`` of ``(B, N)`` or ``(B, h, w)``: ``(B, 2)``."""
     grid = to_2tuple(grid, "grid")
-    flat = smooth_map(similarity, grid).flatten(1).argmax(dim=1)
+    flat = smooth_map(similarity, grid, center_filter).flatten(1).argmax(dim=1)
     return torch.stack([flat // grid[1], flat % grid[1]], dim=1)
 
 
@@ -90,14 +147,16 @@ def distance_to_centers(centers: torch.Tensor, grid: tuple[int, int]) -> torch.T
     return diff.pow(2).sum(-1).sqrt().amin(dim=1)
 
 
-def find_peaks(similarity: torch.Tensor, grid: tuple[int, int], k: int, radius: float) -> torch.Tensor:
+def find_peaks(
+    similarity: torch.Tensor, grid: tuple[int, int], k: int, radius: float, center_filter: str = "mean3x3"
+) -> torch.Tensor:
     """The ``k`` highest peaks of the smoothed map, greedy non-maximum suppression. ``-> (B, k, 2)``.
 
     After each pick, every cell within Euclidean ``radius`` of it is suppressed. When the grid is too
     small to hold ``k`` separated peaks the remaining centres repeat the first one (harmless: a patch's
     distance is to its nearest centre). The loop runs over ``k`` (a handful), never over the batch.
     """
-    smoothed = smooth_map(similarity, grid).flatten(1)  # (B, N)
+    smoothed = smooth_map(similarity, grid, center_filter).flatten(1)  # (B, N)
     coords = patch_coordinates(grid, smoothed.device)
     centers = []
     for _ in range(k):
@@ -137,6 +196,7 @@ def centerness(
     device: torch.device | str | None = None,
     num_centers: int = 2,
     nms_radius: float | None = None,
+    center_filter: str = "mean3x3",
 ) -> torch.Tensor:
     """Centerness ``C`` of shape ``(B, N)`` for any order kind; smaller is predicted earlier (Eq. 6).
 
@@ -144,12 +204,14 @@ def centerness(
         kind: one of :data:`semaim.config.ORDERS`.
         batch_size: ``B``.
         grid: ``(h, w)`` patch grid (or one int for a square grid).
-        similarity: ``S`` of Eq. 2, ``(B, N)`` or ``(B, h, w)``; needed by ``similarity``, ``semantic``,
-            ``multi-center``.
+        similarity: ``S`` of Eq. 2 (or the cls attention map), ``(B, N)`` or ``(B, h, w)``; needed by
+            ``similarity``, ``semantic``, ``multi-center``.
         lam: ``λ`` of Eq. 5 (the paper's 0.01).
         generator: random source for the noise (``stochastic`` and the ``λ`` term).
         device: where to build ``C`` when no ``similarity`` is given.
         num_centers, nms_radius: ``multi-center`` only.
+        center_filter: the smoothing before the argmax (``semantic``, ``multi-center``): see
+            :data:`CENTER_FILTERS`.
     """
     if kind not in ORDERS:
         raise ConfigError(f"kind: expected one of {ORDERS}, got {kind!r}")
@@ -180,13 +242,13 @@ def centerness(
         return -similarity
 
     if kind == "semantic":
-        distance = distance_to_centers(semantic_center(similarity, grid), grid)
+        distance = distance_to_centers(semantic_center(similarity, grid, center_filter), grid)
     elif kind == "center":
         center = torch.tensor([(h - 1) / 2, (w - 1) / 2], device=device).expand(batch_size, 2)
         distance = distance_to_centers(center, grid)
     else:  # multi-center
         radius = nms_radius if nms_radius is not None else max(1.0, min(h, w) / 4)
-        distance = distance_to_centers(find_peaks(similarity, grid, num_centers, radius), grid)
+        distance = distance_to_centers(find_peaks(similarity, grid, num_centers, radius, center_filter), grid)
     safe = max_safe_lambda(grid, image_center=kind == "center")
     if lam >= safe:
         warnings.warn(

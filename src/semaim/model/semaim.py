@@ -29,7 +29,7 @@ from ..config import ModelConfig, to_2tuple
 from ..errors import ConfigError, DataError
 from .attention import Attention
 from .mlp import Mlp
-from .orders import NEEDS_SIMILARITY, centerness, similarity_map
+from .orders import NEEDS_SIMILARITY, centerness, encoder_map, similarity_map
 from .pos_embed import sincos_2d
 from .streams import DecoderBlock, decoder_mask, encoder_mask
 from .targets import feature_loss, pixel_loss, pixel_target_dim, pixel_targets
@@ -72,6 +72,7 @@ class SemAIM(nn.Module):
         self.patch_size = c.patch_size
         self.grid = c.grid
         self.num_patches = c.num_patches
+        self.num_prefix_tokens = 1  # the cls token (as timm's ViT names it)
         dim = c.embed_dim
 
         # Content stream (encoder), timm names.
@@ -169,43 +170,41 @@ class SemAIM(nn.Module):
         return self.norm(h)
 
     @torch.no_grad()
-    def order_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Tokens for the similarity map (Eq. 2): unmasked encoder, no grad, eval mode, final norm."""
-        was_training = self.training
-        self.eval()
-        try:
-            return self.forward_features(images)
-        finally:
-            self.train(was_training)
+    def order_map(self, images: torch.Tensor, teacher_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The map the order is read from (Eq. 2, or the cls attention): ``(B, N)``, no grad, eval mode.
+
+        With a teacher, ``S`` of its tokens; otherwise this model's unmasked encoder, as the reference
+        implementation does every step (:func:`~semaim.model.orders.encoder_map`).
+        """
+        if self.teacher is not None:
+            return similarity_map(teacher_tokens if teacher_tokens is not None else self.teacher(images))
+        return encoder_map(self, images, self.config.center_map)
 
     def compute_centerness(
         self,
         images: torch.Tensor,
         generator: torch.Generator | None = None,
-        tokens: torch.Tensor | None = None,
+        order_map: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Centerness ``C (B, N)`` of the configured order for these images (Eq. 2-6).
 
-        ``tokens`` (``(B, 1+N, D)``, cls first) overrides the encoder used for the similarity map: pass
-        an EMA copy's or a teacher's tokens. By default the online model itself is used, as the
-        reference implementation does every step.
+        ``order_map`` (``(B, N)``) overrides :meth:`order_map`: pass the map of an EMA copy or of a frozen
+        order-source encoder (:func:`~semaim.model.orders.encoder_map`).
         """
         c = self.config
-        similarity = None
-        if c.order in NEEDS_SIMILARITY:
-            if tokens is None:
-                tokens = self.teacher(images) if self.teacher is not None else self.order_tokens(images)
-            similarity = similarity_map(tokens)
+        if c.order in NEEDS_SIMILARITY and order_map is None:
+            order_map = self.order_map(images)
         return centerness(
             c.order,
             images.shape[0],
             self.grid,
-            similarity=similarity,
+            similarity=order_map if c.order in NEEDS_SIMILARITY else None,
             lam=c.lam,
             generator=generator,
             device=images.device,
             num_centers=c.num_centers,
             nms_radius=c.nms_radius,
+            center_filter=c.center_filter,
         )
 
     # ------------------------------------------------------------------ the two streams
@@ -256,7 +255,9 @@ class SemAIM(nn.Module):
         self._check_images(images)
         teacher_tokens = self.teacher(images) if self.teacher is not None else None
         if centerness is None:
-            centerness = self.compute_centerness(images, generator, teacher_tokens)
+            needs_map = self.config.order in NEEDS_SIMILARITY
+            order_map = self.order_map(images, teacher_tokens) if needs_map else None
+            centerness = self.compute_centerness(images, generator, order_map)
         else:
             self._check_centerness(centerness, images.shape[0])
         # Stable sort: ties (possible only for hand-made C) are broken by raster index, as the masks do.
