@@ -525,6 +525,10 @@ def add_study_parsers(sub: argparse._SubParsersAction) -> None:
     q = studies.add_parser("payoff", formatter_class=fmt,
                            help="fine-tuning from semaim encoders vs from scratch, against labels, with floors")  # fmt: skip
     add_study_arguments(q, "payoff", "study.finetune=[epochs=20,batch_size=32]")
+    q = studies.add_parser("orders", formatter_class=fmt,
+                           help="Tables 1 and 3 on trained encoders: every order and variant, fine-tuned, frozen, "
+                                "segmentation; also writes the payoff report of its scratch/semantic/raster runs")  # fmt: skip
+    add_study_arguments(q, "orders", "study.seeds=[0,1]")
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
@@ -537,6 +541,11 @@ def run_reproduce(args: argparse.Namespace) -> int:
 def run_study_command(args: argparse.Namespace) -> int:
     from .study.payoff import PayoffConfig, payoff_plan, plot_payoff, run_payoff, write_payoff_report
 
+    if args.study == "orders":
+        from .study.orders import orders_plan, plot_orders, write_orders_report
+
+        cfg = PayoffConfig(orders_plan(args.data, args.quick, args.seeds))
+        return run_a_study(args, "orders", "semaim study orders", cfg, run_payoff, plot_orders, write_orders_report)
     cfg = PayoffConfig(payoff_plan(args.data, args.quick, args.seeds))
     return run_a_study(args, "payoff", "semaim study payoff", cfg, run_payoff, plot_payoff, write_payoff_report)
 

@@ -19,12 +19,14 @@ from typing import Any
 
 from ..config import (
     ORDERS,
+    SEGMENT_MODES,
     EncoderConfig,
     FeaturesConfig,
     FinetuneRunConfig,
     LinprobeRunConfig,
     PretrainConfig,
     Sections,
+    SegmentRunConfig,
     parse_assignment,
     require,
     require_choice,
@@ -37,9 +39,29 @@ from ..evaluate.encoders import choose_encoder, split_features
 from ..evaluate.finetune import finetune
 from ..evaluate.knn import knn_accuracy
 from ..evaluate.linear import train_linear_probe
+from ..evaluate.segment import segment
 from ..presets import load_preset
 from .runner import StudyRunner
 from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
+
+VARIANTS: dict[str, tuple[str, ...]] = {
+    # The official code's centre rule: argmax of the raw map, λ = 1e-3 (docs/design.md §3).
+    "semantic-official": ("model.center_filter=none", "model.lam=0.001"),
+    # Beyond the paper: the centre from the last block's cls attention (docs/design.md §4).
+    "semantic-attention": ("model.center_map=attention",),
+    # The order from this seed's finished `semantic` encoder, frozen: a mature order from the first step.
+    "semantic-source": ("train.order_source={semantic}",),
+    # Table 3: decoder depth 1 and half the encoder's depth (the full depth is `semantic` itself).
+    "semantic-dec1": ("model.decoder_depth=1",),
+    "semantic-dec-half": ("model.decoder_depth={half}",),
+}
+"""Named pretraining variants of the semantic order: ``--set`` assignments on top of the plan's pretraining;
+``{semantic}`` is this seed's ``semantic`` checkpoint, ``{half}`` half the encoder's depth."""
+
+
+def variant_order(name: str) -> str:
+    """The order a pretrained encoder's name stands for: itself, or the base order of a variant."""
+    return name.split("-")[0] if name in VARIANTS else name
 
 
 @dataclass
@@ -62,10 +84,26 @@ class PayoffPlan:
     curve_order: str = "semantic"
     curve_steps: tuple[int, ...] = (117, 468)  # a quarter and one epoch of cpu-tiny; (): no curve
     curve_labels: int = 60  # the label budget of the curve's fine-tuning
+    # The order study (semaim study orders): more encoders, more metrics.
+    every_budget: tuple[str, ...] = ()  # encoders fine-tuned at every label budget (others: the first); (): all
+    frozen: bool = False  # k-NN@20 and linear probe of every encoder (and of the initialisation)
+    segment: tuple[str, ...] = ()  # segmentation of every encoder: "finetune" and/or "linear" (data with masks)
+    segment_recipe: str = "cpu"
+    segment_set: tuple[str, ...] = ()  # --set overrides of the segmentation recipe
 
     def validate(self, prefix: str = "study.") -> PayoffPlan:
         for order in self.orders:
-            require_choice(order, f"{prefix}orders", ORDERS)
+            require_choice(order, f"{prefix}orders", (*ORDERS, *VARIANTS))
+        for encoder in self.every_budget:
+            require_choice(encoder, f"{prefix}every_budget", ("scratch", *self.orders))
+        for mode in self.segment:
+            require_choice(mode, f"{prefix}segment", SEGMENT_MODES)
+        ok = not self.segment or self.data != "fashion-mnist"
+        require(ok, f"{prefix}segment", "empty for fashion-mnist (no masks; cluttered-fashion-mnist has them)",
+                list(self.segment))  # fmt: skip
+        needs_semantic = any("{semantic}" in a for o in self.orders for a in VARIANTS.get(o, ()))
+        ok = not needs_semantic or "semantic" in self.orders[: self.orders.index("semantic-source")]
+        require(ok, f"{prefix}orders", "'semantic' before 'semantic-source' (its order source)", list(self.orders))
         require(len(self.seeds) > 0, f"{prefix}seeds", "at least one seed", list(self.seeds))
         ok = all(k >= 0 for k in self.labels_per_class) and self.labels_per_class
         require(bool(ok), f"{prefix}labels_per_class", "ints >= 0 (0: every label)", list(self.labels_per_class))
@@ -77,8 +115,11 @@ class PayoffPlan:
         require(ok, f"{prefix}curve_labels", f"one of the label budgets {list(self.labels_per_class)}",
                 self.curve_labels)  # fmt: skip
         require(self.curve_labels >= 0, f"{prefix}curve_labels", "an int >= 0", self.curve_labels)
-        pretrain_config(self, self.orders[0] if self.orders else "semantic", self.seeds[0])
+        for order in self.orders:
+            pretrain_config(self, order, self.seeds[0], Path("study"))
         finetune_config(self, EncoderConfig(random=True), 0, self.seeds[0])
+        if self.segment:
+            segment_config(self, EncoderConfig(random=True), self.segment[0], self.seeds[0])
         return self
 
 
@@ -99,20 +140,36 @@ def payoff_plan(data: str, quick: bool = False, seeds: int | None = None) -> Pay
                 "data.limit=512", "train.batch_size=64")  # fmt: skip
         plan = replace(plan, pretrain=plan.pretrain + tiny, labels_per_class=(4, 0),
                        seeds=(0, 1), val_size=100, finetune=("batch_size=32", "limit=400", "budget_steps=0"), epochs=(3, 1),
-                       workers=0, curve_steps=(4,), curve_labels=4)  # fmt: skip
+                       workers=0, curve_steps=(4,), curve_labels=4,
+                       segment_set=("limit=40", "val_size=10", "epochs=1", "batch_size=8", "pyramid_dim=8",
+                                    "head_dim=8"))  # fmt: skip
     return replace(plan, seeds=tuple(range(seeds))) if seeds is not None else plan
 
 
-def pretrain_config(plan: PayoffPlan, order: str, seed: int) -> PretrainConfig:
+def pretrain_config(plan: PayoffPlan, order: str, seed: int, folder: Path | None = None) -> PretrainConfig:
+    """The pretraining of ``order`` (an order or a named variant) for ``seed``; ``folder``: the study's."""
     cfg = load_preset(plan.preset)
     for assignment in plan.pretrain:
         cfg.set(*parse_assignment(assignment))
     cfg.set("data.data", plan.data)
     cfg.set("data.workers", plan.workers)
-    cfg.set("model.order", order)
+    cfg.set("model.order", variant_order(order))
     cfg.set("train.seed", seed)
+    source = str(pretrain_folder(folder or Path("study"), "semantic", seed) / LAST)
+    for assignment in VARIANTS.get(order, ()):
+        cfg.set(*parse_assignment(assignment.format(semantic=source, half=max(1, cfg.model.depth // 2))))
     if (order, seed) == (plan.curve_order, plan.seeds[0]):  # curve (b)'s run
         cfg.set("train.keep_steps", plan.curve_steps)
+    return cfg.validate()
+
+
+def segment_config(plan: PayoffPlan, encoder: EncoderConfig, mode: str, seed: int) -> SegmentRunConfig:
+    cfg = load_preset(plan.segment_recipe, SegmentRunConfig)
+    cfg.encoder = encoder
+    for assignment in plan.segment_set:
+        cfg.set(*parse_assignment(assignment))
+    sg = cfg.segment
+    sg.data, sg.mode, sg.seed, sg.workers = plan.data, mode, seed, plan.workers
     return cfg.validate()
 
 
@@ -131,11 +188,16 @@ def finetune_config(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed:
 
 
 # --------------------------------------------------------------------------- runs
+def pretrain_folder(folder: Path, order: str, seed: int) -> Path:
+    return folder / "runs" / f"pretrain-{order}-seed{seed}"
+
+
 def pretrain_run(plan: PayoffPlan, order: str, seed: int, folder: Path, progress: bool) -> dict[str, Any]:
     """One pretraining (resumed when it was cut): its summary."""
-    out = folder / "runs" / f"pretrain-{order}-seed{seed}"
+    out = pretrain_folder(folder, order, seed)
     resume = (out / LAST).is_file()
-    summary = pretrain(pretrain_config(plan, order, seed), out, resume=resume, force=not resume, progress=progress)
+    summary = pretrain(pretrain_config(plan, order, seed, folder), out, resume=resume, force=not resume,
+                       progress=progress)  # fmt: skip
     return {"steps": summary["steps"], "final_loss": summary["final_loss"]}
 
 
@@ -149,6 +211,15 @@ def finetune_run(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed: in
     result = finetune(finetune_config(plan, encoder, labels, seed), out, resume=resume, force=not resume,
                       progress=progress)  # fmt: skip
     return {k: result[k] for k in ("test_top1", "test_top5", "best_val_top1", "train_images")}
+
+
+def segment_run(plan: PayoffPlan, encoder: EncoderConfig, mode: str, seed: int, out: Path,
+                progress: bool) -> dict[str, Any]:  # fmt: skip
+    """One segmentation run (resumed when it was cut): test mIoU / pixel accuracy, best validation mIoU."""
+    resume = (out / LAST).is_file()
+    result = segment(segment_config(plan, encoder, mode, seed), out, resume=resume, force=not resume,
+                     progress=progress)  # fmt: skip
+    return {k: result[k] for k in ("test_miou", "test_pixel_acc", "best_val_miou", "train_images")}
 
 
 def pixel_floors(plan: PayoffPlan, labels: int, seed: int, folder: Path, progress: bool) -> dict[str, Any]:
@@ -170,7 +241,7 @@ def frozen_scores(encoder: EncoderConfig, features: FeaturesConfig, progress: bo
 
 
 def curve_run(plan: PayoffPlan, folder: Path) -> Path:
-    return folder / "runs" / f"pretrain-{plan.curve_order}-seed{plan.seeds[0]}"
+    return pretrain_folder(folder, plan.curve_order, plan.seeds[0])
 
 
 def curve_points(plan: PayoffPlan, folder: Path) -> list[tuple[int, EncoderConfig, str]]:
@@ -202,44 +273,80 @@ def curve_point(plan: PayoffPlan, step: int, encoder: EncoderConfig, finetuned: 
 def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True, shard: tuple[int, int] = (0, 1),
                only_seeds: tuple[int, ...] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Seed by seed: pretrain every order (the first seed's ``curve_order`` run keeps the checkpoints of curve
-    (b), scored next); per label budget the pixel floors and fine-tuning from scratch and each encoder.
-    Finished runs are kept in ``results.jsonl``; returns all rows (every shard's)."""
+    (b), scored next); per label budget the pixel floors and fine-tuning from scratch and each encoder; the
+    frozen and segmentation scores the plan asks for. First the encoders of ``every_budget`` (all seeds),
+    then the others at the first label budget. Finished runs are kept in ``results.jsonl``; returns all rows
+    (every shard's)."""
     folder = Path(folder)
     plan.validate()
-    runner = StudyRunner(folder, PayoffConfig(plan).to_dict(), KEY, shard, only_seeds)
-    for seed in plan.seeds:  # seed by seed: a seed's runs need only its own pretrainings
-        for order in plan.orders:
-            runner.run(("pretrain", order, -1, seed), lambda o=order, s=seed: pretrain_run(plan, o, s, folder, progress))
-        pretrained = [("pretrain", order, -1, seed) for order in plan.orders]
-        for labels in plan.labels_per_class:
-            runner.run(("floor", "pixels", labels, seed),
-                       lambda k=labels, s=seed: pixel_floors(plan, k, s, folder, progress), needs=pretrained[:1])  # fmt: skip
-            for encoder in ("scratch", *plan.orders):
-                out = folder / "runs" / f"finetune-{encoder}-K{labels}-seed{seed}"
-                needs = pretrained[:1] if encoder == "scratch" else [("pretrain", encoder, -1, seed)]
-                runner.run(("finetune", encoder, labels, seed),
-                           lambda e=encoder, k=labels, s=seed, o=out: finetune_run(
-                               plan, encoder_source(plan, e, s, folder), k, s, o, progress), needs=needs)  # fmt: skip
-        if seed == plan.seeds[0] and plan.curve_steps:  # on the pretraining's shard, after the runs it reuses
-            curve = ("pretrain", plan.curve_order, -1, seed)
-            reused = [("finetune", e, plan.curve_labels, seed) for e in ("scratch", plan.curve_order)]
-            for step, encoder, finetuned in curve_points(plan, folder):
-                runner.run(("curve", plan.curve_order, plan.curve_labels, seed, step),
-                           lambda t=step, e=encoder, f=finetuned: curve_point(plan, t, e, f, folder, progress),
-                           needs=[curve, *reused], beside=curve)  # fmt: skip
+    runner = StudyRunner(folder, PayoffConfig(plan).to_dict(), KEY, shard, only_seeds,
+                         normalise=lambda saved: PayoffConfig.from_dict(saved).to_dict())  # fmt: skip
+    first = set(plan.every_budget or ("scratch", *plan.orders))
+    for phase in (first, {"scratch", *plan.orders} - first):
+        for seed in plan.seeds:  # seed by seed: a seed's runs need only its own pretrainings
+            encoders = [e for e in ("scratch", *plan.orders) if e in phase]
+            budgets = plan.labels_per_class if phase is first else plan.labels_per_class[:1]
+            run_seed(plan, runner, folder, seed, encoders, budgets, floors=phase is first, progress=progress)
+            if phase is first and seed == plan.seeds[0] and plan.curve_steps:
+                run_curve(plan, runner, folder, progress)
     return runner.finish()
+
+
+def run_seed(plan: PayoffPlan, runner: StudyRunner, folder: Path, seed: int, encoders: list[str],
+             budgets: tuple[int, ...], floors: bool, progress: bool) -> None:  # fmt: skip
+    """One seed's runs for ``encoders``: pretrainings, then per label budget the floors (``floors``) and the
+    fine-tunings; then the frozen and segmentation scores the plan asks for."""
+    pretrained = [("pretrain", e, -1, seed) for e in plan.orders]
+    for order in (e for e in encoders if e != "scratch"):
+        needs = [("pretrain", "semantic", -1, seed)] if order == "semantic-source" else []
+        runner.run(("pretrain", order, -1, seed), lambda o=order: pretrain_run(plan, o, seed, folder, progress),
+                   needs=needs)  # fmt: skip
+
+    def source(encoder: str) -> tuple[EncoderConfig, list]:
+        needs = pretrained[:1] if encoder == "scratch" else [("pretrain", encoder, -1, seed)]
+        return encoder_source(plan, encoder, seed, folder), needs
+
+    for labels in budgets:
+        if floors:
+            runner.run(("floor", "pixels", labels, seed),
+                       lambda k=labels: pixel_floors(plan, k, seed, folder, progress), needs=pretrained[:1])  # fmt: skip
+        for encoder in encoders:
+            out = folder / "runs" / f"finetune-{encoder}-K{labels}-seed{seed}"
+            (enc, needs), key = source(encoder), ("finetune", encoder, labels, seed)
+            runner.run(key, lambda e=enc, k=labels, o=out: finetune_run(plan, e, k, seed, o, progress), needs=needs)
+    for encoder in encoders:
+        enc, needs = source(encoder)
+        if plan.frozen:
+            features = FeaturesConfig(data=plan.data, workers=plan.workers, val_size=plan.val_size)
+            runner.run(("frozen", encoder, 0, seed), lambda e=enc, f=features: frozen_scores(e, f, progress),
+                       needs=needs)  # fmt: skip
+        for mode in plan.segment:
+            out = folder / "runs" / f"segment-{mode}-{encoder}-seed{seed}"
+            runner.run((f"segment-{mode}", encoder, 0, seed),
+                       lambda e=enc, m=mode, o=out: segment_run(plan, e, m, seed, o, progress), needs=needs)  # fmt: skip
+
+
+def run_curve(plan: PayoffPlan, runner: StudyRunner, folder: Path, progress: bool) -> None:
+    """Curve (b), on the curve pretraining's shard, after the runs it reuses."""
+    seed = plan.seeds[0]
+    curve = ("pretrain", plan.curve_order, -1, seed)
+    reused = [("finetune", e, plan.curve_labels, seed) for e in ("scratch", plan.curve_order)]
+    for step, encoder, finetuned in curve_points(plan, folder):
+        runner.run(("curve", plan.curve_order, plan.curve_labels, seed, step),
+                   lambda t=step, e=encoder, f=finetuned: curve_point(plan, t, e, f, folder, progress),
+                   needs=[curve, *reused], beside=curve)  # fmt: skip
 
 
 def encoder_source(plan: PayoffPlan, encoder: str, seed: int, folder: Path) -> EncoderConfig:
     """Scratch: the pretraining initialisation of this seed; an order: that seed's pretrained checkpoint."""
     if encoder == "scratch":
         return EncoderConfig(random=True, preset=shape_preset(plan, seed, folder), init_seed=seed)
-    return EncoderConfig(checkpoint=str(folder / "runs" / f"pretrain-{encoder}-seed{seed}" / LAST))
+    return EncoderConfig(checkpoint=str(pretrain_folder(folder, encoder, seed) / LAST))
 
 
 def shape_preset(plan: PayoffPlan, seed: int, folder: Path) -> str:
     """The model every run of this seed shares (input size included): a pretraining run's own config."""
-    saved = folder / "runs" / f"pretrain-{plan.orders[0]}-seed{seed}" / "config.yaml" if plan.orders else None
+    saved = pretrain_folder(folder, plan.orders[0], seed) / "config.yaml" if plan.orders else None
     return str(saved) if saved is not None and saved.is_file() else plan.preset
 
 
@@ -249,6 +356,11 @@ KEY = ("kind", "encoder", "labels", "seed", "step")  # what tells the rows of re
 # --------------------------------------------------------------------------- report
 def by_seed(rows: list[dict[str, Any]], kind: str, encoder: str, labels: int) -> dict[int, dict[str, Any]]:
     return {r["seed"]: r for r in rows if (r["kind"], r["encoder"], r["labels"]) == (kind, encoder, labels)}
+
+
+def payoff_encoders(plan: PayoffPlan) -> tuple[str, ...]:
+    """The encoders of the payoff report: those fine-tuned at every label budget."""
+    return plan.every_budget or ("scratch", *plan.orders)
 
 
 def label_text(labels: int) -> str:
@@ -271,7 +383,8 @@ def write_payoff_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
             cells.append(cell(stats, metric, signed=base is not None))
         return f"| {label} | " + " | ".join(cells) + " |"
 
-    encoders = ("scratch", *plan.orders)
+    encoders = payoff_encoders(plan)
+    orders = tuple(e for e in encoders if e != "scratch")
     lines = [
         f"# Does pretraining pay off? Fine-tuning on `{plan.data}`",
         "",
@@ -289,9 +402,8 @@ def write_payoff_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         "Paired differences (points), seed by seed (a seed's runs share the initialisation and the labelled images):",
         "",
         header,
-        *(line(f"`{o}` − scratch", "finetune", o, "test_top1", "scratch") for o in plan.orders),
-        *(line(f"`{o}` − `{plan.orders[-1]}`", "finetune", o, "test_top1", plan.orders[-1])
-          for o in plan.orders[:-1]),  # fmt: skip
+        *(line(f"`{o}` − scratch", "finetune", o, "test_top1", "scratch") for o in orders),
+        *(line(f"`{o}` − `{orders[-1]}`", "finetune", o, "test_top1", orders[-1]) for o in orders[:-1]),
         "",
         *curve_lines(rows, plan),
         *how_it_was_run(command, rows, PayoffConfig(plan).to_dict()["study"], "payoff"),
@@ -351,7 +463,7 @@ def plot_payoff(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, 
 
 def plot_labels(ax: Any, rows: list[dict[str, Any]], plan: PayoffPlan) -> None:
     ticks = list(range(len(plan.labels_per_class)))
-    series = [(f"fine-tuned from {e}", "finetune", e, "test_top1", "-o") for e in ("scratch", *plan.orders)]
+    series = [(f"fine-tuned from {e}", "finetune", e, "test_top1", "-o") for e in payoff_encoders(plan)]
     series += [("pixels k-NN@20", "floor", "pixels", "knn_top1", "--"), ("pixels linear", "floor", "pixels",
                "linear_top1", ":")]  # fmt: skip
     for label, kind, encoder, metric, style in series:

@@ -29,13 +29,13 @@ class StudyRunner:
 
     def __init__(self, folder: Path, plan: dict[str, Any], key_fields: tuple[str, ...],
                  shard: tuple[int, int] = (0, 1), only_seeds: Iterable[int] | None = None,
-                 poll_s: float = 20.0) -> None:  # fmt: skip
+                 poll_s: float = 20.0, normalise: Callable[[dict], dict] | None = None) -> None:  # fmt: skip
         self.folder, self.key_fields, self.poll_s = Path(folder), key_fields, poll_s
         self.shard, self.count = shard, shard[1]
         self.only_seeds = None if only_seeds is None else set(only_seeds)
         if not 0 <= shard[0] < shard[1]:
             raise ConfigError(f"--shard: expected K/N with 0 <= K < N, got {shard[0]}/{shard[1]}")
-        check_plan(self.folder, plan)
+        check_plan(self.folder, plan, normalise)
         self.results = self.folder / "results.jsonl"
         self.position, self.owner = 0, {}
         self.reload()
@@ -88,11 +88,12 @@ class StudyRunner:
         return self.reload()
 
 
-def check_plan(folder: Path, plan: dict[str, Any]) -> None:
-    """A study folder keeps its plan (``config.yaml``): another plan there is an error, not a mix."""
+def check_plan(folder: Path, plan: dict[str, Any], normalise: Callable[[dict], dict] | None = None) -> None:
+    """A study folder keeps its plan (``config.yaml``): another plan there is an error, not a mix.
+    ``normalise`` fills a saved plan's fields that a newer version added with their defaults."""
     folder.mkdir(parents=True, exist_ok=True)
     saved = folder / "config.yaml"
-    if saved.is_file() and yaml.safe_load(saved.read_text()) != plan:
+    if saved.is_file() and (normalise or (lambda d: d))(yaml.safe_load(saved.read_text())) != plan:
         raise ConfigError(f"{folder} holds a study with other settings ({saved}); use another --out")
     if not saved.is_file():  # atomic: the other shards may be reading it
         write_text_atomic(saved, yaml.safe_dump(plan, sort_keys=False))

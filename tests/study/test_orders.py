@@ -1,0 +1,77 @@
+"""The order study: the payoff plan with more encoders, frozen and segmentation scores, two reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from semaim.cli import main
+from semaim.config import PretrainConfig
+from semaim.errors import ConfigError
+from semaim.study.orders import ORDER_STUDY, orders_plan
+from semaim.study.payoff import PayoffPlan, payoff_plan, pretrain_config
+from tests.conftest import make_fmnist_dir
+
+
+def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys):
+    make_fmnist_dir(tmp_path, n_train=200, n_test=20)
+    out, reports = tmp_path / "study", tmp_path / "reports"
+    argv = ["study", "orders", "--quick", "--seeds", "1", "--data", f"cluttered-fashion-mnist:{tmp_path}",
+            "--out", str(out), "--report-dir", str(reports), "--no-progress",
+            "--set", "study.orders=[semantic,raster,semantic-source]", "--set", "study.labels_per_class=[2,0]",
+            "--set", "study.epochs=[1,1]", "--set", "study.val_size=30", "--set", "study.curve_steps=[]",
+            "--set", "study.finetune=[batch_size=10,limit=60,budget_steps=0]"]  # fmt: skip
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    runs = [(r["kind"], r["encoder"], r["labels"]) for r in rows]
+    payoff_part = [("pretrain", "semantic", -1), ("pretrain", "raster", -1), ("floor", "pixels", 2),
+                   ("finetune", "scratch", 2), ("finetune", "semantic", 2), ("finetune", "raster", 2),
+                   ("floor", "pixels", 0), ("finetune", "scratch", 0), ("finetune", "semantic", 0),
+                   ("finetune", "raster", 0)]  # fmt: skip
+    scored = [(kind, e, 0) for e in ("scratch", "semantic", "raster")
+              for kind in ("frozen", "segment-finetune", "segment-linear")]  # fmt: skip
+    variant = [("pretrain", "semantic-source", -1), ("finetune", "semantic-source", 2),
+               *((kind, "semantic-source", 0) for kind in ("frozen", "segment-finetune", "segment-linear"))]  # fmt: skip
+    assert runs == payoff_part + scored + variant  # the payoff encoders first; the variant at the first budget
+    segment = [r for r in rows if r["kind"].startswith("segment")]
+    assert all(0 <= r["test_miou"] <= 100 and r["train_images"] == 40 for r in segment)
+    source = out / "runs" / "pretrain-semantic-seed0" / "checkpoint-last.pt"
+    saved = PretrainConfig.from_dict(yaml.safe_load((out / "runs" / "pretrain-semantic-source-seed0" /
+                                                     "config.yaml").read_text()))  # fmt: skip
+    assert saved.train.order_source == str(source) and saved.model.order == "semantic"
+
+    report = (reports / "orders-cluttered-fashion-mnist.md").read_text()
+    assert "| `semantic-source` |" in report and "Paired differences against `raster`" in report
+    assert "segmentation mIoU (linear head)" in report and "its initialisation" in report
+    payoff = (reports / "payoff-cluttered-fashion-mnist.md").read_text()
+    assert "fine-tuned from raster" in payoff and "semantic-source" not in payoff.split("## How it was run")[0]
+    assert (reports / "orders-cluttered-fashion-mnist.png").stat().st_size > 0
+    assert (reports / "payoff-cluttered-fashion-mnist.png").stat().st_size > 0
+
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # the last segmentation was cut
+    capsys.readouterr()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"[{len(lines)}] ('segment-linear', 'semantic-source', 0, 0)" in printed
+    assert printed.count("('") == 1  # nothing else ran again
+
+
+def test_order_plans_are_checked():
+    plan = orders_plan("cluttered-fashion-mnist")
+    assert plan.orders == ORDER_STUDY and plan.segment == ("finetune", "linear") and plan.frozen
+    assert plan.pretrain == payoff_plan("cluttered-fashion-mnist").pretrain  # the payoff study's encoders
+    assert orders_plan("fashion-mnist").segment == ()
+    cfg = pretrain_config(plan, "semantic-dec-half", 2)
+    assert (cfg.model.order, cfg.model.decoder_depth, cfg.train.seed) == ("semantic", 3, 2)
+    cfg = pretrain_config(plan, "semantic-official", 0)
+    assert (cfg.model.center_filter, cfg.model.lam) == ("none", 0.001)
+    assert pretrain_config(plan, "semantic-attention", 0).model.center_map == "attention"
+    with pytest.raises(ConfigError, match="study.orders"):
+        PayoffPlan(orders=("semantic-source", "semantic")).validate()  # its order source must come first
+    with pytest.raises(ConfigError, match="study.segment"):
+        PayoffPlan(segment=("finetune",)).validate()  # fashion-mnist has no masks
+    with pytest.raises(ConfigError, match="study.every_budget"):
+        PayoffPlan(every_budget=("stochastic",)).validate()
