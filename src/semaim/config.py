@@ -346,7 +346,7 @@ class FinetuneConfig:
     val_size: int | None = None  # validation images carved from the training split; None: 10 %, at most 5000
     split_seed: int = 0  # seed of the validation split (the same for every run)
     select: str = "last"  # weights scored on the test split: last | best (best validation top-1)
-    eval_every: int = 1  # validate every N epochs (and after the last)
+    eval_every: int = 1  # validate every N epochs (and after the last); stretched with budget_steps
     pool: str = "avg"  # avg: mean of patch tokens + a new fc_norm (the official fine-tuning); cls: cls token
     device: str = "auto"
     epochs: int = 100

@@ -69,7 +69,10 @@ def test_budget_steps_stretches_the_schedule_of_a_small_labelled_set():
 
     small = FinetuneConfig(epochs=1, budget_steps=1800, warmup_epochs=0.1)
     ft.stretch_schedule(small, steps_per_epoch=18)  # 600 images at batch 32
-    assert (small.epochs, small.warmup_epochs) == (100, 10.0)
+    assert (small.epochs, small.warmup_epochs, small.eval_every) == (100, 10.0, 100)  # validated once, at the end
+    twice = FinetuneConfig(epochs=2, budget_steps=1800, warmup_epochs=0.1, eval_every=1)
+    ft.stretch_schedule(twice, steps_per_epoch=18)
+    assert (twice.epochs, twice.eval_every) == (100, 50)
     mid = FinetuneConfig(epochs=1, budget_steps=1800, warmup_epochs=0.1)
     ft.stretch_schedule(mid, steps_per_epoch=187)  # 6000 images: the nearest whole number of epochs
     assert mid.epochs == 10
@@ -77,4 +80,4 @@ def test_budget_steps_stretches_the_schedule_of_a_small_labelled_set():
     ft.stretch_schedule(large, steps_per_epoch=1718)  # every label: one epoch is about the budget
     assert (large.epochs, large.warmup_epochs) == (1, 0.1)
     ft.stretch_schedule(small, steps_per_epoch=18)  # a resumed run's config stays as it ran
-    assert (small.epochs, small.warmup_epochs) == (100, 10.0)
+    assert (small.epochs, small.warmup_epochs, small.eval_every) == (100, 10.0, 100)

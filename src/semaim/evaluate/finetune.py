@@ -260,6 +260,11 @@ def finetune(cfg: FinetuneRunConfig, out_dir: str | Path, resume: bool = False, 
 
 def stretch_schedule(ft: FinetuneConfig, steps_per_epoch: int) -> None:
     """About ``budget_steps`` steps (whole epochs, the nearest count): more epochs for a small labelled set,
-    the warmup stretched alike (the run's config.yaml records the epochs it ran)."""
+    the warmup and the validation interval stretched alike (the run's config.yaml records what it ran).
+
+    Stretching ``eval_every`` keeps the validations per step of the unstretched schedule: 100 validations of
+    5000 images would cost three times the 1800 training steps of a 600-image run."""
     epochs = max(ft.epochs, round(ft.budget_steps / steps_per_epoch))
-    ft.warmup_epochs, ft.epochs = ft.warmup_epochs * epochs / ft.epochs, epochs
+    factor = epochs / ft.epochs
+    ft.warmup_epochs, ft.eval_every = ft.warmup_epochs * factor, max(1, round(ft.eval_every * factor))
+    ft.epochs = epochs
