@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from PIL import Image
 
 from semaim.cli import main
 from semaim.config import PretrainConfig
@@ -49,6 +50,11 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys):
     assert "fine-tuned from raster" in payoff and "semantic-source" not in payoff.split("## How it was run")[0]
     assert (reports / "orders-cluttered-fashion-mnist.png").stat().st_size > 0
     assert (reports / "payoff-cluttered-fashion-mnist.png").stat().st_size > 0
+    dense = (reports / "dense-cluttered-fashion-mnist.md").read_text()
+    assert "| `semantic` − `scratch` |" in dense and "linear head (frozen): mIoU" in dense
+    assert "dense-cluttered-fashion-mnist.png" in dense  # the masks figure, from the runs on disk
+    figure = Image.open(reports / "dense-cluttered-fashion-mnist.png")
+    assert figure.size[0] > figure.size[1] > 100
 
     lines = (out / "results.jsonl").read_text().splitlines()
     (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # the last segmentation was cut

@@ -29,6 +29,7 @@ from ..data.sampler import EpochSampler, sample_seed
 from ..data.segmentation import IGNORE_INDEX, SegmentDataset, SegmentTransform, open_segmentation
 from ..data.splits import default_val_size, train_val_split
 from ..data.transforms import channel_stats
+from ..engine.checkpoint import load_checkpoint
 from ..engine.optim import layer_decay_groups, param_groups
 from ..engine.run import LAST, autocast_context, format_seconds
 from ..export import build_vit
@@ -186,3 +187,23 @@ def segment(cfg: SegmentRunConfig, out_dir: str | Path, resume: bool = False, fo
         f"{result['steps']} steps in {format_seconds(result['wall_s'])}; checkpoint {Path(out_dir) / LAST}"
     )
     return result
+
+
+@torch.no_grad()
+def predict_masks(run_dir: str | Path, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A finished run's predictions on test images ``indices`` (its ``checkpoint-last.pt``, as scored when
+    ``select: last``): ``(images (N, C, H, W) in [0, 1], true masks (N, H, W), predicted masks (N, H, W))``."""
+    ckpt = load_checkpoint(Path(run_dir) / LAST, KIND_SEGMENT)
+    sg, args = SegmentRunConfig.from_dict(ckpt["config"]).segment, ckpt["model_args"]
+    model = Segmenter(build_vit(args), ckpt["num_classes"], sg.mode, sg.pyramid_dim, sg.head_dim, tuple(sg.scales))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    in_chans, num_classes = args["in_chans"], ckpt["num_classes"]
+    base = open_segmentation(sg.data, "train", in_chans, num_classes)  # the normalisation the run used
+    mean, std = channel_stats(base.mean, in_chans), channel_stats(base.std, in_chans)
+    test = open_segmentation(sg.data, "test", in_chans, num_classes)
+    loader = eval_loader(test, indices, image_size(args), in_chans, 0, (tuple(mean), tuple(std)))
+    images, masks = next(iter(loader))
+    predicted = model(images).argmax(1)
+    shown = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+    return shown.clamp(0, 1), masks, predicted

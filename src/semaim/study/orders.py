@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .dense import plot_dense, write_dense_report
 from .payoff import PayoffPlan, payoff_plan, plot_payoff, write_payoff_report
 from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
 
@@ -97,7 +98,7 @@ def ranking(rows: list[dict[str, Any]], plan: PayoffPlan, orders: tuple[str, ...
 def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: str, path: str | Path,
                         chart: str | Path | None = None) -> None:  # fmt: skip
     """``orders-<data>.md`` (Tables 1 and 3, every metric, paired against raster), and beside it the payoff
-    report of the same folder's scratch / semantic / raster runs."""
+    report of the same folder's scratch / semantic / raster runs and, with segmentation, the dense report."""
     table1 = tuple(o for o in ("semantic", "stochastic", "raster", "similarity", "center") if o in plan.orders)
     decoders = tuple(o for o in ("semantic-dec1", "semantic-dec-half", "semantic") if o in plan.orders)
     encoders = ("scratch", *plan.orders)
@@ -141,6 +142,10 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
     payoff = path.with_name(path.name.replace("orders-", "payoff-", 1))
     plot_payoff(rows, plan, payoff.with_suffix(".png"))
     write_payoff_report(rows, plan, command, payoff, payoff.with_suffix(".png"))
+    if plan.segment:
+        dense = path.with_name(path.name.replace("orders-", "dense-", 1))
+        chart = dense.with_suffix(".png")
+        write_dense_report(rows, plan, command, dense, chart if plot_dense(rows, plan, chart) else None)
 
 
 def plot_orders(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, dpi: int = 100) -> None:

@@ -219,7 +219,8 @@ def segment_run(plan: PayoffPlan, encoder: EncoderConfig, mode: str, seed: int, 
     resume = (out / LAST).is_file()
     result = segment(segment_config(plan, encoder, mode, seed), out, resume=resume, force=not resume,
                      progress=progress)  # fmt: skip
-    return {k: result[k] for k in ("test_miou", "test_pixel_acc", "best_val_miou", "train_images")}
+    return {**{k: result[k] for k in ("test_miou", "test_pixel_acc", "best_val_miou", "train_images")},
+            "run": str(out)}  # the dense report's figure reads its checkpoint
 
 
 def pixel_floors(plan: PayoffPlan, labels: int, seed: int, folder: Path, progress: bool) -> dict[str, Any]:
