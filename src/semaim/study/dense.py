@@ -83,7 +83,7 @@ def write_dense_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: st
         "",
         *targets(rows),
         "",
-        *how_it_was_run(command, rows, {"segment": list(plan.segment), "segment_recipe": plan.segment_recipe}, "dense"),
+        *how_it_was_run(command, rows, {"segment": list(plan.segment), "segment_recipe": plan.segment_recipe}, "orders"),
     ]
     write_markdown(path, lines, chart, "dense")
 

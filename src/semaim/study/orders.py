@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .dense import plot_dense, write_dense_report
-from .payoff import PayoffPlan, payoff_plan, plot_payoff, write_payoff_report
+from .payoff import PayoffConfig, PayoffPlan, payoff_plan, plot_payoff, write_payoff_report
 from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
 
 ORDER_STUDY = ("semantic", "raster", "stochastic", "similarity", "center", "semantic-official",
@@ -135,13 +135,13 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         f"Here (`semantic-dec1`: 1 block, `semantic-dec-half`: half, `semantic`: as deep as the encoder): "
         f"{ranking(rows, plan, decoders) or 'no runs yet'}.",
         "",
-        *how_it_was_run(command, rows, {"orders": list(plan.orders)}, "orders"),
+        *how_it_was_run(command, rows, PayoffConfig(plan).to_dict()["study"], "orders"),
     ]
     write_markdown(path, lines, chart, "orders")
     path = Path(path)
     payoff = path.with_name(path.name.replace("orders-", "payoff-", 1))
     plot_payoff(rows, plan, payoff.with_suffix(".png"))
-    write_payoff_report(rows, plan, command, payoff, payoff.with_suffix(".png"))
+    write_payoff_report(rows, plan, command, payoff, payoff.with_suffix(".png"), "orders")
     if plan.segment:
         dense = path.with_name(path.name.replace("orders-", "dense-", 1))
         chart = dense.with_suffix(".png")

@@ -369,8 +369,9 @@ def label_text(labels: int) -> str:
 
 
 def write_payoff_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: str, path: str | Path,
-                        chart: str | Path | None = None) -> None:  # fmt: skip
-    """Markdown: test top-1 per label budget (mean ± std over seeds), paired differences, floors, settings."""
+                        chart: str | Path | None = None, study: str = "payoff") -> None:  # fmt: skip
+    """Markdown: test top-1 per label budget (mean ± std over seeds), paired differences, floors, settings.
+    ``study``: the command that wrote the rows (their copy beside the report is ``<study>-<data>.jsonl``)."""
     header = "| | " + " | ".join(label_text(k) for k in plan.labels_per_class) + " |\n|---|" + "---|" * len(
         plan.labels_per_class
     )
@@ -407,7 +408,7 @@ def write_payoff_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         *(line(f"`{o}` − `{orders[-1]}`", "finetune", o, "test_top1", orders[-1]) for o in orders[:-1]),
         "",
         *curve_lines(rows, plan),
-        *how_it_was_run(command, rows, PayoffConfig(plan).to_dict()["study"], "payoff"),
+        *how_it_was_run(command, rows, PayoffConfig(plan).to_dict()["study"], study),
     ]
     write_markdown(path, lines, chart, "payoff")
 
