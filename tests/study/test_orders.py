@@ -11,18 +11,24 @@ from PIL import Image
 from semaim.cli import main
 from semaim.config import PretrainConfig
 from semaim.errors import ConfigError
+from semaim.study import payoff as payoff_study
 from semaim.study.orders import ORDER_STUDY, orders_plan
 from semaim.study.payoff import PayoffPlan, payoff_plan, pretrain_config
 from tests.conftest import make_fmnist_dir
 
+payoff_frozen_scores = payoff_study.frozen_scores
 
-def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys):
+
+def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch):
     make_fmnist_dir(tmp_path, n_train=200, n_test=20)
+    scored = []
+    monkeypatch.setattr(payoff_study, "frozen_scores", lambda *a: scored.append(a) or payoff_frozen_scores(*a))
     out, reports = tmp_path / "study", tmp_path / "reports"
     argv = ["study", "orders", "--quick", "--seeds", "1", "--data", f"cluttered-fashion-mnist:{tmp_path}",
             "--out", str(out), "--report-dir", str(reports), "--no-progress",
             "--set", "study.orders=[semantic,raster,semantic-source]", "--set", "study.labels_per_class=[2,0]",
-            "--set", "study.epochs=[1,1]", "--set", "study.val_size=30", "--set", "study.curve_steps=[]",
+            "--set", "study.epochs=[1,1]", "--set", "study.val_size=30", "--set", "study.curve_steps=[2]",
+            "--set", "study.curve_labels=2",
             "--set", "study.finetune=[batch_size=10,limit=60,budget_steps=0]"]  # fmt: skip
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -31,11 +37,16 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys):
                    ("finetune", "scratch", 2), ("finetune", "semantic", 2), ("finetune", "raster", 2),
                    ("floor", "pixels", 0), ("finetune", "scratch", 0), ("finetune", "semantic", 0),
                    ("finetune", "raster", 0)]  # fmt: skip
-    scored = [(kind, e, 0) for e in ("scratch", "semantic", "raster")
-              for kind in ("frozen", "segment-finetune", "segment-linear")]  # fmt: skip
+    evaluated = [(kind, e, 0) for e in ("scratch", "semantic", "raster")
+                 for kind in ("frozen", "segment-finetune", "segment-linear")]  # fmt: skip
     variant = [("pretrain", "semantic-source", -1), ("finetune", "semantic-source", 2),
                *((kind, "semantic-source", 0) for kind in ("frozen", "segment-finetune", "segment-linear"))]  # fmt: skip
-    assert runs == payoff_part + scored + variant  # the payoff encoders first; the variant at the first budget
+    curve = [("curve", "semantic", 2)] * 3  # steps 0, 2 and the last (6: 200 images, batch 64, 2 epochs)
+    assert runs == payoff_part + evaluated + curve + variant  # the payoff encoders first; the variant at K = 2
+    frozen = {r["encoder"]: r for r in rows if r["kind"] == "frozen"}
+    ends = [r for r in rows if r["kind"] == "curve" and r["step"] in (0, 6)]
+    assert [r["knn_top1"] for r in ends] == [frozen["scratch"]["knn_top1"], frozen["semantic"]["knn_top1"]]
+    assert len(scored) == 2 + 4 + 1  # floors, frozen rows, the middle curve point: the end points reuse rows
     segment = [r for r in rows if r["kind"].startswith("segment")]
     assert all(0 <= r["test_miou"] <= 100 and r["train_images"] == 40 for r in segment)
     source = out / "runs" / "pretrain-semantic-seed0" / "checkpoint-last.pt"

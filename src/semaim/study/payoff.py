@@ -259,13 +259,14 @@ def curve_points(plan: PayoffPlan, folder: Path) -> list[tuple[int, EncoderConfi
 
 
 def curve_point(plan: PayoffPlan, step: int, encoder: EncoderConfig, finetuned: str, folder: Path,
-                progress: bool) -> dict[str, Any]:  # fmt: skip
-    """One point of curve (b): pretraining minutes so far, frozen k-NN / linear, fine-tuning at ``curve_labels``."""
+                progress: bool, frozen: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """One point of curve (b): pretraining minutes so far, frozen k-NN / linear, fine-tuning at ``curve_labels``.
+    ``frozen``: the same encoder's frozen scores when the study has them already."""
     steps = {r["step"]: r for r in read_records(curve_run(plan, folder) / "metrics.jsonl")}  # a resumed step once
     batch = pretrain_config(plan, plan.curve_order, plan.seeds[0]).train.batch_size
     minutes = sum(batch / r["images_per_s"] for s, r in steps.items() if s <= step) / 60
     features = FeaturesConfig(data=plan.data, workers=plan.workers, val_size=plan.val_size)  # fine-tuning's 100 %
-    frozen = frozen_scores(encoder, features, progress)
+    frozen = frozen or frozen_scores(encoder, features, progress)
     tuned = finetune_run(plan, encoder, plan.curve_labels, plan.seeds[0], folder / "runs" / finetuned, progress)
     return {"pretrain_minutes": minutes, "knn_top1": frozen["knn_top1"], "linear_top1": frozen["linear_top1"],
             "test_top1": tuned["test_top1"], "best_val_top1": tuned["best_val_top1"]}  # fmt: skip
@@ -332,10 +333,14 @@ def run_curve(plan: PayoffPlan, runner: StudyRunner, folder: Path, progress: boo
     seed = plan.seeds[0]
     curve = ("pretrain", plan.curve_order, -1, seed)
     reused = [("finetune", e, plan.curve_labels, seed) for e in ("scratch", plan.curve_order)]
-    for step, encoder, finetuned in curve_points(plan, folder):
+    points = curve_points(plan, folder)
+    for i, (step, encoder, finetuned) in enumerate(points):
+        end = {0: "scratch", len(points) - 1: plan.curve_order}.get(i)  # the end points' frozen rows, if scored
+        frozen = [("frozen", end, 0, seed)] if plan.frozen and end else []
         runner.run(("curve", plan.curve_order, plan.curve_labels, seed, step),
-                   lambda t=step, e=encoder, f=finetuned: curve_point(plan, t, e, f, folder, progress),
-                   needs=[curve, *reused], beside=curve)  # fmt: skip
+                   lambda t=step, e=encoder, f=finetuned, k=frozen: curve_point(
+                       plan, t, e, f, folder, progress, runner.row(k[0]) if k else None),
+                   needs=[curve, *reused, *frozen], beside=curve)  # fmt: skip
 
 
 def encoder_source(plan: PayoffPlan, encoder: str, seed: int, folder: Path) -> EncoderConfig:

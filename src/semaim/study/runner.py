@@ -43,6 +43,10 @@ class StudyRunner:
     def key(self, row: dict[str, Any]) -> Key:
         return tuple(row[name] for name in self.key_fields if name in row)
 
+    def row(self, key: Key) -> dict[str, Any]:
+        """The finished row of ``key`` (after :meth:`wait_for` it exists)."""
+        return next(r for r in self.rows if self.key(r) == key)
+
     def reload(self) -> list[dict[str, Any]]:
         """Every finished row (another shard's included)."""
         self.rows = read_records(self.results) if self.results.is_file() else []
