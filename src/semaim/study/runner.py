@@ -72,7 +72,7 @@ class StudyRunner:
         append_record(self.results, row)
         self.rows.append(row)
         self.done.add(key)
-        scores = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.endswith("top1"))
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.endswith(("top1", "miou")))
         print(f"[{len(self.rows)}] {key}: {scores}", flush=True)
 
     def wait_for(self, keys: Iterable[Key]) -> None:
