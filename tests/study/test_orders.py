@@ -26,7 +26,7 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
     out, reports = tmp_path / "study", tmp_path / "reports"
     argv = ["study", "orders", "--quick", "--seeds", "1", "--data", f"cluttered-fashion-mnist:{tmp_path}",
             "--out", str(out), "--report-dir", str(reports), "--no-progress",
-            "--set", "study.orders=[semantic,raster,semantic-source]", "--set", "study.labels_per_class=[2,0]",
+            "--set", "study.orders=[semantic,raster,semantic-source,stochastic]", "--set", "study.labels_per_class=[2,0]",
             "--set", "study.epochs=[1,1]", "--set", "study.val_size=30", "--set", "study.curve_steps=[2]",
             "--set", "study.curve_labels=2",
             "--set", "study.finetune=[batch_size=10,limit=60,budget_steps=0]"]  # fmt: skip
@@ -39,14 +39,14 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
                    ("finetune", "raster", 0)]  # fmt: skip
     evaluated = [(kind, e, 0) for e in ("scratch", "semantic", "raster")
                  for kind in ("frozen", "segment-finetune", "segment-linear")]  # fmt: skip
-    variant = [("pretrain", "semantic-source", -1), ("finetune", "semantic-source", 2),
-               *((kind, "semantic-source", 0) for kind in ("frozen", "segment-finetune", "segment-linear"))]  # fmt: skip
+    order, variant = ([("pretrain", e, -1), ("finetune", e, 2), *((kind, e, 0) for kind in
+                       ("frozen", "segment-finetune", "segment-linear"))] for e in ("stochastic", "semantic-source"))  # fmt: skip
     curve = [("curve", "semantic", 2)] * 3  # steps 0, 2 and the last (6: 200 images, batch 64, 2 epochs)
-    assert runs == payoff_part + evaluated + curve + variant  # the payoff encoders first; the variant at K = 2
+    assert runs == payoff_part + evaluated + curve + order + variant  # payoff encoders, other orders, variants
     frozen = {r["encoder"]: r for r in rows if r["kind"] == "frozen"}
     ends = [r for r in rows if r["kind"] == "curve" and r["step"] in (0, 6)]
     assert [r["knn_top1"] for r in ends] == [frozen["scratch"]["knn_top1"], frozen["semantic"]["knn_top1"]]
-    assert len(scored) == 2 + 4 + 1  # floors, frozen rows, the middle curve point: the end points reuse rows
+    assert len(scored) == 2 + 5 + 1  # floors, frozen rows, the middle curve point: the end points reuse rows
     segment = [r for r in rows if r["kind"].startswith("segment")]
     assert all(0 <= r["test_miou"] <= 100 and r["train_images"] == 40 for r in segment)
     source = out / "runs" / "pretrain-semantic-seed0" / "checkpoint-last.pt"

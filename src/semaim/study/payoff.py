@@ -7,6 +7,11 @@ initialisation pretraining starts from) and from each pretrained encoder, with o
 the raw-pixel k-NN@20 and linear-probe floors on exactly the same labelled images. Every choice is made on
 the validation split fine-tuning carves from the training split; each run scores the test split once.
 Every finished run is a line of ``results.jsonl``; a rerun skips them and resumes a cut run.
+
+The same plan runs the order study (:mod:`semaim.study.orders`): more pretrained encoders (every order and
+the named ``VARIANTS`` of the semantic order), each also scored frozen (``frozen``) and by segmentation
+(``segment``). The encoders of ``every_budget`` are fine-tuned at every label budget and run first, seed
+by seed; then the other orders, then the variants, at the first label budget.
 """
 
 from __future__ import annotations
@@ -276,15 +281,16 @@ def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True, shar
                only_seeds: tuple[int, ...] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Seed by seed: pretrain every order (the first seed's ``curve_order`` run keeps the checkpoints of curve
     (b), scored next); per label budget the pixel floors and fine-tuning from scratch and each encoder; the
-    frozen and segmentation scores the plan asks for. First the encoders of ``every_budget`` (all seeds),
-    then the others at the first label budget. Finished runs are kept in ``results.jsonl``; returns all rows
-    (every shard's)."""
+    frozen and segmentation scores the plan asks for. First the encoders of ``every_budget`` (all seeds), then
+    the other orders, then the named variants, at the first label budget. Finished runs are kept in
+    ``results.jsonl``; returns all rows (every shard's)."""
     folder = Path(folder)
     plan.validate()
     runner = StudyRunner(folder, PayoffConfig(plan).to_dict(), KEY, shard, only_seeds,
                          normalise=lambda saved: PayoffConfig.from_dict(saved).to_dict())  # fmt: skip
     first = set(plan.every_budget or ("scratch", *plan.orders))
-    for phase in (first, {"scratch", *plan.orders} - first):
+    rest = set(plan.orders) - first
+    for phase in (first, rest - set(VARIANTS), rest & set(VARIANTS)):  # then the other orders, then variants
         for seed in plan.seeds:  # seed by seed: a seed's runs need only its own pretrainings
             encoders = [e for e in ("scratch", *plan.orders) if e in phase]
             budgets = plan.labels_per_class if phase is first else plan.labels_per_class[:1]
