@@ -481,10 +481,9 @@ def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str) -> 
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or cluttered-fashion-mnist")
     p.add_argument("--quick", action="store_true", help="a tiny smoke test of the whole pipeline")
     p.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; --quick: 2)")
-    p.add_argument("--out", help=f"study folder (default: runs/{kind}-DATA[-quick]); rerun to resume")
+    p.add_argument("--out", help=f"study folder (default: runs/{kind}-DATA[-quick]); rerun to resume; several "
+                   "processes on one folder share its runs (one per GPU, or two single-threaded on two CPU cores)")
     p.add_argument("--report-dir", help=f"where {kind}-DATA.md and .png go (default: the study folder)")
-    p.add_argument("--shard", default="0/1", help="K/N: this process does every N-th run from the K-th (N processes "
-                   "share one --out, e.g. one per GPU, or two single-threaded ones on two CPU cores)")  # fmt: skip
     p.add_argument("--only-seeds", type=int, nargs="+", help="run only these seeds' runs now (the rest on a rerun)")
     add_set_argument(p, example)
     p.add_argument("--no-progress", action="store_true")
@@ -493,15 +492,13 @@ def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str) -> 
 def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plot, report) -> int:
     """Plan (with --set), run (resumable), chart, report, and the per-run rows beside the report."""
     from .config import parse_assignment
-    from .study.runner import parse_shard
 
-    shard = parse_shard(args.shard)
     for assignment in args.set:
         cfg.set(*parse_assignment(assignment))
     plan = cfg.validate().study
     name = args.data.split(":", 1)[0].rstrip("/").split("/")[-1]
     folder = Path(args.out or f"runs/{kind}-{name}{'-quick' if args.quick else ''}")
-    rows = run(plan, folder, progress=not args.no_progress, shard=shard, only_seeds=args.only_seeds)
+    rows = run(plan, folder, progress=not args.no_progress, only_seeds=args.only_seeds)
     report_dir = Path(args.report_dir or folder)
     report_dir.mkdir(parents=True, exist_ok=True)
     chart, markdown = report_dir / f"{kind}-{name}.png", report_dir / f"{kind}-{name}.md"

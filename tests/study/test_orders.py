@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -53,6 +54,9 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
     saved = PretrainConfig.from_dict(yaml.safe_load((out / "runs" / "pretrain-semantic-source-seed0" /
                                                      "config.yaml").read_text()))  # fmt: skip
     assert saved.train.order_source == str(source) and saved.model.order == "semantic"
+    tuned = yaml.safe_load((out / "runs" / "finetune-scratch-K2-seed0" / "config.yaml").read_text())
+    scratch = PretrainConfig.from_dict(yaml.safe_load(Path(tuned["encoder"]["preset"]).read_text())).model
+    assert (scratch.img_size, scratch.patch_size, scratch.embed_dim) == (64, 8, 32)  # the study's ViT, not the preset's
 
     report = (reports / "orders-cluttered-fashion-mnist.md").read_text()
     assert "| `semantic-source` |" in report and "Paired differences against `raster`" in report

@@ -1,67 +1,101 @@
-"""Study runs shared by shards: every run done once, by its shard, after the runs it needs."""
+"""Study runs shared by processes: every run done once, after the runs it needs, a cut run taken up again."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from semaim.errors import ConfigError
-from semaim.study.runner import StudyRunner, parse_shard
+from semaim.study.runner import StudyRunner
 
-KEYS = ("kind", "name")
+KEYS = ("kind", "name", "seed")
 
 
-def plan_of_runs(runner: StudyRunner, log: list, lock: threading.Lock) -> None:
-    """Two pretrainings (slow), a chain beside the first, and fine-tunings that need them."""
+def plan_of_runs(runner: StudyRunner, log: list, lock: threading.Lock, who: int) -> None:
+    """Two pretrainings (slow), a curve that needs the first, fine-tunings that need both; then do them."""
 
     def work(name: str, seconds: float = 0.0):
         def do() -> dict:
             with lock:
-                log.append(("start", name, runner.shard[0], sorted(n for _, n in runner.done)))
+                log.append((name, who, sorted(k[1] for k in runner.done)))
             time.sleep(seconds)
             return {"value": len(name)}
 
         return do
 
     for name in ("pre-a", "pre-b"):
-        runner.run(("pretrain", name), work(name, 0.3))
-    runner.run(("curve", "a-1"), work("a-1"), needs=[("pretrain", "pre-a")], beside=("pretrain", "pre-a"))
+        runner.run(("pretrain", name, 0), work(name, 0.3))
+    runner.run(("curve", "a-1", 0), work("a-1"), needs=[("pretrain", "pre-a", 0)])
     for name in ("a", "b"):
-        runner.run(("finetune", name), work(name), needs=[("pretrain", "pre-a"), ("pretrain", "pre-b")])
+        runner.run(("finetune", name, 0), work(name), needs=[("pretrain", "pre-a", 0), ("pretrain", "pre-b", 0)])
+    runner.finish()
 
 
-def test_two_shards_do_every_run_once_and_wait_for_what_they_need(tmp_path):
+def test_two_processes_do_every_run_once_after_what_it_needs(tmp_path):
     log, lock = [], threading.Lock()
-    runners = [StudyRunner(tmp_path, {"plan": 1}, KEYS, (k, 2), poll_s=0.05) for k in range(2)]
-    threads = [threading.Thread(target=plan_of_runs, args=(r, log, lock)) for r in runners]
+    runners = [StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.05) for _ in range(2)]
+    threads = [threading.Thread(target=plan_of_runs, args=(r, log, lock, i)) for i, r in enumerate(runners)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=30)
-    starts = {name: (shard, seen) for _, name, shard, seen in log}
-    assert sorted(starts) == ["a", "a-1", "b", "pre-a", "pre-b"]  # each run once
-    assert starts["pre-a"][0] == starts["a-1"][0] == 0 and starts["pre-b"][0] == 1  # the chain stays beside
-    assert starts["b"][0] == 1 and starts["a"][0] == 0
-    assert {"pre-a", "pre-b"} <= set(starts["a"][1]) and {"pre-a", "pre-b"} <= set(starts["b"][1])  # waited
+    starts = {name: (who, seen) for name, who, seen in log}
+    assert sorted(starts) == ["a", "a-1", "b", "pre-a", "pre-b"] and len(log) == 5  # each run once
+    assert {starts["pre-a"][0], starts["pre-b"][0]} == {0, 1}  # the two pretrainings side by side
     assert "pre-a" in starts["a-1"][1]
+    assert {"pre-a", "pre-b"} <= set(starts["a"][1]) and {"pre-a", "pre-b"} <= set(starts["b"][1])  # waited
     rows = StudyRunner(tmp_path, {"plan": 1}, KEYS).finish()
     assert len(rows) == 5 and {r["name"] for r in rows} == set(starts)
 
 
+def test_a_run_another_process_holds_is_taken_up_when_that_process_dies(tmp_path):
+    runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.05)
+    claim = runner.claim(("pretrain", "a", 0)).path
+    claim.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(claim)!r}, os.O_CREAT | os.O_RDWR)\n"
+        "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(1.0)\nos._exit(9)  # killed mid-run\n"
+    )], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    done = []
+    runner.run(("pretrain", "a", 0), lambda: done.append(("a", holder.poll())) or {})
+    runner.run(("pretrain", "b", 0), lambda: done.append(("b", holder.poll())) or {})
+    runner.finish()
+    assert done[0] == ("b", None)  # the free run first, while the other process holds "a"
+    assert done[1][0] == "a" and done[1][1] == 9  # then "a", once its holder was gone
+    holder.wait()
+
+
 def test_a_rerun_skips_finished_runs_and_a_folder_keeps_its_plan(tmp_path):
-    runner = StudyRunner(tmp_path, {"plan": 1}, KEYS)
     calls = []
-    runner.run(("a", "x"), lambda: calls.append(1) or {})
-    StudyRunner(tmp_path, {"plan": 1}, KEYS).run(("a", "x"), lambda: calls.append(2) or {})
-    assert calls == [1]
+    runner = StudyRunner(tmp_path, {"plan": 1}, KEYS)
+    runner.run(("a", "x", 0), lambda: calls.append(1) or {})
+    runner.finish()
+    again = StudyRunner(tmp_path, {"plan": 1}, KEYS)
+    again.run(("a", "x", 0), lambda: calls.append(2) or {})
+    assert len(again.finish()) == 1 and calls == [1]
     with pytest.raises(ConfigError, match="other settings"):
         StudyRunner(tmp_path, {"plan": 2}, KEYS)
 
 
-@pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])
-def test_bad_shards_are_refused(text):
-    with pytest.raises(ConfigError, match="--shard"):
-        parse_shard(text)
-    assert parse_shard("1/2") == (1, 2)
+def test_only_seeds_leaves_the_others_and_their_dependants_for_a_rerun(tmp_path):
+    calls = []
+    runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, only_seeds=[1], poll_s=0.01)
+    runner.run(("pretrain", "a", 0), lambda: calls.append("a0") or {})
+    runner.run(("pretrain", "a", 1), lambda: calls.append("a1") or {})
+    runner.run(("finetune", "a", 1), lambda: calls.append("f1") or {}, needs=[("pretrain", "a", 0)])
+    runner.finish()  # does not wait for seed 0's pretraining, which no process will do now
+    assert calls == ["a1"]
+
+
+def test_runs_that_wait_for_each_other_are_a_bug_not_a_hang(tmp_path):
+    runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01)
+    runner.run(("a", "x", 0), dict, needs=[("a", "y", 0)])
+    runner.run(("a", "y", 0), dict, needs=[("a", "x", 0)])
+    with pytest.raises(ConfigError, match="no process is doing"):
+        runner.finish()

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..config import (
     ORDERS,
     SEGMENT_MODES,
@@ -38,7 +40,7 @@ from ..config import (
 )
 from ..data import open_dataset
 from ..engine.pretrain import pretrain
-from ..engine.run import LAST
+from ..engine.run import LAST, write_text_atomic
 from ..engine.runlog import read_records
 from ..evaluate.encoders import choose_encoder, split_features
 from ..evaluate.finetune import finetune
@@ -234,7 +236,7 @@ def pixel_floors(plan: PayoffPlan, labels: int, seed: int, folder: Path, progres
     features = FeaturesConfig(data=plan.data, workers=plan.workers, labels_per_class=ft.labels_per_class,
                               val_size=ft.val_size, split_seed=ft.split_seed, subset_seed=ft.seed,
                               limit=ft.limit)  # fmt: skip
-    return frozen_scores(EncoderConfig(pixels=True, preset=shape_preset(plan, seed, folder)), features, progress)
+    return frozen_scores(EncoderConfig(pixels=True, preset=shape_preset(plan, folder)), features, progress)
 
 
 def frozen_scores(encoder: EncoderConfig, features: FeaturesConfig, progress: bool) -> dict[str, Any]:
@@ -277,16 +279,16 @@ def curve_point(plan: PayoffPlan, step: int, encoder: EncoderConfig, finetuned: 
             "test_top1": tuned["test_top1"], "best_val_top1": tuned["best_val_top1"]}  # fmt: skip
 
 
-def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True, shard: tuple[int, int] = (0, 1),
+def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True,
                only_seeds: tuple[int, ...] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Seed by seed: pretrain every order (the first seed's ``curve_order`` run keeps the checkpoints of curve
     (b), scored next); per label budget the pixel floors and fine-tuning from scratch and each encoder; the
     frozen and segmentation scores the plan asks for. First the encoders of ``every_budget`` (all seeds), then
     the other orders, then the named variants, at the first label budget. Finished runs are kept in
-    ``results.jsonl``; returns all rows (every shard's)."""
+    ``results.jsonl``; returns all rows (every process's)."""
     folder = Path(folder)
     plan.validate()
-    runner = StudyRunner(folder, PayoffConfig(plan).to_dict(), KEY, shard, only_seeds,
+    runner = StudyRunner(folder, PayoffConfig(plan).to_dict(), KEY, only_seeds,
                          normalise=lambda saved: PayoffConfig.from_dict(saved).to_dict())  # fmt: skip
     first = set(plan.every_budget or ("scratch", *plan.orders))
     rest = set(plan.orders) - first
@@ -335,7 +337,7 @@ def run_seed(plan: PayoffPlan, runner: StudyRunner, folder: Path, seed: int, enc
 
 
 def run_curve(plan: PayoffPlan, runner: StudyRunner, folder: Path, progress: bool) -> None:
-    """Curve (b), on the curve pretraining's shard, after the runs it reuses."""
+    """Curve (b): the kept checkpoints of the first seed's ``curve_order`` pretraining, after the runs it reuses."""
     seed = plan.seeds[0]
     curve = ("pretrain", plan.curve_order, -1, seed)
     reused = [("finetune", e, plan.curve_labels, seed) for e in ("scratch", plan.curve_order)]
@@ -346,20 +348,25 @@ def run_curve(plan: PayoffPlan, runner: StudyRunner, folder: Path, progress: boo
         runner.run(("curve", plan.curve_order, plan.curve_labels, seed, step),
                    lambda t=step, e=encoder, f=finetuned, k=frozen: curve_point(
                        plan, t, e, f, folder, progress, runner.row(k[0]) if k else None),
-                   needs=[curve, *reused, *frozen], beside=curve)  # fmt: skip
+                   needs=[curve, *reused, *frozen])  # fmt: skip
 
 
 def encoder_source(plan: PayoffPlan, encoder: str, seed: int, folder: Path) -> EncoderConfig:
     """Scratch: the pretraining initialisation of this seed; an order: that seed's pretrained checkpoint."""
     if encoder == "scratch":
-        return EncoderConfig(random=True, preset=shape_preset(plan, seed, folder), init_seed=seed)
+        return EncoderConfig(random=True, preset=shape_preset(plan, folder), init_seed=seed)
     return EncoderConfig(checkpoint=str(pretrain_folder(folder, encoder, seed) / LAST))
 
 
-def shape_preset(plan: PayoffPlan, seed: int, folder: Path) -> str:
-    """The model every run of this seed shares (input size included): a pretraining run's own config."""
-    saved = pretrain_folder(folder, plan.orders[0], seed) / "config.yaml" if plan.orders else None
-    return str(saved) if saved is not None and saved.is_file() else plan.preset
+def shape_preset(plan: PayoffPlan, folder: Path) -> str:
+    """The model every encoder of the study shares (input size included), as a preset file in the study
+    folder: the scratch encoders (``init_seed`` gives each seed's initialisation) and the pixel floors."""
+    path = folder / "runs" / "model.yaml"
+    if not path.is_file():
+        cfg = pretrain_config(plan, plan.orders[0] if plan.orders else "semantic", plan.seeds[0], folder)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # other processes may read it
+    return str(path)
 
 
 KEY = ("kind", "encoder", "labels", "seed", "step")  # what tells the rows of results.jsonl apart

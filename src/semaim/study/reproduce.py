@@ -152,11 +152,11 @@ def load_results(path: Path) -> list[dict[str, Any]]:
     return read_records(path)
 
 
-def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True, shard: tuple[int, int] = (0, 1),
+def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True,
               only_seeds: tuple[int, ...] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Floors, every order × seed, then the decoder-depth ablation of the best order; returns all rows."""
     folder = Path(folder)
-    runner = StudyRunner(folder, ReproduceConfig(plan).to_dict(), ("order", "decoder_depth", "seed"), shard,
+    runner = StudyRunner(folder, ReproduceConfig(plan).to_dict(), ("order", "decoder_depth", "seed"),
                          only_seeds)  # fmt: skip
 
     def run(order: str, decoder_depth: int, seed: int) -> None:
@@ -170,8 +170,10 @@ def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True, shard:
             run(order, plan.decoder_depth, seed)
     if not plan.decoder_depths():
         return runner.finish()
-    runner.wait_for([(o, plan.decoder_depth, s) for s in plan.seeds for o in plan.orders])  # the best order's
-    best = best_order(runner.reload(), plan)
+    table = [(o, plan.decoder_depth, s) for s in plan.seeds for o in plan.orders]
+    if not set(table) <= {runner.key(r) for r in runner.finish()}:  # --only-seeds: the ablation on a rerun
+        return runner.rows
+    best = best_order(runner.rows, plan)
     for depth in plan.decoder_depths():
         for seed in plan.seeds:
             run(best, depth, seed)

@@ -1,19 +1,26 @@
 """The runs of one study folder: its plan, its finished runs, and which of them this process does.
 
 A study is a fixed list of runs, each a function that returns one row of ``results.jsonl``. A rerun skips
-the rows already there (and a cut pretraining or fine-tuning resumes from its checkpoint). ``--shard K/N``
-lets N processes (N GPUs, or two single-threaded processes on two CPU cores) share one study folder: the
-process K does the runs whose position in the list is K modulo N, and waits for another shard's row when
-one of its runs needs it (a fine-tuning needs its pretraining). ``--only-seeds`` does the runs of some seeds
-now and the rest later (e.g. one seed per working session, the rows kept between them).
+the rows already there (and a cut pretraining or fine-tuning resumes from its checkpoint). Any number of
+processes running the same study command on the same folder share its runs (N GPUs, or two
+single-threaded processes on two CPU cores): each takes the first run in the list that is not done, not
+taken by another process, and whose needs (a fine-tuning needs its pretraining) are done. A process
+takes a run by holding a lock on ``claims/<run>`` (a POSIX lock, released when the process ends, killed
+or not, so a run cut short is taken up again, from its checkpoint, by the next process that reaches it).
+``--only-seeds`` does the runs of some seeds now and the rest later (e.g. one seed per working session).
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
+import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -24,72 +31,136 @@ from ..errors import ConfigError
 Key = tuple
 
 
+@dataclass
+class Run:
+    key: Key
+    work: Callable[[], dict[str, Any]]
+    needs: tuple[Key, ...]
+
+
+class Claim:
+    """An exclusive, non-blocking hold on one run: a POSIX lock on its claim file, and (because POSIX locks
+    do not exclude the process that holds them) a set of the claims this process holds, for threads."""
+
+    _held: ClassVar[set[Path]] = set()
+    _guard: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.fd = path, None
+
+    def take(self) -> bool:
+        with Claim._guard:
+            if self.path in Claim._held:
+                return False
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            self.fd = fd
+            Claim._held.add(self.path)
+            return True
+
+    def release(self) -> None:
+        with Claim._guard:
+            if self.fd is not None:
+                os.close(self.fd)  # closing drops the POSIX lock
+                Claim._held.discard(self.path)
+                self.fd = None
+
+
 class StudyRunner:
-    """``run(key, work, needs)`` for every run of the study, in the same order in every process."""
+    """Register every run of the study with :meth:`run` (the same list in every process), then
+    :meth:`finish` does this process's share and returns every finished row."""
 
     def __init__(self, folder: Path, plan: dict[str, Any], key_fields: tuple[str, ...],
-                 shard: tuple[int, int] = (0, 1), only_seeds: Iterable[int] | None = None,
-                 poll_s: float = 20.0, normalise: Callable[[dict], dict] | None = None) -> None:  # fmt: skip
+                 only_seeds: Iterable[int] | None = None, poll_s: float = 20.0,
+                 normalise: Callable[[dict], dict] | None = None) -> None:  # fmt: skip
         self.folder, self.key_fields, self.poll_s = Path(folder), key_fields, poll_s
-        self.shard, self.count = shard, shard[1]
         self.only_seeds = None if only_seeds is None else set(only_seeds)
-        if not 0 <= shard[0] < shard[1]:
-            raise ConfigError(f"--shard: expected K/N with 0 <= K < N, got {shard[0]}/{shard[1]}")
         check_plan(self.folder, plan, normalise)
         self.results = self.folder / "results.jsonl"
-        self.position, self.owner = 0, {}
+        self.runs: list[Run] = []
         self.reload()
 
     def key(self, row: dict[str, Any]) -> Key:
         return tuple(row[name] for name in self.key_fields if name in row)
 
     def row(self, key: Key) -> dict[str, Any]:
-        """The finished row of ``key`` (after :meth:`wait_for` it exists)."""
+        """The finished row of ``key`` (a run's needs are done before its work starts)."""
         return next(r for r in self.rows if self.key(r) == key)
 
     def reload(self) -> list[dict[str, Any]]:
-        """Every finished row (another shard's included)."""
+        """Every finished row (other processes' included)."""
         self.rows = read_records(self.results) if self.results.is_file() else []
         self.done = {self.key(r) for r in self.rows}
         return self.rows
 
-    def run(self, key: Key, work: Callable[[], dict[str, Any]], needs: Iterable[Key] = (),
-            beside: Key | None = None) -> None:  # fmt: skip
-        """Do ``work`` unless its row exists or it is another shard's (the next in turn, or the shard of the
-        run ``beside`` names: a chain of runs stays on one shard); first wait for the rows it ``needs``."""
-        if beside is None:
-            self.owner[key] = self.position % self.count
-            self.position += 1
-        else:
-            self.owner[key] = self.owner[beside]
+    def run(self, key: Key, work: Callable[[], dict[str, Any]], needs: Iterable[Key] = ()) -> None:
+        """Add a run to the study's list (done by :meth:`finish`), unless ``--only-seeds`` leaves it out."""
         seed = dict(zip(self.key_fields, key, strict=False)).get("seed")
-        skipped = self.only_seeds is not None and seed not in self.only_seeds
-        if key in self.done or self.owner[key] != self.shard[0] or skipped:
-            return
-        self.wait_for(needs)
-        start = time.perf_counter()
-        row = {**dict(zip(self.key_fields, key, strict=False)), **work(), "wall_s": time.perf_counter() - start}
-        append_record(self.results, row)
-        self.rows.append(row)
-        self.done.add(key)
-        scores = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.endswith(("top1", "miou")))
-        print(f"[{len(self.rows)}] {key}: {scores}", flush=True)
+        if self.only_seeds is None or seed in self.only_seeds:
+            self.runs.append(Run(key, work, tuple(needs)))
 
-    def wait_for(self, keys: Iterable[Key]) -> None:
-        """Block until every key has a row (written by another shard); a single process never waits."""
-        missing = [k for k in keys if k not in self.done]
-        if missing and self.count > 1:
-            print(f"shard {self.shard[0]}/{self.count}: waiting for {missing}", flush=True)
-        while missing:
-            if self.count == 1:
-                raise ConfigError(f"study: {missing} must run before this run (a bug in the study's order)")
-            time.sleep(self.poll_s)
-            self.reload()
-            missing = [k for k in missing if k not in self.done]
+    def claim(self, key: Key) -> Claim:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(str(part) for part in key))
+        return Claim(self.folder / "claims" / name)
 
     def finish(self) -> list[dict[str, Any]]:
-        """Every row of the folder, for the report (the other shards' too)."""
-        return self.reload()
+        """Do the runs in list order, each as soon as its needs are done and no other process holds it; wait
+        (polling ``results.jsonl``) while every remaining run is held or waits. Returns every row."""
+        while True:
+            todo = self.runnable()
+            if not todo:
+                return self.reload()
+            if not any(self.try_run(r) for r in todo if all(k in self.done for k in r.needs)):
+                self.check_not_stuck(todo)
+                time.sleep(self.poll_s)
+            self.reload()
+
+    def runnable(self) -> list[Run]:
+        """The runs not done whose needs are done or can be done now (a need left out by ``--only-seeds``
+        leaves its run for a later rerun)."""
+        todo = [r for r in self.runs if r.key not in self.done]
+        while True:
+            keys = {r.key for r in todo}
+            kept = [r for r in todo if all(k in self.done or k in keys for k in r.needs)]
+            if len(kept) == len(todo):
+                return todo
+            todo = kept
+
+    def try_run(self, run: Run) -> bool:
+        """Do ``run`` if no other process holds it (and its row is still missing); ``True`` when done here."""
+        claim = self.claim(run.key)
+        if not claim.take():
+            return False
+        try:
+            self.reload()
+            if run.key in self.done:  # another process finished it while we looked
+                return False
+            start = time.perf_counter()
+            row = {**dict(zip(self.key_fields, run.key, strict=False)), **run.work(),
+                   "wall_s": time.perf_counter() - start}  # fmt: skip
+            append_record(self.results, row)
+        finally:
+            claim.release()
+        self.rows.append(row)
+        self.done.add(run.key)
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.endswith(("top1", "miou")))
+        print(f"[{len(self.rows)}] {run.key}: {scores}", flush=True)
+        return True
+
+    def check_not_stuck(self, todo: list[Run]) -> None:
+        """Nothing could run: fine while another process holds a run; a bug in the study's order otherwise."""
+        for run in todo:
+            claim = self.claim(run.key)
+            if not claim.take():
+                return  # another process is working
+            claim.release()
+        raise ConfigError(f"study: {[r.key for r in todo]} wait for runs no process is doing (a bug in the "
+                          "study's order)")  # fmt: skip
 
 
 def check_plan(folder: Path, plan: dict[str, Any], normalise: Callable[[dict], dict] | None = None) -> None:
@@ -99,16 +170,5 @@ def check_plan(folder: Path, plan: dict[str, Any], normalise: Callable[[dict], d
     saved = folder / "config.yaml"
     if saved.is_file() and (normalise or (lambda d: d))(yaml.safe_load(saved.read_text())) != plan:
         raise ConfigError(f"{folder} holds a study with other settings ({saved}); use another --out")
-    if not saved.is_file():  # atomic: the other shards may be reading it
+    if not saved.is_file():  # atomic: the other processes may be reading it
         write_text_atomic(saved, yaml.safe_dump(plan, sort_keys=False))
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"K/N"`` -> ``(K, N)``."""
-    try:
-        k, n = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise ConfigError(f"--shard: expected K/N such as 0/2, got {text!r}") from None
-    if not 0 <= k < n:
-        raise ConfigError(f"--shard: expected K/N with 0 <= K < N, got {text!r}")
-    return k, n
