@@ -306,20 +306,19 @@ def run_seed(plan: PayoffPlan, runner: StudyRunner, folder: Path, seed: int, enc
              budgets: tuple[int, ...], floors: bool, progress: bool) -> None:  # fmt: skip
     """One seed's runs for ``encoders``: pretrainings, then per label budget the floors (``floors``) and the
     fine-tunings; then the frozen and segmentation scores the plan asks for."""
-    pretrained = [("pretrain", e, -1, seed) for e in plan.orders]
     for order in (e for e in encoders if e != "scratch"):
         needs = [("pretrain", "semantic", -1, seed)] if order == "semantic-source" else []
         runner.run(("pretrain", order, -1, seed), lambda o=order: pretrain_run(plan, o, seed, folder, progress),
                    needs=needs)  # fmt: skip
 
     def source(encoder: str) -> tuple[EncoderConfig, list]:
-        needs = pretrained[:1] if encoder == "scratch" else [("pretrain", encoder, -1, seed)]
+        needs = [] if encoder == "scratch" else [("pretrain", encoder, -1, seed)]  # scratch: model.yaml
         return encoder_source(plan, encoder, seed, folder), needs
 
     for labels in budgets:
         if floors:
             runner.run(("floor", "pixels", labels, seed),
-                       lambda k=labels: pixel_floors(plan, k, seed, folder, progress), needs=pretrained[:1])  # fmt: skip
+                       lambda k=labels: pixel_floors(plan, k, seed, folder, progress))  # fmt: skip
         for encoder in encoders:
             out = folder / "runs" / f"finetune-{encoder}-K{labels}-seed{seed}"
             (enc, needs), key = source(encoder), ("finetune", encoder, labels, seed)
