@@ -27,6 +27,9 @@ from .errors import ConfigError
 ORDERS = ("raster", "stochastic", "similarity", "semantic", "center", "multi-center")
 """Every autoregression order (Table 1 of the paper, plus the `center` control and `multi-center`)."""
 
+NEEDS_SIMILARITY = frozenset({"similarity", "semantic", "multi-center"})
+"""Orders that need the similarity map ``S`` of Eq. 2 (and so an encoder pass)."""
+
 TARGETS = ("pixels", "features")
 """Prediction targets (Eq. 12): patch pixels, or a frozen teacher's patch features."""
 
@@ -538,6 +541,11 @@ class PretrainConfig(Sections):
         self.data.validate()
         self.data.check_channels(self.model.in_chans)
         self.train.validate()
+        if self.train.order_source is not None:  # an order source that could never act is a mistake
+            ok = self.model.order in NEEDS_SIMILARITY and self.model.target == "pixels"
+            require(ok, "train.order_source", "unset unless model.order reads a map (similarity, semantic, "
+                    "multi-center) and model.target is pixels (a teacher orders by its own map)",
+                    self.train.order_source)  # fmt: skip
         return self
 
 

@@ -116,6 +116,7 @@ def test_order_source_gives_the_order_and_nothing_else(tmp_path, source):
         (["--set", "model.lam=-0.01"], "model.lam"),
         (["--set", "train.order_source=/no/such.pt"], "/no/such.pt"),
         (["--set", "train.ema_decay=0.99", "--set", "train.order_source=x.pt"], "train.order_source"),
+        (["--set", "model.order=raster", "--set", "train.order_source=x.pt"], "train.order_source: expected unset"),
     ],
 )
 def test_bad_order_settings_exit_2_and_write_nothing(tmp_path, capsys, extra, message):
@@ -124,9 +125,12 @@ def test_bad_order_settings_exit_2_and_write_nothing(tmp_path, capsys, extra, me
     assert not (tmp_path / "run").exists()
 
 
-def test_order_source_of_another_grid_exits_2(tmp_path, capsys, source):
-    extra = ["--set", "model.patch_size=4", "--set", f"train.order_source={source}"]
-    assert main(pretrain_args(tmp_path / "run", *extra)) == 2
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--set", "model.patch_size=4"], "a 4x4 patch grid; the model reads 32x32 px, 3 channels, a 8x8 grid"),
+    (["--set", "model.img_size=64", "--set", "model.patch_size=16"], "is an encoder of 32x32 px"),  # same grid
+])  # fmt: skip
+def test_order_source_for_another_input_exits_2(tmp_path, capsys, source, extra, message):
+    assert main(pretrain_args(tmp_path / "run", *extra, "--set", f"train.order_source={source}")) == 2
     err = capsys.readouterr().err
-    assert "train.order_source" in err and "4x4 patch grid" in err and "8x8" in err
+    assert "train.order_source" in err and message in err
     assert not (tmp_path / "run").exists()

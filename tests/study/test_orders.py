@@ -96,3 +96,5 @@ def test_order_plans_are_checked():
         PayoffPlan(segment=("finetune",)).validate()  # fashion-mnist has no masks
     with pytest.raises(ConfigError, match="study.every_budget"):
         PayoffPlan(every_budget=("stochastic",)).validate()
+    with pytest.raises(ConfigError, match="study.every_budget"):  # every gain is over scratch
+        PayoffPlan(every_budget=("semantic", "raster")).validate()

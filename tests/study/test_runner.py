@@ -99,3 +99,21 @@ def test_runs_that_wait_for_each_other_are_a_bug_not_a_hang(tmp_path):
     runner.run(("a", "y", 0), dict, needs=[("a", "x", 0)])
     with pytest.raises(ConfigError, match="no process is doing"):
         runner.finish()
+
+
+def test_a_process_that_finds_its_runs_done_by_another_returns_without_error(tmp_path):
+    late = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01)
+    late.run(("a", "x", 0), dict)
+    early = StudyRunner(tmp_path, {"plan": 1}, KEYS)
+    early.run(("a", "x", 0), lambda: {"value": 1})
+    early.finish()
+    assert [r["value"] for r in late.finish()] == [1]  # its view was stale, not a bug in the study
+
+
+def test_a_need_that_is_no_run_is_a_bug_and_the_key_always_wins(tmp_path):
+    runner = StudyRunner(tmp_path, {"plan": 1}, KEYS)
+    runner.run(("a", "x", 0), lambda: {"name": "y", "seed": 5})
+    assert [(r["name"], r["seed"]) for r in runner.finish()] == [("x", 0)]
+    runner.run(("a", "z", 0), dict, needs=[("a", "nowhere", 0)])
+    with pytest.raises(ConfigError, match="not a run of this study"):
+        runner.finish()

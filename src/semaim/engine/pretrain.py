@@ -29,7 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..config import PretrainConfig
+from ..config import ModelConfig, PretrainConfig, to_2tuple
 from ..data import open_dataset
 from ..data.sampler import AugmentedDataset, EpochSampler, collate, sample_seed
 from ..data.transforms import PretrainTransform
@@ -203,18 +203,21 @@ def build_state(cfg: PretrainConfig, device: torch.device, info: DistInfo) -> Tr
         forward_model = DistributedDataParallel(
             forward_model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
-    order_source = load_order_source(t.order_source, cfg.model.grid, device) if t.order_source else None
+    order_source = load_order_source(t.order_source, cfg.model, device) if t.order_source else None
     return TrainState(model, forward_model, ema, order_source, optimizer, scaler, base_lr, precision)
 
 
-def load_order_source(path: str, grid: tuple[int, int], device: torch.device) -> torch.nn.Module:
-    """``train.order_source``: a frozen encoder on the model's patch grid; it gives the order only."""
+def load_order_source(path: str, model: ModelConfig, device: torch.device) -> torch.nn.Module:
+    """``train.order_source``: a frozen encoder that reads the model's input (size, channels, patch grid);
+    it gives the order only."""
     vit = load_encoder(path)
-    source_grid = tuple(vit.patch_embed.grid_size)
-    if source_grid != tuple(grid) or not vit.has_class_token:
+    source = (tuple(vit.patch_embed.img_size), vit.patch_embed.proj.in_channels, tuple(vit.patch_embed.grid_size))
+    wanted = (to_2tuple(model.img_size, "img_size"), model.in_chans, tuple(model.grid))
+    if source != wanted or not vit.has_class_token:
         raise ConfigError(
-            f"train.order_source: {path} is an encoder of a {source_grid[0]}x{source_grid[1]} patch grid"
-            f"{'' if vit.has_class_token else ' without a cls token'}; the model's grid is {grid[0]}x{grid[1]}"
+            f"train.order_source: {path} is an encoder of {source[0][0]}x{source[0][1]} px, {source[1]} channels, "
+            f"a {source[2][0]}x{source[2][1]} patch grid{'' if vit.has_class_token else ', no cls token'}; the "
+            f"model reads {wanted[0][0]}x{wanted[0][1]} px, {wanted[1]} channels, a {wanted[2][0]}x{wanted[2][1]} grid"
         )
     return vit.requires_grad_(False).eval().to(device)
 

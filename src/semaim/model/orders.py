@@ -16,8 +16,9 @@ Kinds (Table 1 and controls):
   non-maximum suppression; a patch's distance is to its nearest centre.
 
 Variants of the centre rule (``ModelConfig.center_filter`` / ``center_map``): the official code takes the
-argmax of the raw map (``center_filter="none"``, with ``λ = 1e-3``); beyond the paper, the map may be the
-last block's cls *attention* (:func:`cls_attention`) instead of the cls similarity ``S`` of Eq. 2.
+argmax of the raw map (``center_filter="none"``, with ``λ = 1e-3``); beyond the paper (an option of the
+official code, ``--attention_type self``), the map may be the last block's cls *attention*
+(:func:`cls_attention`) instead of the cls similarity ``S`` of Eq. 2.
 
 (docs/design.md §1; the 3×3 filter, λ and raster order vs the official code: §3; the extra kinds: §4)
 """
@@ -31,12 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CENTER_FILTERS, CENTER_MAPS, ORDERS, to_2tuple
+from ..config import CENTER_FILTERS, CENTER_MAPS, NEEDS_SIMILARITY, ORDERS, to_2tuple
 from ..errors import ConfigError
-
-NEEDS_SIMILARITY = frozenset({"similarity", "semantic", "multi-center"})
-"""Orders that need the similarity map ``S`` of Eq. 2 (and so an encoder pass)."""
-
 
 
 def similarity_map(tokens: torch.Tensor) -> torch.Tensor:

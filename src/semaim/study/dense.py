@@ -11,17 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .payoff import PayoffPlan
+from .payoff import PayoffPlan, by_seed
 from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
 
 ENCODERS = ("scratch", "semantic", "raster")
 TARGET_GAIN = 3.0  # mIoU points a pretrained encoder should gain over scratch
 TARGET_MINUTES = 10.0  # one fine-tuned segmentation run on this CPU
 SHOWN = (0, 1, 2, 3)  # test images in the figure
-
-
-def seeds_of(rows: list[dict[str, Any]], kind: str, encoder: str) -> dict[int, dict[str, Any]]:
-    return {r["seed"]: r for r in rows if (r["kind"], r["encoder"]) == (kind, encoder)}
 
 
 def columns(plan: PayoffPlan) -> list[tuple[str, str, str]]:
@@ -37,8 +33,8 @@ def lines_for(rows: list[dict[str, Any]], plan: PayoffPlan, pairs: list[tuple[st
     for encoder, base in pairs:
         cells = []
         for _, kind, metric in cols:
-            mine = seeds_of(rows, kind, encoder)
-            stats = paired(mine, seeds_of(rows, kind, base), [metric]) if base else mean_std(
+            mine = by_seed(rows, kind, encoder, 0)
+            stats = paired(mine, by_seed(rows, kind, base, 0), [metric]) if base else mean_std(
                 {metric: [r[metric] for r in mine.values()]})  # fmt: skip
             cells.append(cell(stats, metric, signed=base is not None))
         out.append(f"| {f'`{encoder}` − `{base}`' if base else f'`{encoder}`'} | " + " | ".join(cells) + " |")
@@ -49,7 +45,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's targets, read from the rows: +3 mIoU over scratch, one fine-tuned run within 10 minutes."""
     lines = []
     for encoder in ENCODERS[1:]:
-        stats = paired(seeds_of(rows, "segment-finetune", encoder), seeds_of(rows, "segment-finetune", "scratch"),
+        stats = paired(by_seed(rows, "segment-finetune", encoder, 0), by_seed(rows, "segment-finetune", "scratch", 0),
                        ["test_miou"])  # fmt: skip
         if "test_miou" in stats:
             met = "met" if stats["test_miou"][0] >= TARGET_GAIN else "not met"
@@ -91,7 +87,7 @@ def write_dense_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: st
 def plot_dense(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, dpi: int = 100) -> bool:
     """A few test images: the image, the true mask, and the masks the first seed's fine-tuned scratch,
     semantic and raster models predict. ``False`` (nothing written) when those runs are not on disk."""
-    runs = {e: seeds_of(rows, "segment-finetune", e).get(plan.seeds[0], {}).get("run") for e in ENCODERS}
+    runs = {e: by_seed(rows, "segment-finetune", e, 0).get(plan.seeds[0], {}).get("run") for e in ENCODERS}
     runs = {e: r for e, r in runs.items() if r and (Path(r) / "checkpoint-last.pt").is_file()}
     if not runs:
         return False

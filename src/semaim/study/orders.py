@@ -6,7 +6,8 @@ official code's centre rule, the cls-attention centre, the order from a frozen t
 decoder depths of Table 3. Every encoder is scored by fine-tuning at the first label budget (1 % of the
 labels), frozen k-NN@20 and linear probe, and, on data with masks, segmentation (fine-tuned and linear
 head). ``scratch`` (the pretraining initialisation, the same for every order of a seed) is each encoder's
-own starting point. The encoders of the payoff study (scratch, semantic, raster) run first and are also
+own starting point (the decoder-depth variants excepted: a smaller decoder changes the random draws before
+the encoder's initialisation). The encoders of the payoff study (scratch, semantic, raster) run first and are also
 fine-tuned at every label budget, so one study folder gives both reports.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .dense import plot_dense, write_dense_report
-from .payoff import PayoffConfig, PayoffPlan, payoff_plan, plot_payoff, write_payoff_report
+from .payoff import VARIANTS, PayoffConfig, PayoffPlan, by_seed, payoff_plan, plot_payoff, write_payoff_report
 from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
 
 ORDER_STUDY = ("semantic", "raster", "stochastic", "similarity", "center", "semantic-official",
@@ -49,10 +50,6 @@ def metrics(plan: PayoffPlan) -> list[tuple[str, str, str, int]]:
     return columns + [(names[mode], f"segment-{mode}", "test_miou", 0) for mode in plan.segment]
 
 
-def seeds_of(rows: list[dict[str, Any]], kind: str, encoder: str, labels: int) -> dict[int, dict[str, Any]]:
-    return {r["seed"]: r for r in rows if (r["kind"], r["encoder"], r["labels"]) == (kind, encoder, labels)}
-
-
 def table(rows: list[dict[str, Any]], plan: PayoffPlan, encoders: tuple[str, ...], base: str | None) -> list[str]:
     """One line per encoder, one column per metric: mean ± std, or the paired difference against ``base``."""
     columns = metrics(plan)
@@ -60,11 +57,11 @@ def table(rows: list[dict[str, Any]], plan: PayoffPlan, encoders: tuple[str, ...
     for encoder in encoders:
         cells = []
         for _, kind, metric, labels in columns:
-            mine = seeds_of(rows, kind, encoder, labels)
+            mine = by_seed(rows, kind, encoder, labels)
             if base is None:
                 stats = mean_std({metric: [r[metric] for r in mine.values()]})
             else:
-                stats = paired(mine, seeds_of(rows, kind, base, labels), [metric])
+                stats = paired(mine, by_seed(rows, kind, base, labels), [metric])
             cells.append(cell(stats, metric, signed=base is not None))
         lines.append(f"| `{encoder}` | " + " | ".join(cells) + " |")
     return lines
@@ -73,14 +70,19 @@ def table(rows: list[dict[str, Any]], plan: PayoffPlan, encoders: tuple[str, ...
 def gains(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
     """Each encoder's fine-tuning gain over its own initialisation, against :data:`GAIN_TARGET`."""
     _, kind, metric, labels = metrics(plan)[0]
-    scratch = seeds_of(rows, kind, "scratch", labels)
+    scratch = by_seed(rows, kind, "scratch", labels)
     lines = []
     for encoder in plan.orders:
-        stats = paired(seeds_of(rows, kind, encoder, labels), scratch, [metric])
+        stats = paired(by_seed(rows, kind, encoder, labels), scratch, [metric])
         if metric in stats:
             verdict = "enough" if stats[metric][0] >= GAIN_TARGET else "too small a budget"
+            other = "; †" if "decoder_depth" in " ".join(VARIANTS.get(encoder, ())) else ""
             lines.append(f"- `{encoder}` − its initialisation: {cell(stats, metric, signed=True)} ({verdict}, "
-                         f"{stats[metric][2]} seeds)")  # fmt: skip
+                         f"{stats[metric][2]} seeds{other})")  # fmt: skip
+    if any("decoder_depth" in " ".join(VARIANTS.get(e, ())) for e in plan.orders):
+        lines += ["", "† Another decoder depth changes the random draws before the encoder is initialised, so these "
+                  "encoders start from another draw of the same initialisation than the seed's `scratch`: the "
+                  "difference is not paired by initialisation."]  # fmt: skip
     return lines
 
 
@@ -89,7 +91,7 @@ def ranking(rows: list[dict[str, Any]], plan: PayoffPlan, orders: tuple[str, ...
     _, kind, metric, labels = metrics(plan)[0]
     means = {}
     for order in orders:
-        stats = mean_std({metric: [r[metric] for r in seeds_of(rows, kind, order, labels).values()]})
+        stats = mean_std({metric: [r[metric] for r in by_seed(rows, kind, order, labels).values()]})
         if metric in stats:
             means[order] = stats[metric][0]
     return " > ".join(f"`{o}` {m:.2f}" for o, m in sorted(means.items(), key=lambda item: -item[1]))
@@ -160,7 +162,7 @@ def plot_orders(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, 
     fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.8), constrained_layout=True,
                              squeeze=False)  # fmt: skip
     for ax, (title, kind, metric, labels) in zip(axes[0], columns, strict=True):
-        stats = [paired(seeds_of(rows, kind, e, labels), seeds_of(rows, kind, "raster", labels), [metric])
+        stats = [paired(by_seed(rows, kind, e, labels), by_seed(rows, kind, "raster", labels), [metric])
                  for e in encoders]  # fmt: skip
         means = [s[metric][0] if metric in s else float("nan") for s in stats]
         stds = [s[metric][1] if metric in s else 0.0 for s in stats]

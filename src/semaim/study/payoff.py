@@ -54,7 +54,8 @@ from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
 VARIANTS: dict[str, tuple[str, ...]] = {
     # The official code's centre rule: argmax of the raw map, λ = 1e-3 (docs/design.md §3).
     "semantic-official": ("model.center_filter=none", "model.lam=0.001"),
-    # Beyond the paper: the centre from the last block's cls attention (docs/design.md §4).
+    # Beyond the paper (the official code's --attention_type self): the centre from the last block's cls
+    # attention (docs/design.md §4).
     "semantic-attention": ("model.center_map=attention",),
     # The order from this seed's finished `semantic` encoder, frozen: a mature order from the first step.
     "semantic-source": ("train.order_source={semantic}",),
@@ -103,6 +104,10 @@ class PayoffPlan:
             require_choice(order, f"{prefix}orders", (*ORDERS, *VARIANTS))
         for encoder in self.every_budget:
             require_choice(encoder, f"{prefix}every_budget", ("scratch", *self.orders))
+        ok = not self.every_budget or "scratch" in self.every_budget and (
+            not self.curve_steps or self.curve_order in self.every_budget)  # fmt: skip
+        require(ok, f"{prefix}every_budget", "empty, or with 'scratch' (every gain is over it) and curve_order",
+                list(self.every_budget))  # fmt: skip
         for mode in self.segment:
             require_choice(mode, f"{prefix}segment", SEGMENT_MODES)
         ok = not self.segment or self.data != "fashion-mnist"
@@ -307,7 +312,7 @@ def run_seed(plan: PayoffPlan, runner: StudyRunner, folder: Path, seed: int, enc
     """One seed's runs for ``encoders``: pretrainings, then per label budget the floors (``floors``) and the
     fine-tunings; then the frozen and segmentation scores the plan asks for."""
     for order in (e for e in encoders if e != "scratch"):
-        needs = [("pretrain", "semantic", -1, seed)] if order == "semantic-source" else []
+        needs = [("pretrain", "semantic", -1, seed)] if any("{semantic}" in a for a in VARIANTS.get(order, ())) else []
         runner.run(("pretrain", order, -1, seed), lambda o=order: pretrain_run(plan, o, seed, folder, progress),
                    needs=needs)  # fmt: skip
 

@@ -46,7 +46,7 @@ class Claim:
     _guard: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, path: Path) -> None:
-        self.path, self.fd = path, None
+        self.path, self.fd = path.resolve(), None  # one spelling: POSIX locks do not exclude their own process
 
     def take(self) -> bool:
         with Claim._guard:
@@ -111,6 +111,7 @@ class StudyRunner:
     def finish(self) -> list[dict[str, Any]]:
         """Do the runs in list order, each as soon as its needs are done and no other process holds it; wait
         (polling ``results.jsonl``) while every remaining run is held or waits. Returns every row."""
+        self.reload()
         while True:
             todo = self.runnable()
             if not todo:
@@ -121,12 +122,17 @@ class StudyRunner:
             self.reload()
 
     def runnable(self) -> list[Run]:
-        """The runs not done whose needs are done or can be done now (a need left out by ``--only-seeds``
-        leaves its run for a later rerun)."""
+        """The runs not done whose needs are done or can be done now: a need that ``--only-seeds`` left out
+        leaves its run for a later rerun; a need that is no run of the study is a bug in the study."""
         todo = [r for r in self.runs if r.key not in self.done]
         while True:
             keys = {r.key for r in todo}
-            kept = [r for r in todo if all(k in self.done or k in keys for k in r.needs)]
+            missing = {k for r in todo for k in r.needs if k not in self.done and k not in keys}
+            for key in missing:
+                seed = dict(zip(self.key_fields, key, strict=False)).get("seed")
+                if self.only_seeds is None or seed in self.only_seeds:
+                    raise ConfigError(f"study: a run needs {key}, which is not a run of this study (a bug in the plan)")
+            kept = [r for r in todo if not missing.intersection(r.needs)]
             if len(kept) == len(todo):
                 return todo
             todo = kept
@@ -141,7 +147,7 @@ class StudyRunner:
             if run.key in self.done:  # another process finished it while we looked
                 return False
             start = time.perf_counter()
-            row = {**dict(zip(self.key_fields, run.key, strict=False)), **run.work(),
+            row = {**run.work(), **dict(zip(self.key_fields, run.key, strict=False)),  # the key always wins
                    "wall_s": time.perf_counter() - start}  # fmt: skip
             append_record(self.results, row)
         finally:
@@ -153,7 +159,12 @@ class StudyRunner:
         return True
 
     def check_not_stuck(self, todo: list[Run]) -> None:
-        """Nothing could run: fine while another process holds a run; a bug in the study's order otherwise."""
+        """Nothing could run: fine while another process holds a run or has just finished one (the rows
+        changed since ``todo`` was built); a bug in the study's order otherwise."""
+        before = set(self.done)
+        self.reload()
+        if self.done != before:
+            return
         for run in todo:
             claim = self.claim(run.key)
             if not claim.take():
