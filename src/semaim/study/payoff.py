@@ -175,21 +175,24 @@ def pretrain_config(plan: PayoffPlan, order: str, seed: int, folder: Path | None
     return cfg.validate()
 
 
-def segment_config(plan: PayoffPlan, encoder: EncoderConfig, mode: str, seed: int) -> SegmentRunConfig:
-    cfg = load_preset(plan.segment_recipe, SegmentRunConfig)
+def recipe_config(recipe: str, kind: type, encoder: EncoderConfig, overrides: tuple[str, ...]) -> Any:
+    """A run config from a recipe preset, for ``encoder``, with the plan's ``--set`` overrides."""
+    cfg = load_preset(recipe, kind)
     cfg.encoder = encoder
-    for assignment in plan.segment_set:
+    for assignment in overrides:
         cfg.set(*parse_assignment(assignment))
+    return cfg
+
+
+def segment_config(plan: PayoffPlan, encoder: EncoderConfig, mode: str, seed: int) -> SegmentRunConfig:
+    cfg = recipe_config(plan.segment_recipe, SegmentRunConfig, encoder, plan.segment_set)
     sg = cfg.segment
     sg.data, sg.mode, sg.seed, sg.workers = plan.data, mode, seed, plan.workers
     return cfg.validate()
 
 
 def finetune_config(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed: int) -> FinetuneRunConfig:
-    cfg = load_preset(plan.recipe, FinetuneRunConfig)
-    cfg.encoder = encoder
-    for assignment in plan.finetune:
-        cfg.set(*parse_assignment(assignment))
+    cfg = recipe_config(plan.recipe, FinetuneRunConfig, encoder, plan.finetune)
     ft = cfg.finetune
     ft.data, ft.seed, ft.val_size, ft.workers = plan.data, seed, plan.val_size, plan.workers
     ft.labels_per_class = labels or None
