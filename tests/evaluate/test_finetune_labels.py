@@ -11,10 +11,13 @@ import torch
 import semaim.evaluate.supervised as sup
 from semaim import load_encoder
 from semaim.cli import main
-from semaim.config import EncoderConfig
+from semaim.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from semaim.data.folders import ImageFolder
+from semaim.engine.checkpoint import load_checkpoint
 from semaim.evaluate.encoders import starting_weights
-from semaim.export import random_encoder
+from semaim.evaluate.finetune import build_classifier
+from semaim.export import encoder_from_checkpoint, random_encoder
+from semaim.model.semaim import SemAIM
 from semaim.presets import load_preset
 from tests.conftest import make_image_folder
 
@@ -117,3 +120,23 @@ def test_knn_floor_learns_from_the_subset_fine_tuning_trains_on(tmp_path, fmnist
     assert main(["knn", "--pixels", "--data", fmnist, "--workers", "0", "--no-progress", "--labels-per-class",
                  "9"]) == 2  # fmt: skip
     assert "features.labels_per_class: expected 1 to" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pool", ["cls", "avg"])
+def test_the_classifier_starts_with_the_pretraining_models_own_features(pretrained, pool):
+    """The loading check of the payoff study: a fine-tuning run's encoder at step 0 is the pretrained one
+    (the avg-pool head drops the final norm, as timm does, so it compares the tokens before it)."""
+    ckpt = load_checkpoint(pretrained, kind=None)
+    trained = SemAIM(PretrainConfig.from_dict(ckpt["config"]).model)
+    trained.load_state_dict(ckpt["model"])
+    trained.eval()
+    state, args = encoder_from_checkpoint(pretrained)
+    clf = build_classifier(args, state, 3, FinetuneConfig(pool=pool), "test").eval()
+    images = torch.randn(4, trained.config.in_chans, trained.config.img_size, trained.config.img_size)
+    with torch.no_grad():
+        tokens = trained.embed(images)
+        for block in trained.blocks:
+            tokens = block(tokens)
+        expected = trained.norm(tokens) if pool == "cls" else tokens
+        torch.testing.assert_close(clf.forward_features(images), expected, rtol=0, atol=1e-6)
+        assert clf(images).abs().max() < 1e-2  # MAE's head init: the first steps train the head

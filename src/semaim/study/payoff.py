@@ -238,13 +238,18 @@ def segment_run(plan: PayoffPlan, encoder: EncoderConfig, mode: str, seed: int, 
             "run": str(out)}  # the dense report's figure reads its checkpoint
 
 
+def labelled_features(plan: PayoffPlan, labels: int, seed: int) -> FeaturesConfig:
+    """Frozen features that learn from exactly the images the fine-tuning at ``labels`` trains on."""
+    ft = finetune_config(plan, EncoderConfig(random=True), labels, seed).finetune  # its labelled images
+    return FeaturesConfig(data=plan.data, workers=plan.workers, labels_per_class=ft.labels_per_class,
+                          val_size=ft.val_size, split_seed=ft.split_seed, subset_seed=ft.seed,
+                          limit=ft.limit)  # fmt: skip
+
+
 def pixel_floors(plan: PayoffPlan, labels: int, seed: int, folder: Path, progress: bool) -> dict[str, Any]:
     """Raw-pixel k-NN@20 and linear probe, learning from exactly the images fine-tuning trains on."""
-    ft = finetune_config(plan, EncoderConfig(random=True), labels, seed).finetune  # its labelled images
-    features = FeaturesConfig(data=plan.data, workers=plan.workers, labels_per_class=ft.labels_per_class,
-                              val_size=ft.val_size, split_seed=ft.split_seed, subset_seed=ft.seed,
-                              limit=ft.limit)  # fmt: skip
-    return frozen_scores(EncoderConfig(pixels=True, preset=shape_preset(plan, folder)), features, progress)
+    encoder = EncoderConfig(pixels=True, preset=shape_preset(plan, folder))
+    return frozen_scores(encoder, labelled_features(plan, labels, seed), progress)
 
 
 def frozen_scores(encoder: EncoderConfig, features: FeaturesConfig, progress: bool) -> dict[str, Any]:
