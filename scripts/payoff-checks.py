@@ -10,9 +10,10 @@ Every check starts from the payoff study's own seed-0 runs (``--study``, default
   the fine-tuned one? Minutes.
 - ``grid``: the study's 1 %-label fine-tuning (its run's config.yaml, ``--recipe``) with one knob changed,
   scratch and semantic: a lower lr, stronger layer decay (fine-tuning destroying the features), the cls
-  token instead of the average pool, twice the steps. Validation top-1 only, as for every choice; each
-  run scores the test split once at its end, as every fine-tuning run does, and the report leaves it out.
-  About 16 min per run on one core. Resumable: a finished run is skipped, a cut one resumes.
+  token instead of the average pool, half and twice the steps (does scratch catch up with more?).
+  Validation top-1 only, as for every choice; each run scores the test split once at its end, as every
+  fine-tuning run does, and the report leaves it out. About 16 min per 1800 steps on one core.
+  Resumable: a finished run is skipped, a cut one resumes.
 
     python scripts/payoff-checks.py loading|frozen|grid|report [--study DIR] [--only NAME ...]
 """
@@ -44,6 +45,7 @@ GRID: dict[str, tuple[str, list[str]]] = {  # in the order they run (the most li
     "ld0.5": ("layer decay 0.5 (shipped 0.75)", ["finetune.layer_decay=0.5"]),
     "blr3e-3": ("blr 3e-3 (shipped 1e-2)", ["finetune.blr=3e-3"]),
     "cls": ("cls token, final norm kept (shipped: average pool + fc_norm)", ["finetune.pool=cls"]),
+    "steps900": ("900 steps (shipped 1800)", ["finetune.budget_steps=900"]),
     "steps3600": ("3600 steps (shipped 1800)", ["finetune.budget_steps=3600"]),
 }
 
