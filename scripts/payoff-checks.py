@@ -13,9 +13,11 @@ Every check starts from the payoff study's own seed-0 runs (``--study``, default
   token instead of the average pool, half and twice the steps (does scratch catch up with more?).
   Validation top-1 only, as for every choice; each run scores the test split once at its end, as every
   fine-tuning run does, and the report leaves it out. About 16 min per 1800 steps on one core.
-  Resumable: a finished run is skipped, a cut one resumes.
+  Resumable: a finished run is skipped, a cut one resumes. On a study with segmentation runs (the order
+  study on cluttered Fashion-MNIST), ``--only seg-lr1e-3 seg-lr4e-3`` checks the segmentation lr, which
+  was chosen on the scratch encoder alone, for the pretrained one.
 
-    python scripts/payoff-checks.py loading|frozen|grid|report [--study DIR] [--only NAME ...]
+    python scripts/payoff-checks.py loading|frozen|grid|report [--study DIR] [--only KNOB ...]
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import itertools
 import json
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -40,15 +42,37 @@ from semaim.model.semaim import SemAIM
 from semaim.study.payoff import PayoffPlan, frozen_scores, labelled_features
 
 POOLS = ("cls", "avg")
-ARMS = {"scratch": "finetune-scratch-K60-seed0", "semantic": "finetune-semantic-K60-seed0"}
-GRID: dict[str, tuple[str, list[str]]] = {  # in the order they run (the most likely cause first)
-    "ld0.5": ("layer decay 0.5 (shipped 0.75)", ["finetune.layer_decay=0.5"]),
-    "blr3e-3": ("blr 3e-3 (shipped 1e-2)", ["finetune.blr=3e-3"]),
-    "cls": ("cls token, final norm kept (shipped: average pool + fc_norm)", ["finetune.pool=cls"]),
-    "steps900": ("900 steps (shipped 1800)", ["finetune.budget_steps=900"]),
-    "steps3600": ("3600 steps (shipped 1800)", ["finetune.budget_steps=3600"]),
-}
+ARMS = ("scratch", "semantic")
 
+
+@dataclass(frozen=True)
+class Grid:
+    """Runs of the study's seed 0 (``run``, per arm) again, one knob changed: ``knob -> (text, --set values)``."""
+
+    command: str
+    run: str
+    metric: str  # the validation score in eval.jsonl
+    title: str
+    knobs: dict[str, tuple[str, list[str]]]
+
+
+GRIDS = {
+    "finetune": Grid("finetune", "finetune-{arm}-K60-seed0", "val_top1", "The 1 %-label fine-tuning, one knob at a "
+                     "time: validation top-1 (%)", {  # in the order they run (the most likely cause first)
+                         "ld0.5": ("layer decay 0.5 (shipped 0.75)", ["finetune.layer_decay=0.5"]),
+                         "blr3e-3": ("blr 3e-3 (shipped 1e-2)", ["finetune.blr=3e-3"]),
+                         "cls": ("cls token, final norm kept (shipped: average pool + fc_norm)",
+                                 ["finetune.pool=cls"]),
+                         "steps900": ("900 steps (shipped 1800)", ["finetune.budget_steps=900"]),
+                         "steps3600": ("3600 steps (shipped 1800)", ["finetune.budget_steps=3600"]),
+                     }),
+    "segment": Grid("segment", "segment-finetune-{arm}-seed0", "val_miou", "The segmentation fine-tuning's lr "
+                    "(chosen on scratch alone): validation mIoU", {
+                        "seg-lr1e-3": ("lr 1e-3 (shipped 2e-3)", ["segment.lr=1e-3"]),
+                        "seg-lr4e-3": ("lr 4e-3 (shipped 2e-3)", ["segment.lr=4e-3"]),
+                    }),
+}  # fmt: skip
+KNOBS = {knob: grid for grid in GRIDS.values() for knob in grid.knobs}
 
 def check_loading(study: Path) -> list[str]:
     """The classifier's encoder at step 0 against the pretraining model it was loaded from."""
@@ -110,24 +134,37 @@ def run_frozen(study: Path, folder: Path) -> None:
 
 
 def run_grid(study: Path, folder: Path, only: list[str]) -> None:
-    for name in only:
-        for arm, run in ARMS.items():
-            out = folder / f"{arm}-{name}"
+    for knob in only:
+        grid = KNOBS[knob]
+        for arm in ARMS:
+            out = folder / f"{arm}-{knob}"
             if (out / "result.json").is_file():
                 continue
             resume = ["--resume"] if (out / "checkpoint-last.pt").is_file() else ["--force"]
-            sets = [arg for assignment in GRID[name][1] for arg in ("--set", assignment)]
-            semaim("finetune", "--recipe", str(study / "runs" / run / "config.yaml"), *sets, "--no-progress",
-                   "--out", str(out), *resume, log=folder / f"{arm}-{name}.log")  # fmt: skip
+            sets = [arg for assignment in grid.knobs[knob][1] for arg in ("--set", assignment)]
+            recipe = study / "runs" / grid.run.format(arm=arm) / "config.yaml"
+            semaim(grid.command, "--recipe", str(recipe), *sets, "--no-progress", "--out", str(out), *resume,
+                   log=folder / f"{arm}-{knob}.log")  # fmt: skip
 
 
-def val_top1(run: Path) -> str:
-    """The last validation top-1 of a finished run (the one the shipped ``select: last`` keeps)."""
+def last_val(run: Path, metric: str) -> str:
+    """The last validation score of a finished run (the one the shipped ``select: last`` keeps)."""
     if not (run / "result.json").is_file():
         return "not run"
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines() if line.strip()]
-    return f"{evals[-1]['val_top1']:.2f}"
+    return f"{evals[-1][metric]:.2f}"
 
+
+def grid_table(study: Path, folder: Path, grid: Grid) -> list[str]:
+    lines = ["", f"## {grid.title}", "", f"The study's `{grid.run}` runs with one `--set` (validation split of "
+             "the study):", "", "| recipe | scratch | semantic | semantic − scratch |", "|---|---|---|---|"]  # fmt: skip
+    rows = {"shipped (the study's runs)": [study / "runs" / grid.run.format(arm=arm) for arm in ARMS]}
+    rows |= {text: [folder / f"{arm}-{knob}" for arm in ARMS] for knob, (text, _) in grid.knobs.items()}
+    for text, runs in rows.items():
+        cells = [last_val(run, grid.metric) for run in runs]
+        gap = f"{float(cells[1]) - float(cells[0]):+.2f}" if "not run" not in cells else ""
+        lines.append(f"| {text} | {cells[0]} | {cells[1]} | {gap} |")
+    return lines
 
 def report(study: Path, folder: Path) -> None:
     lines = ["# Payoff study: why the gain at 1 % labels is small — the usual causes, checked", "",
@@ -145,16 +182,9 @@ def report(study: Path, folder: Path) -> None:
         cells = [f"{s:.2f}" if s is not None else "not run" for s in scores]
         gap = f"{scores[1] - scores[0]:+.2f}" if None not in scores else ""
         lines.append(f"| {key} | {cells[0]} | {cells[1]} | {gap} |")
-    lines += ["", "## The fine-tuning recipe, one knob at a time", "",
-              "Validation top-1 (%) at the end of the 1 %-label fine-tuning (5000 validation images, seed 0), the "
-              "study's run config with one `--set`:", "",
-              "| recipe | scratch | semantic | semantic − scratch |", "|---|---|---|---|"]  # fmt: skip
-    rows = {"shipped (the study's runs)": [study / "runs" / run for run in ARMS.values()]}
-    rows |= {text: [folder / f"{arm}-{name}" for arm in ARMS] for name, (text, _) in GRID.items()}
-    for text, runs in rows.items():
-        cells = [val_top1(run) for run in runs]
-        gap = f"{float(cells[1]) - float(cells[0]):+.2f}" if "not run" not in cells else ""
-        lines.append(f"| {text} | {cells[0]} | {cells[1]} | {gap} |")
+    for grid in GRIDS.values():
+        if (study / "runs" / grid.run.format(arm=ARMS[0])).is_dir():
+            lines += grid_table(study, folder, grid)
     out = Path("benchmarks/results") / f"{study.name}-checks.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
@@ -164,7 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("loading", "frozen", "grid", "report"))
     parser.add_argument("--study", type=Path, default=Path("benchmarks/results/payoff-fashion-mnist"))
-    parser.add_argument("--only", nargs="+", default=list(GRID), choices=list(GRID))
+    parser.add_argument("--only", nargs="+", default=list(GRIDS["finetune"].knobs), choices=list(KNOBS))
     args = parser.parse_args()
     folder = args.study / "checks"
     folder.mkdir(parents=True, exist_ok=True)
