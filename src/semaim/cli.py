@@ -478,7 +478,8 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str) -> None:
     """The flags every study shares: data, quick, seeds, study folder, report folder, --set."""
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or cluttered-fashion-mnist")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or cluttered-fashion-mnist "
+                   "(default: fashion-mnist)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke test of the whole pipeline")
     p.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; --quick: 2)")
     p.add_argument("--out", help=f"study folder (default: runs/{kind}-DATA[-quick]); rerun to resume; several "
@@ -486,7 +487,7 @@ def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str) -> 
     p.add_argument("--report-dir", help=f"where {kind}-DATA.md and .png go (default: the study folder)")
     p.add_argument("--only-seeds", type=int, nargs="+", help="run only these seeds' runs now (the rest on a rerun)")
     add_set_argument(p, example)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, background runs)")
 
 
 def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plot, report) -> int:
@@ -513,7 +514,7 @@ def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plo
 
 
 def add_study_parsers(sub: argparse._SubParsersAction) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = argparse.HelpFormatter  # each help text states its default
     p = sub.add_parser("reproduce", help="the order study (Tables 1 and 3 at small scale): every order x seeds",
                        formatter_class=fmt)  # fmt: skip
     add_study_arguments(p, "reproduce", "study.limit=38400")
