@@ -36,12 +36,12 @@ import yaml
 from semaim.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from semaim.data import open_dataset
 from semaim.engine.checkpoint import load_checkpoint
+from semaim.evaluate.features import POOLS
 from semaim.evaluate.finetune import build_classifier, eval_loader
 from semaim.export import encoder_from_checkpoint
 from semaim.model.semaim import SemAIM
 from semaim.study.payoff import PayoffPlan, frozen_scores, labelled_features
 
-POOLS = ("cls", "avg")
 ARMS = ("scratch", "semantic")
 
 
