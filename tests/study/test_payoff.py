@@ -86,7 +86,10 @@ def test_only_seeds_runs_one_seed_now_and_the_rest_on_a_rerun(tmp_path):
     assert main([*argv, "--only-seeds", "1"]) == 0
     seeds = [json.loads(line)["seed"] for line in (out / "results.jsonl").read_text().splitlines()]
     assert seeds == [1, 1]  # its floor and its scratch fine-tuning
+    report = next(out.glob("payoff-*.md"))
+    assert "over 1 of the 2 planned seeds (1);" in report.read_text()  # the ± stands on what is done
     assert main(argv) == 0
+    assert "over 2 seeds;" in report.read_text()
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted((r["kind"], r["seed"]) for r in rows) == [("finetune", 0), ("finetune", 1), ("floor", 0),
                                                            ("floor", 1)]  # fmt: skip

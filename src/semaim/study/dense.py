@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .payoff import PayoffPlan, by_seed
-from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
+from .stats import cell, how_it_was_run, mean_std, paired, seeds_counted, write_markdown
 
 ENCODERS = ("scratch", "semantic", "raster")
 TARGET_GAIN = 3.0  # mIoU points a pretrained encoder should gain over scratch
@@ -67,7 +67,7 @@ def write_dense_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: st
         "",
         f"`semaim segment` with recipe `{plan.segment_recipe}` ({', '.join(plan.segment_set) or 'as shipped'}) from "
         "scratch (the initialisation pretraining starts from) and from the payoff study's semaim encoders "
-        f"({', '.join(plan.pretrain)}), mean ± sample std over {len(plan.seeds)} seeds; the validation split "
+        f"({', '.join(plan.pretrain)}), mean ± sample std over {seeds_counted(rows, plan.seeds, ('segment-finetune',))}; the validation split "
         "is carved from the training split, the test split (10,000 images) scored once per run. mIoU over the "
         "ten item classes and the background.",
         "",

@@ -19,7 +19,7 @@ from typing import Any
 
 from .dense import plot_dense, write_dense_report
 from .payoff import VARIANTS, PayoffConfig, PayoffPlan, by_seed, payoff_plan, plot_payoff, write_payoff_report
-from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
+from .stats import cell, how_it_was_run, mean_std, paired, seeds_counted, write_markdown
 
 ORDER_STUDY = ("semantic", "raster", "stochastic", "similarity", "center", "semantic-official",
                "semantic-attention", "semantic-source", "semantic-dec1", "semantic-dec-half")  # fmt: skip
@@ -108,7 +108,7 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         f"# Tables 1 and 3 again: autoregression orders on `{plan.data}`",
         "",
         f"Every encoder is the `{plan.preset}` ViT pretrained with one order ({', '.join(plan.pretrain) or 'preset'}"
-        f"), mean ± sample std over {len(plan.seeds)} seeds; `scratch` is the initialisation every order of a "
+        f"), mean ± sample std over {seeds_counted(rows, plan.seeds, ('finetune', 'frozen'))}; `scratch` is the initialisation every order of a "
         "seed starts from. Fine-tuning: the payoff study's recipe and validation split; frozen scores: cls "
         "token, every training label but the validation split; segmentation: the `semaim segment` "
         f"`{plan.segment_recipe}` recipe. Each run scores the test split once.",

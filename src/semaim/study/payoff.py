@@ -49,7 +49,7 @@ from ..evaluate.linear import train_linear_probe
 from ..evaluate.segment import segment
 from ..presets import load_preset
 from .runner import StudyRunner
-from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
+from .stats import cell, how_it_was_run, mean_std, paired, seeds_counted, write_markdown
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     # The official code's centre rule: argmax of the raw map, λ = 1e-3 (docs/design.md §3).
@@ -423,7 +423,7 @@ def write_payoff_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         f"Test top-1 (%) after fine-tuning the `{plan.preset}` ViT with recipe `{plan.recipe}` "
         f"({', '.join(plan.finetune) or 'as shipped'}) from scratch (the initialisation pretraining starts "
         f"from) and from semaim encoders pretrained with each order ({', '.join(plan.pretrain) or 'preset as is'}), "
-        f"mean ± sample std over {len(plan.seeds)} seeds; every choice on a {plan.val_size}-image validation "
+        f"mean ± sample std over {seeds_counted(rows, plan.seeds, ('finetune',))}; every choice on a {plan.val_size}-image validation "
         "split carved from the training split, the test split scored once per run.",
         "",
         header,

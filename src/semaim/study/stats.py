@@ -33,6 +33,15 @@ def paired(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], metrics: 
     return mean_std({m: [a[s][m] - b[s][m] for s in seeds if m in a[s] and m in b[s]] for m in metrics})
 
 
+def seeds_counted(rows: list[dict[str, Any]], planned: tuple[int, ...], kinds: tuple[str, ...]) -> str:
+    """``"3 seeds"``, or ``"2 of the 3 planned seeds (0, 1)"`` while a study is partway: a report must say
+    how many seeds its ± stands on, not how many the plan asks for."""
+    done = sorted({r["seed"] for r in rows if r.get("kind") in kinds and r.get("seed") in planned})
+    if len(done) == len(planned):
+        return f"{len(planned)} seeds"
+    return f"{len(done)} of the {len(planned)} planned seeds ({', '.join(map(str, done)) or 'none yet'})"
+
+
 def cell(stats: Stats, metric: str, signed: bool = False) -> str:
     """``"81.20 ± 0.35"`` (``"+1.20 ± 0.35"`` signed); one value without ±; ``"–"`` when missing."""
     if metric not in stats:
