@@ -97,7 +97,8 @@ def test_visualize_from_a_dataset_and_from_samples(tmp_path):
         main(["visualize", "--data", f"fashion-mnist:{tmp_path / 'fm'}", "--count", "2", "--out", str(out)])
         == 0
     )
-    assert Image.open(out).size[1] == int((1.55 * 2 + 0.9) * DPI)
+    with Image.open(out) as figure:
+        assert figure.size[1] == int((1.55 * 2 + 0.9) * DPI)
     assert main(["visualize", "--samples", "chelsea", "--out", str(tmp_path / "s.png")]) == 0
 
 
@@ -125,7 +126,8 @@ def test_plot_metrics_overlays_runs(tmp_path, capsys):
         runs.append(str(run))
     out = tmp_path / "curves.png"
     assert main(["plot-metrics", *runs, "--out", str(out)]) == 0
-    assert Image.open(out).size == (13 * DPI, int(3.6 * DPI))
+    with Image.open(out) as figure:
+        assert figure.size == (13 * DPI, int(3.6 * DPI))
     assert main(["plot-metrics", str(tmp_path / "nothing"), "--out", str(out)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
 

@@ -68,8 +68,8 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
     dense = (reports / "dense-cluttered-fashion-mnist.md").read_text()
     assert "| `semantic` − `scratch` |" in dense and "linear head (frozen): mIoU" in dense
     assert "dense-cluttered-fashion-mnist.png" in dense  # the masks figure, from the runs on disk
-    figure = Image.open(reports / "dense-cluttered-fashion-mnist.png")
-    assert figure.size[0] > figure.size[1] > 100
+    with Image.open(reports / "dense-cluttered-fashion-mnist.png") as figure:
+        assert figure.size[0] > figure.size[1] > 100
 
     lines = (out / "results.jsonl").read_text().splitlines()
     (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # the last segmentation was cut

@@ -69,6 +69,7 @@ def test_a_run_another_process_holds_is_taken_up_when_that_process_dies(tmp_path
     assert done[0] == ("b", None)  # the free run first, while the other process holds "a"
     assert done[1][0] == "a" and done[1][1] == 9  # then "a", once its holder was gone
     holder.wait()
+    holder.stdout.close()
 
 
 def test_a_rerun_skips_finished_runs_and_a_folder_keeps_its_plan(tmp_path):
