@@ -56,6 +56,9 @@ class Grid:
     knobs: dict[str, tuple[str, list[str]]]
 
 
+# A run's config.yaml holds its schedule already stretched to 1800 steps (100 epochs on 600 images), and
+# stretching only lengthens: a new step budget must start from the recipe's own one-epoch schedule.
+UNSTRETCHED = ["finetune.epochs=1", "finetune.warmup_epochs=0.1", "finetune.eval_every=1"]
 GRIDS = {
     "finetune": Grid("finetune", "finetune-{arm}-K60-seed0", "val_top1", "The 1 %-label fine-tuning, one knob at a "
                      "time: validation top-1 (%)", {  # in the order they run (the most likely cause first)
@@ -63,8 +66,8 @@ GRIDS = {
                          "blr3e-3": ("blr 3e-3 (shipped 1e-2)", ["finetune.blr=3e-3"]),
                          "cls": ("cls token, final norm kept (shipped: average pool + fc_norm)",
                                  ["finetune.pool=cls"]),
-                         "steps900": ("900 steps (shipped 1800)", ["finetune.budget_steps=900"]),
-                         "steps3600": ("3600 steps (shipped 1800)", ["finetune.budget_steps=3600"]),
+                         "steps900": ("900 steps (shipped 1800)", [*UNSTRETCHED, "finetune.budget_steps=900"]),
+                         "steps3600": ("3600 steps (shipped 1800)", [*UNSTRETCHED, "finetune.budget_steps=3600"]),
                      }),
     "segment": Grid("segment", "segment-finetune-{arm}-seed0", "val_miou", "The segmentation fine-tuning's lr "
                     "(chosen on scratch alone): validation mIoU", {
