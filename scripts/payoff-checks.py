@@ -36,6 +36,7 @@ import yaml
 from semaim.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from semaim.data import open_dataset
 from semaim.engine.checkpoint import load_checkpoint
+from semaim.engine.runlog import read_records
 from semaim.evaluate.features import POOLS
 from semaim.evaluate.finetune import build_classifier, eval_loader
 from semaim.export import encoder_from_checkpoint
@@ -154,8 +155,7 @@ def last_val(run: Path, metric: str) -> str:
     """The last validation score of a finished run (the one the shipped ``select: last`` keeps)."""
     if not (run / "result.json").is_file():
         return "not run"
-    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines() if line.strip()]
-    return f"{evals[-1][metric]:.2f}"
+    return f"{read_records(run / 'eval.jsonl')[-1][metric]:.2f}"
 
 
 def grid_table(study: Path, folder: Path, grid: Grid) -> list[str]:

@@ -31,6 +31,7 @@ import torch
 from semaim.bench import BenchConfig, step_flops
 from semaim.config import EncoderConfig, parse_assignment
 from semaim.data.splits import train_val_split
+from semaim.engine.runlog import read_records
 from semaim.evaluate.encoders import choose_encoder
 from semaim.evaluate.features import POOLS, extract_pooled_features
 from semaim.evaluate.knn import knn_accuracy
@@ -154,22 +155,23 @@ def confirm(name: str) -> None:
             "--set", "train.keep_steps=[]"], pretrain)  # fmt: skip
     semaim(["finetune", "--recipe", str(STUDY / "runs/finetune-semantic-K60-seed0/config.yaml"),
             "--set", f"encoder.checkpoint={pretrain / 'checkpoint-last.pt'}"], out)  # fmt: skip
-    steps = len((pretrain / "metrics.jsonl").read_text().splitlines())
-    result = json.loads((out / "result.json").read_text())
-    row = {"variant": name, "sets": VARIANTS[name], "steps": steps, "final_loss": final_loss(pretrain),
-           "val_top1": last_val_top1(out), "test_top1": result["test_top1"]}  # fmt: skip
+    row = {"variant": name, "sets": VARIANTS[name], "steps": len(read_records(pretrain / "metrics.jsonl")),
+           "final_loss": final_loss(pretrain), "val_top1": last_val_top1(out), "test_top1": test_top1(out)}  # fmt: skip
     with CONFIRMED.open("a") as f:
         f.write(json.dumps(row) + "\n")
 
 
 def final_loss(run: Path) -> float:
-    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
+    return read_records(run / "metrics.jsonl")[-1]["loss"]
+
+
+def test_top1(run: Path) -> float:
+    return json.loads((run / "result.json").read_text())["test_top1"]
 
 
 def last_val_top1(run: Path) -> float:
     """The last validation top-1 of a fine-tuning run (what the shipped ``select: last`` keeps)."""
-    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines() if line.strip()]
-    return evals[-1]["val_top1"]
+    return read_records(run / "eval.jsonl")[-1]["val_top1"]
 
 
 def confirm_lines() -> list[str]:
@@ -185,12 +187,11 @@ def confirm_lines() -> list[str]:
              "shown, not used. A variant replaces cpu-tiny only if it beats it by ≥ 1 point here (one seed: the "
              "paired gains over scratch spread by about that much between seeds).", "",
              "| pretraining | final loss | 1 %-label fine-tuning: validation | − scratch | test |", "|---|---|---|---|---|",
-             f"| none (scratch, the study's run) | | {scratch:.2f} | | "
-             f"{json.loads((study['scratch'] / 'result.json').read_text())['test_top1']:.2f} |",
+             f"| none (scratch, the study's run) | | {scratch:.2f} | | {test_top1(study['scratch']):.2f} |",
              f"| cpu-tiny (the study's run) | {final_loss(STUDY / 'runs/pretrain-semantic-seed0'):.3f} "
              f"| {last_val_top1(study['semantic']):.2f} "
              f"| {last_val_top1(study['semantic']) - scratch:+.2f} "
-             f"| {json.loads((study['semantic'] / 'result.json').read_text())['test_top1']:.2f} |"]  # fmt: skip
+             f"| {test_top1(study['semantic']):.2f} |"]  # fmt: skip
     for r in rows.values():
         lines.append(f"| {r['variant']} (`{' '.join(r['sets'])}`) | {r['final_loss']:.3f} | {r['val_top1']:.2f} "
                      f"| {r['val_top1'] - scratch:+.2f} | {r['test_top1']:.2f} |")  # fmt: skip

@@ -62,12 +62,13 @@ def write_dense_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: st
                        chart: str | Path | None = None) -> None:  # fmt: skip
     """Markdown: mIoU and pixel accuracy of scratch / semantic / raster (mean ± std), paired differences."""
     pairs = [(e, "scratch") for e in ENCODERS[1:]] + [("semantic", "raster")]
+    seeds = seeds_counted(rows, plan.seeds, ('segment-finetune',))  # the seeds the ± stands on
     lines = [
         f"# Dense prediction: semantic segmentation on `{plan.data}`",
         "",
         f"`semaim segment` with recipe `{plan.segment_recipe}` ({', '.join(plan.segment_set) or 'as shipped'}) from "
         "scratch (the initialisation pretraining starts from) and from the payoff study's semaim encoders "
-        f"({', '.join(plan.pretrain)}), mean ± sample std over {seeds_counted(rows, plan.seeds, ('segment-finetune',))}; the validation split "
+        f"({', '.join(plan.pretrain)}), mean ± sample std over {seeds}; the validation split "
         "is carved from the training split, the test split (10,000 images) scored once per run. mIoU over the "
         "ten item classes and the background.",
         "",

@@ -103,12 +103,13 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
     report of the same folder's scratch / semantic / raster runs and, with segmentation, the dense report."""
     table1 = tuple(o for o in ("semantic", "stochastic", "raster", "similarity", "center") if o in plan.orders)
     decoders = tuple(o for o in ("semantic-dec1", "semantic-dec-half", "semantic") if o in plan.orders)
+    seeds = seeds_counted(rows, plan.seeds, ('finetune', 'frozen'))  # the seeds the ± stands on
     encoders = ("scratch", *plan.orders)
     lines = [
         f"# Tables 1 and 3 again: autoregression orders on `{plan.data}`",
         "",
         f"Every encoder is the `{plan.preset}` ViT pretrained with one order ({', '.join(plan.pretrain) or 'preset'}"
-        f"), mean ± sample std over {seeds_counted(rows, plan.seeds, ('finetune', 'frozen'))}; `scratch` is the initialisation every order of a "
+        f"), mean ± sample std over {seeds}; `scratch` is the initialisation every order of a "
         "seed starts from. Fine-tuning: the payoff study's recipe and validation split; frozen scores: cls "
         "token, every training label but the validation split; segmentation: the `semaim segment` "
         f"`{plan.segment_recipe}` recipe. Each run scores the test split once.",

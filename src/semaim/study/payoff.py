@@ -417,13 +417,14 @@ def write_payoff_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
 
     encoders = payoff_encoders(plan)
     orders = tuple(e for e in encoders if e != "scratch")
+    seeds = seeds_counted(rows, plan.seeds, ('finetune',))  # the seeds the ± stands on
     lines = [
         f"# Does pretraining pay off? Fine-tuning on `{plan.data}`",
         "",
         f"Test top-1 (%) after fine-tuning the `{plan.preset}` ViT with recipe `{plan.recipe}` "
         f"({', '.join(plan.finetune) or 'as shipped'}) from scratch (the initialisation pretraining starts "
         f"from) and from semaim encoders pretrained with each order ({', '.join(plan.pretrain) or 'preset as is'}), "
-        f"mean ± sample std over {seeds_counted(rows, plan.seeds, ('finetune',))}; every choice on a {plan.val_size}-image validation "
+        f"mean ± sample std over {seeds}; every choice on a {plan.val_size}-image validation "
         "split carved from the training split, the test split scored once per run.",
         "",
         header,
