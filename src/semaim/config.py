@@ -213,6 +213,10 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16: CUDA only, with a gradient scaler)
     ema_decay: float | None = None  # an EMA copy of the model gives the order when set
     order_source: str | None = None  # a frozen encoder (checkpoint / export) gives the order, not the targets
+    # Start the encoder as a model of this decoder depth would (same seed). The decoder's construction draws
+    # random numbers before the init, so without it a decoder-depth ablation (Table 3) also changes the
+    # encoder's starting point.
+    encoder_init_depth: int | None = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     save_every_steps: int = 200  # checkpoint-last.pt at least this often (and at every epoch end)
@@ -223,6 +227,8 @@ class TrainConfig:
     def validate(self, prefix: str = "train.") -> TrainConfig:
         for name in ("epochs", "batch_size", "accum_steps", "save_every_steps"):
             require(getattr(self, name) >= 1, f"{prefix}{name}", "a positive int", getattr(self, name))
+        ok = self.encoder_init_depth is None or self.encoder_init_depth >= 1
+        require(ok, f"{prefix}encoder_init_depth", "a positive int or null", self.encoder_init_depth)
         require(self.save_every_epochs >= 0, f"{prefix}save_every_epochs", "an int >= 0", self.save_every_epochs)
         require(all(s >= 1 for s in self.keep_steps), f"{prefix}keep_steps", "positive ints", list(self.keep_steps))
         if self.batch_size % self.accum_steps:
@@ -546,6 +552,9 @@ class PretrainConfig(Sections):
             require(ok, "train.order_source", "unset unless model.order reads a map (similarity, semantic, "
                     "multi-center) and model.target is pixels (a teacher orders by its own map)",
                     self.train.order_source)  # fmt: skip
+        init_depth = self.train.encoder_init_depth
+        require(init_depth is None or self.model.depth % init_depth == 0, "train.encoder_init_depth",
+                f"a decoder depth that divides model.depth {self.model.depth}, or null", init_depth)  # fmt: skip
         return self
 
 

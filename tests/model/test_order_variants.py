@@ -16,6 +16,7 @@ from semaim.engine.distributed import DistInfo
 from semaim.engine.pretrain import build_state, forward_backward, order_from_source
 from semaim.errors import ConfigError
 from semaim.export import build_vit, load_encoder
+from semaim.model.semaim import ENCODER_KEYS
 from semaim.model.targets import pixel_targets
 from tests.conftest import TINY_RUN, tiny_model
 from tests.model.test_orders import blob_map
@@ -64,6 +65,34 @@ def test_attention_centre_reads_the_last_blocks_cls_attention():
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     expected_c = orders.centerness("semantic", 3, (8, 8), similarity=attention, generator=g1)
     torch.testing.assert_close(model.compute_centerness(images, g2), expected_c)
+
+
+@torch.no_grad()
+def test_order_maps_stay_fp32_under_bf16_autocast():
+    """bf16 keeps 8 bits: the ~1/N values of a map would tie, and argmax would favour the first patch."""
+    tokens = torch.randn(2, 17, 32)
+    model = tiny_model(order="semantic", center_map="attention", depth=2, decoder_depth=1).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        similarity, attention = orders.similarity_map(tokens), model.order_map(images)
+    assert similarity.dtype == attention.dtype == torch.float32
+    assert similarity.equal(orders.similarity_map(tokens))
+
+
+def test_decoder_depth_ablation_starts_from_the_same_encoder():
+    def initial(decoder_depth, init_depth=None):
+        model = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+                 "decoder_depth": decoder_depth}  # fmt: skip
+        train = {"seed": 5, "device": "cpu", "encoder_init_depth": init_depth}
+        cfg = PretrainConfig.from_dict({"model": model, "train": train}).validate()
+        return build_state(cfg, torch.device("cpu"), DistInfo()).model.state_dict()
+
+    full, unpaired, paired = initial(2), initial(1), initial(1, init_depth=2)
+    encoder = [k for k in full if k.split(".")[0] in ENCODER_KEYS]
+    assert any(not full[k].equal(unpaired[k]) for k in encoder)  # the decoder's draws move the encoder's init
+    assert all(full[k].equal(paired[k]) for k in encoder)
+    assert "decoder_blocks.1.attn.q.weight" in full and "decoder_blocks.1.attn.q.weight" not in paired
+    assert all(paired[k].equal(unpaired[k]) for k in paired if k.split(".")[0] not in ENCODER_KEYS)
 
 
 def pretrain_args(out, *extra):
@@ -117,6 +146,8 @@ def test_order_source_gives_the_order_and_nothing_else(tmp_path, source):
         (["--set", "train.order_source=/no/such.pt"], "/no/such.pt"),
         (["--set", "train.ema_decay=0.99", "--set", "train.order_source=x.pt"], "train.order_source"),
         (["--set", "model.order=raster", "--set", "train.order_source=x.pt"], "train.order_source: expected unset"),
+        (["--set", "train.encoder_init_depth=3"], "train.encoder_init_depth: expected a decoder depth that divides"),
+        (["--set", "train.encoder_init_depth=0"], "train.encoder_init_depth: expected a positive int"),
     ],
 )
 def test_bad_order_settings_exit_2_and_write_nothing(tmp_path, capsys, extra, message):

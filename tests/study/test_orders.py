@@ -87,6 +87,9 @@ def test_order_plans_are_checked():
     assert orders_plan("fashion-mnist").segment == ()
     cfg = pretrain_config(plan, "semantic-dec-half", 2)
     assert (cfg.model.order, cfg.model.decoder_depth, cfg.train.seed) == ("semantic", 3, 2)
+    base = pretrain_config(plan, "semantic", 2)
+    assert cfg.train.encoder_init_depth == base.model.decoder_depth == 6  # paired with `semantic`'s init
+    assert base.train.encoder_init_depth is None
     cfg = pretrain_config(plan, "semantic-official", 0)
     assert (cfg.model.center_filter, cfg.model.lam) == ("none", 0.001)
     assert pretrain_config(plan, "semantic-attention", 0).model.center_map == "attention"

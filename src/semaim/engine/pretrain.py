@@ -34,9 +34,9 @@ from ..data import open_dataset
 from ..data.sampler import AugmentedDataset, EpochSampler, collate, sample_seed
 from ..data.transforms import PretrainTransform
 from ..errors import ConfigError, RunDirError
-from ..export import load_encoder
+from ..export import load_encoder, random_encoder
 from ..model.orders import NEEDS_SIMILARITY, encoder_map
-from ..model.semaim import SemAIM
+from ..model.semaim import ENCODER_KEYS, SemAIM
 from .checkpoint import KIND_PRETRAIN, load_checkpoint, model_config_diff, save_atomic
 from .distributed import (
     DistInfo,
@@ -190,6 +190,10 @@ def build_state(cfg: PretrainConfig, device: torch.device, info: DistInfo) -> Tr
     t = cfg.train
     torch.manual_seed(t.seed)
     model = SemAIM(cfg.model).to(device)
+    if t.encoder_init_depth not in (None, cfg.model.decoder_depth):  # pair a decoder-depth ablation's init
+        like = ModelConfig.from_dict({**cfg.model.to_dict(), "decoder_depth": t.encoder_init_depth})
+        keys = model.load_state_dict(random_encoder(like, t.seed).state_dict(), strict=False)
+        assert not keys.unexpected_keys and all(k.split(".")[0] not in ENCODER_KEYS for k in keys.missing_keys)
     ema = None
     if t.ema_decay is not None and cfg.model.target == "pixels":  # with a teacher, the teacher orders
         ema = copy.deepcopy(model).requires_grad_(False).eval()

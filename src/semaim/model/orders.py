@@ -47,9 +47,10 @@ def similarity_map(tokens: torch.Tensor) -> torch.Tensor:
     """
     if tokens.dim() != 3 or tokens.shape[1] < 2:
         raise ValueError(f"tokens: expected (B, 1+N, D) with the cls token first, got {tuple(tokens.shape)}")
-    z = F.normalize(tokens.float(), dim=-1)
-    cosine = torch.einsum("bd,bnd->bn", z[:, 0], z[:, 1:])
-    return cosine.softmax(dim=-1)
+    with torch.autocast(tokens.device.type, enabled=False):  # fp32 under autocast: bf16 values would tie
+        z = F.normalize(tokens.float(), dim=-1)
+        cosine = torch.einsum("bd,bnd->bn", z[:, 0], z[:, 1:])
+        return cosine.softmax(dim=-1)
 
 
 @torch.no_grad()
@@ -64,7 +65,8 @@ def cls_attention(block: nn.Module, tokens: torch.Tensor, num_prefix_tokens: int
     b, t, _ = tokens.shape
     qkv = attn.qkv(block.norm1(tokens)).reshape(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k = attn.q_norm(qkv[0][:, :, :1]), attn.k_norm(qkv[1])
-    weights = (q.float() @ k.float().transpose(-2, -1) * attn.scale).softmax(-1)[:, :, 0, num_prefix_tokens:]
+    with torch.autocast(tokens.device.type, enabled=False):  # fp32 under autocast, as in similarity_map
+        weights = (q.float() @ k.float().transpose(-2, -1) * attn.scale).softmax(-1)[:, :, 0, num_prefix_tokens:]
     weights = weights.mean(1)
     return weights / weights.sum(-1, keepdim=True)
 

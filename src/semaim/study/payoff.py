@@ -59,12 +59,14 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "semantic-attention": ("model.center_map=attention",),
     # The order from this seed's finished `semantic` encoder, frozen: a mature order from the first step.
     "semantic-source": ("train.order_source={semantic}",),
-    # Table 3: decoder depth 1 and half the encoder's depth (the full depth is `semantic` itself).
-    "semantic-dec1": ("model.decoder_depth=1",),
-    "semantic-dec-half": ("model.decoder_depth={half}",),
+    # Table 3: decoder depth 1 and half the encoder's depth (the full depth is `semantic` itself), the encoder
+    # started from `semantic`'s initialisation of the seed (paired).
+    "semantic-dec1": ("model.decoder_depth=1", "train.encoder_init_depth={full}"),
+    "semantic-dec-half": ("model.decoder_depth={half}", "train.encoder_init_depth={full}"),
 }
 """Named pretraining variants of the semantic order: ``--set`` assignments on top of the plan's pretraining;
-``{semantic}`` is this seed's ``semantic`` checkpoint, ``{half}`` half the encoder's depth."""
+``{semantic}`` is this seed's ``semantic`` checkpoint, ``{half}`` half the encoder's depth, ``{full}`` the plan's
+decoder depth."""
 
 
 def variant_order(name: str) -> str:
@@ -168,8 +170,9 @@ def pretrain_config(plan: PayoffPlan, order: str, seed: int, folder: Path | None
     cfg.set("model.order", variant_order(order))
     cfg.set("train.seed", seed)
     source = str(pretrain_folder(folder or Path("study"), "semantic", seed) / LAST)
+    values = dict(semantic=source, half=max(1, cfg.model.depth // 2), full=cfg.model.decoder_depth)
     for assignment in VARIANTS.get(order, ()):
-        cfg.set(*parse_assignment(assignment.format(semantic=source, half=max(1, cfg.model.depth // 2))))
+        cfg.set(*parse_assignment(assignment.format(**values)))
     if (order, seed) == (plan.curve_order, plan.seeds[0]):  # curve (b)'s run
         cfg.set("train.keep_steps", plan.curve_steps)
     return cfg.validate()
