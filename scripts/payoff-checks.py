@@ -15,7 +15,8 @@ Every check starts from the payoff study's own seed-0 runs (``--study``, default
   fine-tuning run does, and the report leaves it out. About 16 min per 1800 steps on one core.
   Resumable: a finished run is skipped, a cut one resumes. On a study with segmentation runs (the order
   study on cluttered Fashion-MNIST), ``--only seg-lr1e-3 seg-lr4e-3`` checks the segmentation lr, which
-  was chosen on the scratch encoder alone, for the pretrained one.
+  was chosen on the scratch encoder alone, for the pretrained one, and ``seg-lin-lr5e-4 seg-lin-lr1e-2``
+  the frozen linear probe's, which is the fine-tuning's.
 
     python scripts/payoff-checks.py loading|frozen|grid|report [--study DIR] [--only KNOB ...]
 """
@@ -75,6 +76,11 @@ GRIDS = {
                         "seg-lr1e-3": ("lr 1e-3 (shipped 2e-3)", ["segment.lr=1e-3"]),
                         "seg-lr4e-3": ("lr 4e-3 (shipped 2e-3)", ["segment.lr=4e-3"]),
                     }),
+    "segment-linear": Grid("segment", "segment-linear-{arm}-seed0", "val_miou", "The frozen linear segmentation "
+                           "probe's lr (the recipe's, chosen for fine-tuning): validation mIoU", {
+                               "seg-lin-lr5e-4": ("lr 5e-4 (shipped 2e-3)", ["segment.lr=5e-4"]),
+                               "seg-lin-lr1e-2": ("lr 1e-2 (shipped 2e-3)", ["segment.lr=1e-2"]),
+                           }),
 }  # fmt: skip
 KNOBS = {knob: grid for grid in GRIDS.values() for knob in grid.knobs}
 
