@@ -116,11 +116,12 @@ def run(name: str, sets: list[str]) -> None:
     images = images_for(sets)
     epochs = -(-images // 60000)  # more images than the split: several epochs over a part of it
     flags = [arg for s in sets for arg in ("--set", s)]
-    cmd = [sys.executable, "-m", "semaim", "pretrain", "--out", str(out), "--force", "--no-progress",
+    resume = ["--resume"] if (out / "checkpoint-last.pt").is_file() else ["--force"]  # a cut run goes on
+    cmd = [sys.executable, "-m", "semaim", "pretrain", "--out", str(out), *resume, "--no-progress",
            "--limit", str(images // epochs), "--epochs", str(epochs), *flags]  # fmt: skip
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r for r in read_records(out / "metrics.jsonl") if "images_per_s" in r]
     batch = config(sets).train.batch_size
     row = {"variant": name, "sets": sets, "images": images, "steps": len(steps),
            "minutes": sum(batch / r["images_per_s"] for r in steps) / 60, "final_loss": steps[-1]["loss"],
