@@ -43,14 +43,13 @@ time.sleep(120)
 def held_by_another_process(out, resume: bool = False):
     """A process that holds ``out`` as a run in progress would, until the block ends (then SIGKILL)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out), "resume" if resume else "new"],
-                              stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "holding"
-        yield holder.pid
-    finally:
-        holder.kill()
-        holder.wait()
+    args = [sys.executable, "-c", HOLD, str(out), "resume" if resume else "new"]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env) as holder:  # closes its pipe, waits
+        try:
+            assert holder.stdout.readline().strip() == "holding"
+            yield holder.pid
+        finally:
+            holder.kill()
 
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path, capsys):
