@@ -65,7 +65,7 @@ def machine() -> str:
 
 
 def how_it_was_run(command: str, rows: list[dict[str, Any]], settings: dict[str, Any], kind: str) -> list[str]:
-    """The closing section of a study report: command, wall time, machine, settings, where the rows are."""
+    """The closing section of a study report: command, run time, machine, settings, where the rows are."""
     from ..engine.run import format_seconds
 
     wall = sum(r.get("wall_s", 0.0) for r in rows)
@@ -73,7 +73,8 @@ def how_it_was_run(command: str, rows: list[dict[str, Any]], settings: dict[str,
         "## How it was run",
         "",
         f"- command: `{command}`",
-        f"- wall time: {format_seconds(wall)} for {len(rows)} runs",
+        f"- run time: {format_seconds(wall)} summed over {len(rows)} runs, each as timed by the process that "
+        "finished it (processes side by side overlap; a run resumed after a kill counts from its resume)",
         f"- machine: {machine()}",
         "- settings: " + json.dumps(settings),
         f"- per-run rows: `results.jsonl` in the study folder, copied as `{kind}-<data>.jsonl` beside this "
