@@ -196,7 +196,18 @@ def confirm_lines() -> list[str]:
     for r in rows.values():
         lines.append(f"| {r['variant']} (`{' '.join(r['sets'])}`) | {r['final_loss']:.3f} | {r['val_top1']:.2f} "
                      f"| {r['val_top1'] - scratch:+.2f} | {r['test_top1']:.2f} |")  # fmt: skip
-    return lines
+    return lines + ["", verdict(rows, last_val_top1(study["semantic"]))]
+
+
+def verdict(rows: dict[str, dict], default: float) -> str:
+    """The decision the confirmed rows support, against cpu-tiny's validation score ``default``."""
+    gains = {name: r["val_top1"] - default for name, r in rows.items()}
+    text = "Against cpu-tiny on validation: " + ", ".join(f"{n} {g:+.2f}" for n, g in gains.items()) + ". "
+    adopted = [n for n, g in gains.items() if g >= 1.0]
+    if adopted:
+        return text + f"{', '.join(adopted)} clears the 1-point bar."
+    return text + ("None clears the 1-point bar, so `cpu-tiny` stays the default. The proxy ranked each of "
+                   "them above cpu-tiny, so its ranking does not carry over to fine-tuning at full budget.")
 
 
 def report(rows: dict[str, dict]) -> None:
