@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,8 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
     report = (reports / "orders-cluttered-fashion-mnist.md").read_text()
     assert "| `semantic-source` |" in report and "Paired differences against `raster`" in report
     assert "segmentation mIoU (linear head)" in report and "its initialisation" in report
+    assert re.search(r"its initialisation: [+-]\d+\.\d\d( ± \d+\.\d\d)? \((enough|too small a budget), \d seeds?\); "
+                     r"other metrics: frozen k-NN@20 [+-]\d", report)  # the gain on every metric  # fmt: skip
     payoff = (reports / "payoff-cluttered-fashion-mnist.md").read_text()
     assert "fine-tuned from raster" in payoff and "semantic-source" not in payoff.split("## How it was run")[0]
     assert (reports / "orders-cluttered-fashion-mnist.png").stat().st_size > 0
