@@ -14,7 +14,7 @@ Every check starts from the payoff study's own seed-0 runs (``--study``, default
   Validation top-1 only, as for every choice; each run scores the test split once at its end, as every
   fine-tuning run does, and the report leaves it out. About 16 min per 1800 steps on one core.
   Resumable: a finished run is skipped, a cut one resumes. On a study with segmentation runs (the order
-  study on cluttered Fashion-MNIST), ``--only seg-lr1e-3 seg-lr4e-3`` checks the segmentation lr, which
+  study on cluttered Fashion-MNIST), ``--only seg-lr1e-3 seg-lr4e-3 seg-lr8e-3`` checks the segmentation lr, which
   was chosen on the scratch encoder alone, for the pretrained one, and ``seg-lin-lr5e-4 seg-lin-lr1e-2``
   the frozen linear probe's, which is the fine-tuning's.
 
@@ -75,6 +75,7 @@ GRIDS = {
                     "(chosen on scratch alone): validation mIoU", {
                         "seg-lr1e-3": ("lr 1e-3 (shipped 2e-3)", ["segment.lr=1e-3"]),
                         "seg-lr4e-3": ("lr 4e-3 (shipped 2e-3)", ["segment.lr=4e-3"]),
+                        "seg-lr8e-3": ("lr 8e-3 (shipped 2e-3)", ["segment.lr=8e-3"]),  # 4e-3 beat 2e-3
                     }),
     "segment-linear": Grid("segment", "segment-linear-{arm}-seed0", "val_miou", "The frozen linear segmentation "
                            "probe's lr (the recipe's, chosen for fine-tuning): validation mIoU", {
