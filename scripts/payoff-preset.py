@@ -43,6 +43,7 @@ ROWS = Path("benchmarks/results/payoff-preset.jsonl")  # committed: a later sess
 STUDY = Path("benchmarks/results/payoff-fashion-mnist")  # confirm: the study whose seed-0 runs it repeats
 CONFIRMED = Path("benchmarks/results/payoff-preset-confirm.jsonl")
 BUDGET = 20000  # images of cpu-tiny (about a third of an epoch)
+ADOPT_BAR = 1.0  # validation points a confirmed variant must gain over cpu-tiny to replace it
 VARIANTS: dict[str, list[str]] = {
     "cpu-tiny": [],
     "blr 2e-3": ["train.blr=2e-3"],
@@ -185,7 +186,7 @@ def confirm_lines() -> list[str]:
              "`python scripts/payoff-preset.py confirm VARIANT`: the study's seed-0 semantic pretraining "
              f"(`{STUDY}/runs/pretrain-semantic-seed0/config.yaml`, two epochs) with the variant's knobs, then the "
              "study's 1 %-label fine-tuning of seed 0 from it. Validation top-1 (%) chooses; the test score is "
-             "shown, not used. A variant replaces cpu-tiny only if it beats it by ≥ 1 point here (one seed: the "
+             f"shown, not used. A variant replaces cpu-tiny only if it beats it by ≥ {ADOPT_BAR:.0f} point here (one seed: the "
              "paired gains over scratch spread by about that much between seeds).", "",
              "| pretraining | final loss | 1 %-label fine-tuning: validation | − scratch | test |", "|---|---|---|---|---|",
              f"| none (scratch, the study's run) | | {scratch:.2f} | | {test_top1(study['scratch']):.2f} |",
@@ -203,10 +204,10 @@ def verdict(rows: dict[str, dict], default: float) -> str:
     """The decision the confirmed rows support, against cpu-tiny's validation score ``default``."""
     gains = {name: r["val_top1"] - default for name, r in rows.items()}
     text = "Against cpu-tiny on validation: " + ", ".join(f"{n} {g:+.2f}" for n, g in gains.items()) + ". "
-    adopted = [n for n, g in gains.items() if g >= 1.0]
+    adopted = [n for n, g in gains.items() if g >= ADOPT_BAR]
     if adopted:
-        return text + f"{', '.join(adopted)} clears the 1-point bar."
-    return text + ("None clears the 1-point bar, so `cpu-tiny` stays the default. The proxy ranked each of "
+        return text + f"{', '.join(adopted)} clears the {ADOPT_BAR:.0f}-point bar."
+    return text + (f"None clears the {ADOPT_BAR:.0f}-point bar, so `cpu-tiny` stays the default. The proxy ranked each of "
                    "them above cpu-tiny, so its ranking does not carry over to fine-tuning at full budget.")
 
 

@@ -70,24 +70,19 @@ def table(rows: list[dict[str, Any]], plan: PayoffPlan, encoders: tuple[str, ...
 def gains(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
     """Each encoder's fine-tuning gain over its own initialisation, against :data:`GAIN_TARGET`, and its
     gains on the other metrics (the budget is meant to move at least one of them by that much)."""
-    (_, kind, metric, labels), *others = metrics(plan)
-    scratch = by_seed(rows, kind, "scratch", labels)
     lines = []
     for encoder in plan.orders:
-        stats = paired(by_seed(rows, kind, encoder, labels), scratch, [metric])
-        if metric not in stats:
+        diffs = [(title, metric, paired(by_seed(rows, kind, encoder, labels), by_seed(rows, kind, "scratch", labels),
+                                        [metric])) for title, kind, metric, labels in metrics(plan)]  # fmt: skip
+        (_, metric, tuned), *others = diffs
+        if metric not in tuned:
             continue
-        verdict = "enough" if stats[metric][0] >= GAIN_TARGET else "too small a budget"
-        seeds = f"{stats[metric][2]} seed{'s' * (stats[metric][2] != 1)}"
-        rest = []
-        for title, other_kind, other, other_labels in others:
-            both = paired(by_seed(rows, other_kind, encoder, other_labels),
-                          by_seed(rows, other_kind, "scratch", other_labels), [other])  # fmt: skip
-            if other in both:
-                rest.append(f"{title} {cell(both, other, signed=True)}")
+        mean, _, seeds = tuned[metric]
+        verdict = "enough" if mean >= GAIN_TARGET else "too small a budget"
+        rest = [f"{title} {cell(stats, m, signed=True)}" for title, m, stats in others if m in stats]
         also = f"; other metrics: {', '.join(rest)}" if rest else ""
-        lines.append(f"- `{encoder}` − its initialisation: {cell(stats, metric, signed=True)} ({verdict}, "
-                     f"{seeds}){also}")  # fmt: skip
+        lines.append(f"- `{encoder}` − its initialisation: {cell(tuned, metric, signed=True)} ({verdict}, "
+                     f"{seeds} seed{'s' * (seeds != 1)}){also}")  # fmt: skip
     return lines
 
 
@@ -129,7 +124,8 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         "",
         "## Is the pretraining budget enough?",
         "",
-        f"Target: every encoder gains at least {GAIN_TARGET:.0f} points over its initialisation on fine-tuning; its gains on the other metrics show whether the budget moves any of them that much.",
+        f"Target: every encoder gains at least {GAIN_TARGET:.0f} points over its initialisation on fine-tuning; its "
+        "gains on the other metrics show whether the budget moves any of them that much.",
         "",
         *gains(rows, plan),
         "",
