@@ -81,6 +81,8 @@ GRIDS = {
                            "probe's lr (the recipe's, chosen for fine-tuning): validation mIoU", {
                                "seg-lin-lr5e-4": ("lr 5e-4 (shipped 2e-3)", ["segment.lr=5e-4"]),
                                "seg-lin-lr1e-2": ("lr 1e-2 (shipped 2e-3)", ["segment.lr=1e-2"]),
+                               "seg-lin-lr3e-2": ("lr 3e-2 (shipped 2e-3)", ["segment.lr=3e-2"]),  # 1e-2 beat 2e-3
+                               "seg-lin-lr1e-1": ("lr 1e-1 (shipped 2e-3)", ["segment.lr=1e-1"]),
                            }),
 }  # fmt: skip
 KNOBS = {knob: grid for grid in GRIDS.values() for knob in grid.knobs}

@@ -437,6 +437,7 @@ class SegmentConfig:
     epochs: int = 127  # 160k iterations x batch 16 / 20,210 images
     batch_size: int = 16
     lr: float = 1e-4  # absolute (segmentation recipes give it so), not scaled by the batch
+    linear_lr: float | None = None  # the frozen probe's lr (None: lr): a lone head on fixed features takes larger steps
     min_lr: float = 0.0
     warmup_epochs: float = 1.19  # 1500 iterations
     weight_decay: float = 0.05
@@ -465,7 +466,7 @@ class SegmentConfig:
         ok = len(self.scales) > 0 and len(set(self.scales)) == len(self.scales)
         require(ok and set(self.scales) <= {4.0, 2.0, 1.0, 0.5}, f"{prefix}scales",
                 "distinct values among [4.0, 2.0, 1.0, 0.5] (ViTDet's pyramid)", list(self.scales))  # fmt: skip
-        require_positive(self, prefix, "lr", "clip_grad")
+        require_positive(self, prefix, "lr", "linear_lr", "clip_grad")
         require_positive(self, prefix, "min_lr", "warmup_epochs", "weight_decay", allow_zero=True)
         require(0 < self.layer_decay <= 1, f"{prefix}layer_decay", "a value in (0, 1]", self.layer_decay)
         require(0 <= self.drop_path < 1, f"{prefix}drop_path", "a value in [0, 1)", self.drop_path)

@@ -121,7 +121,9 @@ def test_segment_end_to_end_with_one_test_at_the_end(tmp_path, cluttered, monkey
 def test_frozen_probe_does_not_change_the_backbone(tmp_path, cluttered):
     out = tmp_path / "probe"
     assert run(tmp_path, cluttered, "--linear", "--val-size", "8", "--select", "best", "--out", str(out),
-               "--set", "lr=0.1") == 0  # fmt: skip
+               "--set", "lr=1e-3", "--set", "linear_lr=0.1") == 0  # fmt: skip
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert 1e-3 < max(lrs) <= 0.1  # the probe's own lr, not the fine-tuning's
     preset = str(tmp_path / "tiny.yaml")
     start, _, _ = starting_weights(EncoderConfig(random=True, preset=preset))
     for name in ("checkpoint-last.pt", "checkpoint-best.pt"):

@@ -134,10 +134,11 @@ class SegmentTask(SupervisedTask):
         """The splits, the segmenter and AdamW (layer decay over the encoder, the full lr for the decoder)."""
         splits = open_splits(sg, args)
         model = build_segmenter(args, weights, splits.num_classes, sg, source).to(device)
-        return splits, model, torch.optim.AdamW(optimizer_groups(model, sg), lr=sg.lr, betas=sg.betas)
+        return splits, model, torch.optim.AdamW(optimizer_groups(model, sg), lr=self.base_lr(sg), betas=sg.betas)
 
     def base_lr(self, sg: SegmentConfig) -> float:
-        return sg.lr
+        """The frozen probe's own lr when the recipe gives one (``linear_lr``), else ``lr``."""
+        return sg.linear_lr if sg.mode == "linear" and sg.linear_lr is not None else sg.lr
 
     def header_notes(self, sg: SegmentConfig) -> tuple[str, str]:
         return f"{sg.mode}, ", ""
