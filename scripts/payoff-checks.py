@@ -179,13 +179,17 @@ def last_val(run: Path, metric: str) -> str:
 
 def grid_table(study: Path, folder: Path, grid: Grid) -> list[str]:
     lines = ["", f"## {grid.title}", "", f"The study's `{grid.run}` runs with one `--set` (validation split of "
-             "the study):", "", "| recipe | scratch | semantic | semantic − scratch |", "|---|---|---|---|"]  # fmt: skip
+             "the study; mean: of the two encoders, what the segmentation lrs were chosen by):", "",
+             "| recipe | scratch | semantic | mean | semantic − scratch |", "|---|---|---|---|---|"]  # fmt: skip
     rows = {"shipped (the study's runs)": [study / "runs" / grid.run.format(arm=arm) for arm in ARMS]}
     rows |= {text: [folder / f"{arm}-{knob}" for arm in ARMS] for knob, (text, _) in grid.knobs.items()}
     for text, runs in rows.items():
         cells = [last_val(run, grid.metric) for run in runs]
-        gap = f"{float(cells[1]) - float(cells[0]):+.2f}" if "not run" not in cells else ""
-        lines.append(f"| {text} | {cells[0]} | {cells[1]} | {gap} |")
+        mean = gap = ""
+        if "not run" not in cells:
+            scratch, semantic = map(float, cells)
+            mean, gap = f"{(scratch + semantic) / 2:.2f}", f"{semantic - scratch:+.2f}"
+        lines.append(f"| {text} | {cells[0]} | {cells[1]} | {mean} | {gap} |")
     return lines
 
 def report(study: Path, folder: Path) -> None:
@@ -204,8 +208,8 @@ def report(study: Path, folder: Path) -> None:
         cells = [f"{s:.2f}" if s is not None else "not run" for s in scores]
         gap = f"{scores[1] - scores[0]:+.2f}" if None not in scores else ""
         lines.append(f"| {key} | {cells[0]} | {cells[1]} | {gap} |")
-    for grid in GRIDS.values():
-        if (study / "runs" / grid.run.format(arm=ARMS[0])).is_dir():
+    for grid in GRIDS.values():  # the grids this study ran (any knob, either arm)
+        if any((folder / f"{arm}-{knob}").is_dir() for knob in grid.knobs for arm in ARMS):
             lines += grid_table(study, folder, grid)
     out = Path("benchmarks/results") / f"{study.name}-checks.md"
     out.write_text("\n".join(lines) + "\n")
