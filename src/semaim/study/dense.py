@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .payoff import PayoffPlan, by_seed
+from ..config import EncoderConfig, SegmentRunConfig
+from .payoff import PayoffPlan, by_seed, recipe_config
 from .stats import cell, how_it_was_run, mean_std, paired, seeds_counted, write_markdown
 
 ENCODERS = ("scratch", "semantic", "raster")
@@ -63,10 +64,12 @@ def write_dense_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: st
     """Markdown: mIoU and pixel accuracy of scratch / semantic / raster (mean ± std), paired differences."""
     pairs = [(e, "scratch") for e in ENCODERS[1:]] + [("semantic", "raster")]
     seeds = seeds_counted(rows, plan.seeds, ('segment-finetune',))  # the seeds the ± stands on
+    sg = recipe_config(plan.segment_recipe, SegmentRunConfig, EncoderConfig(random=True), plan.segment_set).segment
     lines = [
         f"# Dense prediction: semantic segmentation on `{plan.data}`",
         "",
-        f"`semaim segment` with recipe `{plan.segment_recipe}` ({', '.join(plan.segment_set) or 'as shipped'}) from "
+        f"`semaim segment` with recipe `{plan.segment_recipe}` ({', '.join(plan.segment_set) or 'as shipped'}: "
+        f"lr {sg.lr:g}, linear head {sg.linear_lr or sg.lr:g}, {sg.epochs} epochs of batch {sg.batch_size}) from "
         "scratch (the initialisation pretraining starts from) and from the payoff study's semaim encoders "
         f"({', '.join(plan.pretrain)}), mean ± sample std over {seeds}; the validation split "
         "is carved from the training split, the test split (10,000 images) scored once per run. mIoU over the "
