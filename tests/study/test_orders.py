@@ -71,6 +71,8 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
     dense = (reports / "dense-cluttered-fashion-mnist.md").read_text()
     assert "| `semantic` − `scratch` |" in dense and "linear head (frozen): mIoU" in dense
     assert "dense-cluttered-fashion-mnist.png" in dense  # the masks figure, from the runs on disk
+    ran = yaml.safe_load((out / "runs" / "segment-linear-scratch-seed0" / "config.yaml").read_text())["segment"]
+    assert f"lr {ran['lr']:g}, linear head {ran['linear_lr']:g}, {ran['epochs']} epochs" in dense  # what the runs used
     with Image.open(reports / "dense-cluttered-fashion-mnist.png") as figure:
         assert figure.size[0] > figure.size[1] > 100
 
