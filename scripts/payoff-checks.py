@@ -14,9 +14,9 @@ Every check starts from the payoff study's own seed-0 runs (``--study``, default
   Validation top-1 only, as for every choice; each run scores the test split once at its end, as every
   fine-tuning run does, and the report leaves it out. About 16 min per 1800 steps on one core.
   Resumable: a finished run is skipped, a cut one resumes. On a study with segmentation runs (the order
-  study on cluttered Fashion-MNIST), ``--only seg-lr1e-3 ... seg-lr1.6e-2`` checks the segmentation lr, first
-  chosen on the scratch encoder alone, for the pretrained one too, and ``seg-lin-lr5e-4 ... seg-lin-lr1`` the
-  frozen linear probe's, first the fine-tuning's.
+  study on cluttered Fashion-MNIST), the ``seg-lr*`` knobs (``--only seg-lr4e-3 seg-lr8e-3``, ...) check the
+  segmentation lr, first chosen on the scratch encoder alone, for the pretrained one too, and the
+  ``seg-lin-lr*`` knobs the frozen linear probe's, first the fine-tuning's.
 
     python scripts/payoff-checks.py loading|frozen|grid|report [--study DIR] [--only KNOB ...]
 """
@@ -73,7 +73,8 @@ GRIDS = {
                      }),
     # The segmentation lrs were first chosen on scratch alone (2e-3 for both modes); the grid re-chose them on
     # both encoders' mean validation mIoU (shipped now: 8e-3, linear 3e-1), and the study's seed-0 runs were
-    # redone with them. The first runs are the 2e-3 rows, moved here from the study's runs/ unchanged.
+    # redone with them. The first runs are the 2e-3 rows, moved here from the study's runs/ unchanged. The linear
+    # knobs' finished runs set segment.lr (linear_lr did not exist yet): in linear mode the same run.
     "segment": Grid("segment", "segment-finetune-{arm}-seed0", "val_miou", "The segmentation fine-tuning's lr "
                     "(first 2e-3, chosen on scratch alone; shipped 8e-3): validation mIoU", {
                         "seg-lr1e-3": ("lr 1e-3", ["segment.lr=1e-3"]),
@@ -179,7 +180,7 @@ def last_val(run: Path, metric: str) -> str:
 
 def grid_table(study: Path, folder: Path, grid: Grid) -> list[str]:
     lines = ["", f"## {grid.title}", "", f"The study's `{grid.run}` runs with one `--set` (validation split of "
-             "the study; mean: of the two encoders, what the segmentation lrs were chosen by):", "",
+             "the study; mean: of the two encoders):", "",
              "| recipe | scratch | semantic | mean | semantic − scratch |", "|---|---|---|---|---|"]  # fmt: skip
     rows = {"shipped (the study's runs)": [study / "runs" / grid.run.format(arm=arm) for arm in ARMS]}
     rows |= {text: [folder / f"{arm}-{knob}" for arm in ARMS] for knob, (text, _) in grid.knobs.items()}

@@ -247,7 +247,8 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--num-classes", type=int, help="classes of a mask folder (ids 0..K-1) [default: the data's own]")
     g.add_argument("--linear", dest="mode", action="store_const", const="linear",
                    help="frozen-encoder linear probe (BN + 1x1 conv on the patch tokens) instead of fine-tuning "
-                   "the pyramid + Semantic FPN head end to end")  # fmt: skip
+                   "the pyramid + Semantic FPN head end to end; its lr is segment.linear_lr when the recipe "
+                   "gives one (cpu: 0.3), else segment.lr")  # fmt: skip
     g.add_argument("--limit", type=int, help="only the first N training images")
     g.add_argument("--val-size", type=int, help="validation images carved from the training split "
                    "[default: 10 %%, at most 5000]")  # fmt: skip

@@ -437,7 +437,7 @@ class SegmentConfig:
     epochs: int = 127  # 160k iterations x batch 16 / 20,210 images
     batch_size: int = 16
     lr: float = 1e-4  # absolute (segmentation recipes give it so), not scaled by the batch
-    linear_lr: float | None = None  # the frozen probe's lr (None: lr): a lone head on fixed features takes larger steps
+    linear_lr: float | None = None  # linear mode's own lr (None: lr): a lone head on fixed features takes larger steps
     min_lr: float = 0.0
     warmup_epochs: float = 1.19  # 1500 iterations
     weight_decay: float = 0.05
@@ -473,6 +473,11 @@ class SegmentConfig:
         require(all(0 <= b < 1 for b in self.betas), f"{prefix}betas", "two values in [0, 1)", list(self.betas))
         require_choice(self.precision, f"{prefix}precision", ("auto", "fp32", "bf16"))
         return self
+
+    @property
+    def run_lr(self) -> float:
+        """The peak lr this run trains with: the frozen probe's own (``linear_lr``) when given, else ``lr``."""
+        return self.linear_lr if self.mode == "linear" and self.linear_lr is not None else self.lr
 
 
 # --------------------------------------------------------------------------- the mechanism

@@ -93,6 +93,18 @@ def test_layer_decay_reaches_the_encoder_only():
     assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in frozen.decoder.parameters()}
 
 
+@pytest.mark.parametrize("mode, linear_lr, expected", [("linear", 0.3, 0.3), ("linear", None, 2e-3),
+                                                       ("finetune", 0.3, 2e-3)])  # fmt: skip
+def test_the_probe_has_its_own_lr_and_fine_tuning_ignores_it(mode, linear_lr, expected):
+    sg = SegmentConfig(mode=mode, lr=2e-3, linear_lr=linear_lr).validate()
+    assert sg.run_lr == expected and seg.SegmentTask().base_lr(sg) == expected
+
+
+def test_a_non_positive_probe_lr_is_named():
+    with pytest.raises(ValueError, match=r"segment\.linear_lr: expected a number > 0, got 0"):
+        SegmentConfig(linear_lr=0.0).validate()
+
+
 # --------------------------------------------------------------------------- the run
 def test_segment_end_to_end_with_one_test_at_the_end(tmp_path, cluttered, monkeypatch, capsys):
     events: list[str] = []

@@ -71,8 +71,10 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
     dense = (reports / "dense-cluttered-fashion-mnist.md").read_text()
     assert "| `semantic` − `scratch` |" in dense and "linear head (frozen): mIoU" in dense
     assert "dense-cluttered-fashion-mnist.png" in dense  # the masks figure, from the runs on disk
-    ran = yaml.safe_load((out / "runs" / "segment-linear-scratch-seed0" / "config.yaml").read_text())["segment"]
-    assert f"lr {ran['lr']:g}, linear head {ran['linear_lr']:g}, {ran['epochs']} epochs" in dense  # what the runs used
+    ran = {mode: yaml.safe_load((out / "runs" / f"segment-{mode}-scratch-seed0" / "config.yaml").read_text())
+           ["segment"] for mode in ("finetune", "linear")}  # fmt: skip
+    used = f"peak lr: finetune {ran['finetune']['lr']:g}; linear {ran['linear']['linear_lr']:g}, read from the runs"
+    assert used in dense and ran["linear"]["linear_lr"] != ran["finetune"]["lr"]  # what the runs used
     with Image.open(reports / "dense-cluttered-fashion-mnist.png") as figure:
         assert figure.size[0] > figure.size[1] > 100
 
@@ -106,3 +108,20 @@ def test_order_plans_are_checked():
         PayoffPlan(every_budget=("stochastic",)).validate()
     with pytest.raises(ConfigError, match="study.every_budget"):  # every gain is over scratch
         PayoffPlan(every_budget=("semantic", "raster")).validate()
+
+
+def test_the_dense_report_reads_each_runs_lr_and_flags_a_recipe_change(tmp_path):
+    from semaim.config import SegmentRunConfig
+    from semaim.study.dense import run_lrs
+
+    plan = PayoffPlan(data="cluttered-fashion-mnist", segment=("finetune", "linear"))
+    rows = []
+    for name, mode, lr in (("a", "finetune", 2e-3), ("b", "finetune", 8e-3), ("c", "linear", 2e-3)):
+        cfg = SegmentRunConfig()
+        cfg.segment.mode, cfg.segment.lr = mode, lr  # the old recipe: no linear_lr
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+        rows.append({"kind": f"segment-{mode}", "run": str(tmp_path / name)})
+    assert run_lrs(rows, plan) == "finetune 0.002 / 0.008 (differs across runs); linear 0.002, read from the runs"
+    gone = [{**row, "run": str(tmp_path / "gone")} for row in rows]  # only the rows, e.g. in a fresh clone
+    assert run_lrs(gone, plan) == "finetune 0.008; linear 0.3, the recipe's"  # configs/segment/cpu.yaml

@@ -137,8 +137,7 @@ class SegmentTask(SupervisedTask):
         return splits, model, torch.optim.AdamW(optimizer_groups(model, sg), lr=self.base_lr(sg), betas=sg.betas)
 
     def base_lr(self, sg: SegmentConfig) -> float:
-        """The frozen probe's own lr when the recipe gives one (``linear_lr``), else ``lr``."""
-        return sg.linear_lr if sg.mode == "linear" and sg.linear_lr is not None else sg.lr
+        return sg.run_lr
 
     def header_notes(self, sg: SegmentConfig) -> tuple[str, str]:
         return f"{sg.mode}, ", ""

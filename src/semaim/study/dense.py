@@ -8,8 +8,11 @@ small scale), with paired differences and a figure of predicted masks.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from ..config import EncoderConfig, SegmentRunConfig
 from .payoff import PayoffPlan, by_seed, recipe_config
@@ -59,17 +62,36 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def run_lrs(rows: list[dict[str, Any]], plan: PayoffPlan) -> str:
+    """The peak lr of each mode, read from the runs' ``config.yaml`` (a recipe can change under a study: more
+    than one value is flagged); the recipe's when no run is on disk (a copy of the report's rows alone)."""
+    found: dict[str, set[float]] = {}
+    for row in rows:
+        saved = Path(row["run"]) / "config.yaml" if row["kind"].startswith("segment-") else None
+        if saved is not None and saved.is_file():
+            sg = SegmentRunConfig.from_dict(yaml.safe_load(saved.read_text())).segment
+            found.setdefault(sg.mode, set()).add(sg.run_lr)
+    if not found:
+        sg = recipe_config(plan.segment_recipe, SegmentRunConfig, EncoderConfig(random=True), plan.segment_set).segment
+        return "; ".join(f"{mode} {replace(sg, mode=mode).run_lr:g}" for mode in plan.segment) + ", the recipe's"
+    listed = []
+    for mode in (m for m in plan.segment if m in found):
+        lrs = sorted(found[mode])
+        flag = " (differs across runs)" if len(lrs) > 1 else ""
+        listed.append(f"{mode} {' / '.join(f'{lr:g}' for lr in lrs)}{flag}")
+    return "; ".join(listed) + ", read from the runs"
+
+
 def write_dense_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: str, path: str | Path,
                        chart: str | Path | None = None) -> None:  # fmt: skip
     """Markdown: mIoU and pixel accuracy of scratch / semantic / raster (mean ± std), paired differences."""
     pairs = [(e, "scratch") for e in ENCODERS[1:]] + [("semantic", "raster")]
     seeds = seeds_counted(rows, plan.seeds, ('segment-finetune',))  # the seeds the ± stands on
-    sg = recipe_config(plan.segment_recipe, SegmentRunConfig, EncoderConfig(random=True), plan.segment_set).segment
     lines = [
         f"# Dense prediction: semantic segmentation on `{plan.data}`",
         "",
-        f"`semaim segment` with recipe `{plan.segment_recipe}` ({', '.join(plan.segment_set) or 'as shipped'}: "
-        f"lr {sg.lr:g}, linear head {sg.linear_lr or sg.lr:g}, {sg.epochs} epochs of batch {sg.batch_size}) from "
+        f"`semaim segment` with recipe `{plan.segment_recipe}` ({', '.join(plan.segment_set) or 'as shipped'}; "
+        f"peak lr: {run_lrs(rows, plan)}) from "
         "scratch (the initialisation pretraining starts from) and from the payoff study's semaim encoders "
         f"({', '.join(plan.pretrain)}), mean ± sample std over {seeds}; the validation split "
         "is carved from the training split, the test split (10,000 images) scored once per run. mIoU over the "
