@@ -8,14 +8,13 @@ small scale), with paired differences and a figure of predicted masks.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..config import EncoderConfig, SegmentRunConfig
-from .payoff import PayoffPlan, by_seed, recipe_config
+from .payoff import PayoffPlan, by_seed, segment_config
 from .stats import cell, how_it_was_run, mean_std, paired, seeds_counted, write_markdown
 
 ENCODERS = ("scratch", "semantic", "raster")
@@ -72,8 +71,8 @@ def run_lrs(rows: list[dict[str, Any]], plan: PayoffPlan) -> str:
             sg = SegmentRunConfig.from_dict(yaml.safe_load(saved.read_text())).segment
             found.setdefault(sg.mode, set()).add(sg.run_lr)
     if not found:
-        sg = recipe_config(plan.segment_recipe, SegmentRunConfig, EncoderConfig(random=True), plan.segment_set).segment
-        return "; ".join(f"{mode} {replace(sg, mode=mode).run_lr:g}" for mode in plan.segment) + ", the recipe's"
+        recipe = {mode: segment_config(plan, EncoderConfig(random=True), mode, 0).segment for mode in plan.segment}
+        return "; ".join(f"{mode} {sg.run_lr:g}" for mode, sg in recipe.items()) + ", the recipe's"
     listed = []
     for mode in (m for m in plan.segment if m in found):
         lrs = sorted(found[mode])
