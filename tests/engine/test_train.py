@@ -54,6 +54,8 @@ def test_pretrain_writes_everything_a_run_needs(tmp_path, capsys):
     model = SemAIM(PretrainConfig.from_dict(ckpt["config"]).model)
     model.load_state_dict(ckpt["model"], strict=True)
     assert not list(out.glob(".*.tmp"))
+    summary = json.loads((out / "result.json").read_text())  # written last: the run is finished
+    assert summary["steps"] == 8 and summary["final_loss"] == pytest.approx(records[-1]["loss"])
 
 
 def test_image_folder_with_a_corrupt_file(tmp_path, folder, capsys):
@@ -168,6 +170,7 @@ def test_resume_after_sigkill_mid_epoch_gives_the_same_losses(tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert (whole / "result.json").is_file() and not (killed / "result.json").is_file()  # a cut run is unfinished
     assert run_cli([*args, "--out", str(killed), "--resume"]).wait(timeout=300) == 0
     resumed = losses(killed)
     assert len(resumed) == 48

@@ -53,6 +53,18 @@ def test_quick_study_end_to_end_then_resume_recomputes_only_the_missing_run(tmp_
     assert pretrained.stat().st_mtime_ns == before
     assert len((out / "results.jsonl").read_text().splitlines()) == 4
 
+    import shutil  # the rows kept, the run folders lost (a fresh checkout): a run that needs them redoes them
+
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    shutil.rmtree(out / "runs")
+    capsys.readouterr()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "[again] ('pretrain', 'semantic', -1, 0): its files were gone; done again, it reproduces its row" in printed
+    again = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(again) == 4 and again[-1]["test_top1"] == rows[-1]["test_top1"]  # the same encoder, the same score
+
 
 def test_curve_scores_the_initialisation_every_kept_checkpoint_and_the_last(tmp_path):
     make_fmnist_dir(tmp_path, n_train=300, n_test=50)

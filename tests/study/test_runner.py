@@ -118,3 +118,35 @@ def test_a_need_that_is_no_run_is_a_bug_and_the_key_always_wins(tmp_path):
     runner.run(("a", "z", 0), dict, needs=[("a", "nowhere", 0)])
     with pytest.raises(ConfigError, match="not a run of this study"):
         runner.finish()
+
+
+def test_a_finished_run_whose_files_are_gone_is_done_again_when_needed_and_must_reproduce_its_row(tmp_path):
+    checkpoint, calls, loss = tmp_path / "pre.pt", [], [0.5]
+
+    def pretrain() -> dict:
+        calls.append("pre")
+        checkpoint.write_text("weights")
+        return {"steps": 10, "final_loss": loss[0]}
+
+    def study(*finetunes: str) -> StudyRunner:
+        runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01)
+        runner.run(("pretrain", "a", 0), pretrain, kept=checkpoint.is_file)
+        for name in finetunes:
+            runner.run(("finetune", name, 0), lambda n=name: calls.append(n) or {"read": checkpoint.read_text()},
+                       needs=[("pretrain", "a", 0)])  # fmt: skip
+        return runner
+
+    study("x").finish()
+    checkpoint.unlink()  # the rows were kept, the run folders not
+    assert len(study("x").finish()) == 2 and calls == ["pre", "x"]  # nothing left needs it: not done again
+    rows = study("x", "y").finish()
+    assert calls == ["pre", "x", "pre", "y"] and len(rows) == 3  # done again before "y", no second row
+    assert rows[-1]["read"] == "weights"
+
+    checkpoint.unlink()
+    loss[0] = 0.6  # not the recorded row: the rows of "x" and "y" came from other files
+    with pytest.raises(ConfigError, match="does not reproduce its recorded row"):
+        study("x", "y", "z").finish()
+    with pytest.raises(ConfigError, match="does not reproduce"):  # and stays refused, files or not
+        study("x", "y", "z").finish()
+    assert calls == ["pre", "x", "pre", "y", "pre"]

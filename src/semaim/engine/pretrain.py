@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import sys
 import time
@@ -58,6 +59,7 @@ from .run import (
     resolve_precision,
     rng_states,
     set_rng_states,
+    write_text_atomic,
 )
 from .runlog import RunLog
 
@@ -85,7 +87,8 @@ def pretrain(
     force: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Pretrain a SemAIM model; returns a summary (steps, wall time, throughput, losses).
+    """Pretrain a SemAIM model; returns a summary (steps, wall time, throughput, losses), also written to the
+    run folder's ``result.json`` once the run is finished.
 
     Everything that can be wrong with the configuration, the data or the output folder is checked
     before anything is written; ``--force`` clears the old run's files only once all checks passed.
@@ -154,8 +157,11 @@ def _pretrain(cfg: PretrainConfig, folder: RunFolder, progress: bool, device: to
         if log is not None:
             log.close()
     bad_images = all_reduce_sum(bad_images, info, device)
-    return summarise(cfg, state.step, first_step, time.perf_counter() - start, losses, bad_images,
-                     folder.path / LAST, info.is_main)  # fmt: skip
+    summary = summarise(cfg, state.step, first_step, time.perf_counter() - start, losses, bad_images,
+                        folder.path / LAST, info.is_main)  # fmt: skip
+    if info.is_main:  # written last: a folder with result.json holds a finished run (a study relies on it)
+        write_text_atomic(folder.path / "result.json", json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 # --------------------------------------------------------------------------- building

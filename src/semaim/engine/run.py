@@ -132,6 +132,7 @@ class RunFolder:
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         for stale in self.path.glob(".*.tmp"):  # a save that a kill interrupted
             stale.unlink()
+        (self.path / "result.json").unlink(missing_ok=True)  # a resumed run is unfinished until it writes it again
         write_text_atomic(self.path / name, yaml.safe_dump(config, sort_keys=False))
         self._created = []
 

@@ -211,12 +211,20 @@ def pretrain_folder(folder: Path, order: str, seed: int) -> Path:
 
 
 def pretrain_run(plan: PayoffPlan, order: str, seed: int, folder: Path, progress: bool) -> dict[str, Any]:
-    """One pretraining (resumed when it was cut): its summary."""
+    """One pretraining (resumed when it was cut; read when it is done): its summary."""
     out = pretrain_folder(folder, order, seed)
+    if pretrained(out):
+        summary = json.loads((out / "result.json").read_text())
+        return {"steps": summary["steps"], "final_loss": summary["final_loss"]}
     resume = (out / LAST).is_file()
     summary = pretrain(pretrain_config(plan, order, seed, folder), out, resume=resume, force=not resume,
                        progress=progress)  # fmt: skip
     return {"steps": summary["steps"], "final_loss": summary["final_loss"]}
+
+
+def pretrained(out: Path) -> bool:
+    """Whether ``out`` holds a finished pretraining (its checkpoint and ``result.json``, written last)."""
+    return (out / LAST).is_file() and (out / "result.json").is_file()
 
 
 def finetune_run(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed: int, out: Path,
@@ -325,7 +333,7 @@ def run_seed(plan: PayoffPlan, runner: StudyRunner, folder: Path, seed: int, enc
     for order in (e for e in encoders if e != "scratch"):
         needs = [("pretrain", "semantic", -1, seed)] if any("{semantic}" in a for a in VARIANTS.get(order, ())) else []
         runner.run(("pretrain", order, -1, seed), lambda o=order: pretrain_run(plan, o, seed, folder, progress),
-                   needs=needs)  # fmt: skip
+                   needs=needs, kept=lambda o=order: pretrained(pretrain_folder(folder, o, seed)))  # fmt: skip
 
     def source(encoder: str) -> tuple[EncoderConfig, list]:
         needs = [] if encoder == "scratch" else [("pretrain", encoder, -1, seed)]  # scratch: model.yaml

@@ -8,11 +8,14 @@ taken by another process, and whose needs (a fine-tuning needs its pretraining) 
 takes a run by holding a lock on ``claims/<run>`` (a POSIX lock, released when the process ends, killed
 or not, so a run cut short is taken up again, from its checkpoint, by the next process that reaches it).
 ``--only-seeds`` does the runs of some seeds now and the rest later (e.g. one seed per working session).
+A finished run whose files a later run reads (a pretraining's checkpoint) and which are gone (the rows were
+kept, the run folders not) is done again when a later run needs it, and must reproduce its recorded row.
 """
 
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import re
 import threading
@@ -36,6 +39,8 @@ class Run:
     key: Key
     work: Callable[[], dict[str, Any]]
     needs: tuple[Key, ...]
+    kept: Callable[[], bool] | None = None
+    """Whether the files later runs read are there and finished (``None``: later runs read none)."""
 
 
 class Claim:
@@ -98,11 +103,13 @@ class StudyRunner:
         self.done = {self.key(r) for r in self.rows}
         return self.rows
 
-    def run(self, key: Key, work: Callable[[], dict[str, Any]], needs: Iterable[Key] = ()) -> None:
-        """Add a run to the study's list (done by :meth:`finish`), unless ``--only-seeds`` leaves it out."""
+    def run(self, key: Key, work: Callable[[], dict[str, Any]], needs: Iterable[Key] = (),
+            kept: Callable[[], bool] | None = None) -> None:  # fmt: skip
+        """Add a run to the study's list (done by :meth:`finish`), unless ``--only-seeds`` leaves it out.
+        ``kept``: whether the files later runs read are still there (:attr:`Run.kept`)."""
         seed = dict(zip(self.key_fields, key, strict=False)).get("seed")
         if self.only_seeds is None or seed in self.only_seeds:
-            self.runs.append(Run(key, work, tuple(needs)))
+            self.runs.append(Run(key, work, tuple(needs), kept))
 
     def claim(self, key: Key) -> Claim:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(str(part) for part in key))
@@ -116,15 +123,25 @@ class StudyRunner:
             todo = self.runnable()
             if not todo:
                 return self.reload()
-            if not any(self.try_run(r) for r in todo if all(k in self.done for k in r.needs)):
+            ready = self.done - {r.key for r in todo}  # a finished run whose files are gone is not ready
+            if not any(self.try_run(r) for r in todo if all(k in ready for k in r.needs)):
                 self.check_not_stuck(todo)
                 time.sleep(self.poll_s)
             self.reload()
 
     def runnable(self) -> list[Run]:
         """The runs not done whose needs are done or can be done now: a need that ``--only-seeds`` left out
-        leaves its run for a later rerun; a need that is no run of the study is a bug in the study."""
+        leaves its run for a later rerun; a need that is no run of the study is a bug in the study. A finished
+        run that a remaining run needs and whose files are gone is to do again."""
         todo = [r for r in self.runs if r.key not in self.done]
+        while True:  # a run done again may need another whose files are gone too
+            needed = {k for r in todo for k in r.needs}
+            self.check_reproducible(needed)
+            lost = {r.key for r in self.runs if r.key in needed and r.key in self.done and r.kept and not r.kept()}
+            again = [r for r in self.runs if r.key not in self.done or r.key in lost]
+            if len(again) == len(todo):
+                break
+            todo = again
         while True:
             keys = {r.key for r in todo}
             missing = {k for r in todo for k in r.needs if k not in self.done and k not in keys}
@@ -144,11 +161,16 @@ class StudyRunner:
             return False
         try:
             self.reload()
-            if run.key in self.done:  # another process finished it while we looked
+            again = run.key in self.done
+            if again and (run.kept is None or run.kept()):  # another process finished it while we looked
                 return False
             start = time.perf_counter()
             row = {**run.work(), **dict(zip(self.key_fields, run.key, strict=False)),  # the key always wins
                    "wall_s": time.perf_counter() - start}  # fmt: skip
+            if again:
+                self.check_reproduced(run.key, row)
+                print(f"[again] {run.key}: its files were gone; done again, it reproduces its row", flush=True)
+                return True
             append_record(self.results, row)
         finally:
             claim.release()
@@ -157,6 +179,28 @@ class StudyRunner:
         scores = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.endswith(("top1", "miou")))
         print(f"[{len(self.rows)}] {run.key}: {scores}", flush=True)
         return True
+
+    def check_reproduced(self, key: Key, row: dict[str, Any]) -> None:
+        """A run done again must give its recorded numbers (the later rows were computed from its first
+        files); if not, it is marked, and every run that needs it stops with :meth:`check_reproducible`."""
+        old = self.row(key)
+        numbers = [k for k, v in old.items() if k != "wall_s" and all(isinstance(x, (int, float)) for x in (v, row.get(k)))]
+        differ = {k: (old[k], row[k]) for k in numbers if not math.isclose(old[k], row[k], rel_tol=1e-6, abs_tol=1e-9)}
+        if differ:
+            text = (f"study: {key} was done again (its files were gone) and does not reproduce its recorded row "
+                    f"(recorded, now: {differ}); the rows that used its first files and the new files disagree: "
+                    "remove this run's row and the rows of the runs that need it from results.jsonl, then rerun")
+            write_text_atomic(self.unreproduced(key), text + "\n")
+            raise ConfigError(text)
+
+    def check_reproducible(self, keys: Iterable[Key]) -> None:
+        for key in keys:
+            if self.unreproduced(key).is_file():
+                raise ConfigError(self.unreproduced(key).read_text().strip())
+
+    def unreproduced(self, key: Key) -> Path:
+        path = self.claim(key).path
+        return path.with_name(f"{path.name}.unreproduced")
 
     def check_not_stuck(self, todo: list[Run]) -> None:
         """Nothing could run: fine while another process holds a run or has just finished one (the rows
