@@ -35,16 +35,18 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     runs = [(r["kind"], r["encoder"], r["labels"]) for r in rows]
-    payoff_part = [("pretrain", "semantic", -1), ("pretrain", "raster", -1), ("floor", "pixels", 2),
-                   ("finetune", "scratch", 2), ("finetune", "semantic", 2), ("finetune", "raster", 2),
-                   ("floor", "pixels", 0), ("finetune", "scratch", 0), ("finetune", "semantic", 0),
-                   ("finetune", "raster", 0)]  # fmt: skip
-    evaluated = [(kind, e, 0) for e in ("scratch", "semantic", "raster")
-                 for kind in ("frozen", "segment-finetune", "segment-linear")]  # fmt: skip
-    order, variant = ([("pretrain", e, -1), ("finetune", e, 2), *((kind, e, 0) for kind in
-                       ("frozen", "segment-finetune", "segment-linear"))] for e in ("stochastic", "semantic-source"))  # fmt: skip
+    evaluated = ("frozen", "segment-finetune", "segment-linear")
+
+    def encoder_runs(encoder: str, budgets: tuple[int, ...]) -> list[tuple]:
+        pretrained = [] if encoder == "scratch" else [("pretrain", encoder, -1)]
+        return pretrained + [("finetune", encoder, k) for k in budgets] + [(kind, encoder, 0) for kind in evaluated]
+
+    payoff_part = [("floor", "pixels", 2), ("floor", "pixels", 0),
+                   *(run for e in ("scratch", "semantic", "raster") for run in encoder_runs(e, (2, 0)))]  # fmt: skip
     curve = [("curve", "semantic", 2)] * 3  # steps 0, 2 and the last (6: 200 images, batch 64, 2 epochs)
-    assert runs == payoff_part + evaluated + curve + order + variant  # payoff encoders, other orders, variants
+    others = encoder_runs("stochastic", (2,)) + encoder_runs("semantic-source", (2,))
+    # the payoff encoders, the other orders, the variants; each encoder's runs before the next pretraining
+    assert runs == payoff_part + curve + others
     frozen = {r["encoder"]: r for r in rows if r["kind"] == "frozen"}
     ends = [r for r in rows if r["kind"] == "curve" and r["step"] in (0, 6)]
     assert [r["knn_top1"] for r in ends] == [frozen["scratch"]["knn_top1"], frozen["semantic"]["knn_top1"]]

@@ -23,9 +23,9 @@ def test_quick_study_end_to_end_then_resume_recomputes_only_the_missing_run(tmp_
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["encoder"]) for r in rows] == [
-        ("pretrain", "semantic"), ("floor", "pixels"), ("finetune", "scratch"), ("finetune", "semantic"),
-    ]  # fmt: skip
-    assert rows[1]["train_images"] == rows[2]["train_images"] == 20  # floors learn from fine-tuning's images
+        ("floor", "pixels"), ("finetune", "scratch"), ("pretrain", "semantic"), ("finetune", "semantic"),
+    ]  # encoder by encoder: an encoder's runs before the next pretraining  # fmt: skip
+    assert rows[0]["train_images"] == rows[1]["train_images"] == 20  # floors learn from fine-tuning's images
     import yaml
 
     from semaim.config import EncoderConfig

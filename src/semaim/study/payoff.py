@@ -69,6 +69,11 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 decoder depth."""
 
 
+def reads_semantic(name: str) -> bool:
+    """Whether the variant ``name`` pretrains from this seed's finished ``semantic`` encoder."""
+    return any("{semantic}" in a for a in VARIANTS.get(name, ()))
+
+
 def variant_order(name: str) -> str:
     """The order a pretrained encoder's name stands for: itself, or the base order of a variant."""
     return name.split("-")[0] if name in VARIANTS else name
@@ -115,8 +120,8 @@ class PayoffPlan:
         ok = not self.segment or self.data != "fashion-mnist"
         require(ok, f"{prefix}segment", "empty for fashion-mnist (no masks; cluttered-fashion-mnist has them)",
                 list(self.segment))  # fmt: skip
-        needs_semantic = any("{semantic}" in a for o in self.orders for a in VARIANTS.get(o, ()))
-        ok = not needs_semantic or "semantic" in self.orders[: self.orders.index("semantic-source")]
+        readers = [i for i, o in enumerate(self.orders) if reads_semantic(o)]
+        ok = not readers or "semantic" in self.orders[: readers[0]]
         require(ok, f"{prefix}orders", "'semantic' before 'semantic-source' (its order source)", list(self.orders))
         require(len(self.seeds) > 0, f"{prefix}seeds", "at least one seed", list(self.seeds))
         ok = all(k >= 0 for k in self.labels_per_class) and self.labels_per_class
@@ -305,11 +310,11 @@ def curve_point(plan: PayoffPlan, step: int, encoder: EncoderConfig, finetuned: 
 
 def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True,
                only_seeds: tuple[int, ...] | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Seed by seed: pretrain every order (the first seed's ``curve_order`` run keeps the checkpoints of curve
-    (b), scored next); per label budget the pixel floors and fine-tuning from scratch and each encoder; the
-    frozen and segmentation scores the plan asks for. First the encoders of ``every_budget`` (all seeds), then
-    the other orders, then the named variants, at the first label budget. Finished runs are kept in
-    ``results.jsonl``; returns all rows (every process's)."""
+    """Seed by seed: the pixel floors per label budget, then encoder by encoder (scratch and each order) its
+    pretraining, fine-tuning per label budget and the frozen and segmentation scores the plan asks for (:func:
+    `run_seed`); the first seed's ``curve_order`` run keeps the checkpoints of curve (b), scored after that
+    seed. First the encoders of ``every_budget`` (all seeds), then the other orders, then the named variants,
+    at the first label budget. Finished runs are kept in ``results.jsonl``; returns all rows (every process's)."""
     folder = Path(folder)
     plan.validate()
     runner = StudyRunner(folder, PayoffConfig(plan).to_dict(), KEY, only_seeds,
@@ -328,27 +333,26 @@ def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True,
 
 def run_seed(plan: PayoffPlan, runner: StudyRunner, folder: Path, seed: int, encoders: list[str],
              budgets: tuple[int, ...], floors: bool, progress: bool) -> None:  # fmt: skip
-    """One seed's runs for ``encoders``: pretrainings, then per label budget the floors (``floors``) and the
-    fine-tunings; then the frozen and segmentation scores the plan asks for."""
-    for order in (e for e in encoders if e != "scratch"):
-        needs = [("pretrain", "semantic", -1, seed)] if any("{semantic}" in a for a in VARIANTS.get(order, ())) else []
-        runner.run(("pretrain", order, -1, seed), lambda o=order: pretrain_run(plan, o, seed, folder, progress),
-                   needs=needs, kept=lambda o=order: pretrained(pretrain_folder(folder, o, seed)))  # fmt: skip
-
-    def source(encoder: str) -> tuple[EncoderConfig, list]:
-        needs = [] if encoder == "scratch" else [("pretrain", encoder, -1, seed)]  # scratch: model.yaml
-        return encoder_source(plan, encoder, seed, folder), needs
-
-    for labels in budgets:
-        if floors:
+    """One seed's runs for ``encoders``: the floors (``floors``) per label budget, then encoder by encoder its
+    pretraining, its fine-tuning per label budget and the frozen and segmentation scores the plan asks for.
+    Encoder by encoder: the processes take the runs in this order, so an encoder's later runs come before
+    the next pretraining, and a study cut between two sessions leaves few pretrained checkpoints unused."""
+    if floors:
+        for labels in budgets:
             runner.run(("floor", "pixels", labels, seed),
                        lambda k=labels: pixel_floors(plan, k, seed, folder, progress))  # fmt: skip
-        for encoder in encoders:
-            out = folder / "runs" / f"finetune-{encoder}-K{labels}-seed{seed}"
-            (enc, needs), key = source(encoder), ("finetune", encoder, labels, seed)
-            runner.run(key, lambda e=enc, k=labels, o=out: finetune_run(plan, e, k, seed, o, progress), needs=needs)
     for encoder in encoders:
-        enc, needs = source(encoder)
+        needs = []
+        if encoder != "scratch":  # scratch: the initialisation, from model.yaml
+            needs = [("pretrain", encoder, -1, seed)]
+            source = [("pretrain", "semantic", -1, seed)] if reads_semantic(encoder) else []
+            runner.run(needs[0], lambda o=encoder: pretrain_run(plan, o, seed, folder, progress), needs=source,
+                       kept=lambda o=encoder: pretrained(pretrain_folder(folder, o, seed)))  # fmt: skip
+        enc = encoder_source(plan, encoder, seed, folder)
+        for labels in budgets:
+            out = folder / "runs" / f"finetune-{encoder}-K{labels}-seed{seed}"
+            runner.run(("finetune", encoder, labels, seed),
+                       lambda e=enc, k=labels, o=out: finetune_run(plan, e, k, seed, o, progress), needs=needs)  # fmt: skip
         if plan.frozen:
             features = FeaturesConfig(data=plan.data, workers=plan.workers, val_size=plan.val_size)
             runner.run(("frozen", encoder, 0, seed), lambda e=enc, f=features: frozen_scores(e, f, progress),
