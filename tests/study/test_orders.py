@@ -88,6 +88,14 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
     assert f"[{len(lines)}] ('segment-linear', 'semantic-source', 0, 0)" in printed
     assert printed.count("('") == 1  # nothing else ran again
 
+    import shutil  # the run folders gone (a fresh clone): the report is rewritten from the rows, figure kept
+
+    shutil.rmtree(out / "runs")
+    figure = (reports / "dense-cluttered-fashion-mnist.png").read_bytes()
+    assert main([*argv, "--only-seeds", "99"]) == 0
+    assert "dense-cluttered-fashion-mnist.png" in (reports / "dense-cluttered-fashion-mnist.md").read_text()
+    assert (reports / "dense-cluttered-fashion-mnist.png").read_bytes() == figure
+
 
 def test_order_plans_are_checked():
     plan = orders_plan("cluttered-fashion-mnist")

@@ -110,12 +110,12 @@ def write_dense_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: st
 
 
 def plot_dense(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, dpi: int = 100) -> bool:
-    """A few test images: the image, the true mask, and the masks the first seed's fine-tuned scratch,
-    semantic and raster models predict. ``False`` (nothing written) when those runs are not on disk."""
-    runs = {e: by_seed(rows, "segment-finetune", e, 0).get(plan.seeds[0], {}).get("run") for e in ENCODERS}
-    runs = {e: r for e, r in runs.items() if r and (Path(r) / "checkpoint-last.pt").is_file()}
+    """A few test images: the image, the true mask, and the masks the fine-tuned scratch, semantic and raster
+    models of the first seed whose runs are all on disk predict. Without such a seed (the run folders are
+    gone) the figure drawn before is kept: ``True`` when there is one at ``path``."""
+    seed, runs = next(((s, r) for s in plan.seeds if len(r := seed_runs(rows, s)) == len(ENCODERS)), (None, {}))
     if not runs:
-        return False
+        return Path(path).is_file()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,7 +142,13 @@ def plot_dense(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, d
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(titles[col], fontsize=7)
-    fig.suptitle(f"{plan.data}: test images, seed {plan.seeds[0]}", fontsize=8)
+    fig.suptitle(f"{plan.data}: test images, seed {seed}", fontsize=8)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return True
+
+
+def seed_runs(rows: list[dict[str, Any]], seed: int) -> dict[str, str]:
+    """The fine-tuned segmentation run folders of ``seed`` still on disk, by encoder."""
+    runs = {e: by_seed(rows, "segment-finetune", e, 0).get(seed, {}).get("run") for e in ENCODERS}
+    return {e: r for e, r in runs.items() if r and (Path(r) / "checkpoint-last.pt").is_file()}
