@@ -53,6 +53,7 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
     assert len(scored) == 2 + 5 + 1  # floors, frozen rows, the middle curve point: the end points reuse rows
     segment = [r for r in rows if r["kind"].startswith("segment")]
     assert all(0 <= r["test_miou"] <= 100 and r["train_images"] == 40 for r in segment)
+    assert {(r["kind"], r["lr"]) for r in segment} == {("segment-finetune", 8e-3), ("segment-linear", 0.3)}
     source = out / "runs" / "pretrain-semantic-seed0" / "checkpoint-last.pt"
     saved = PretrainConfig.from_dict(yaml.safe_load((out / "runs" / "pretrain-semantic-source-seed0" /
                                                      "config.yaml").read_text()))  # fmt: skip
@@ -75,7 +76,7 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
     assert "dense-cluttered-fashion-mnist.png" in dense  # the masks figure, from the runs on disk
     ran = {mode: yaml.safe_load((out / "runs" / f"segment-{mode}-scratch-seed0" / "config.yaml").read_text())
            ["segment"] for mode in ("finetune", "linear")}  # fmt: skip
-    used = f"peak lr: finetune {ran['finetune']['lr']:g}; linear {ran['linear']['linear_lr']:g}, read from the runs"
+    used = f"peak lr: finetune {ran['finetune']['lr']:g}; linear {ran['linear']['linear_lr']:g}, as the runs used it"
     assert used in dense and ran["linear"]["linear_lr"] != ran["finetune"]["lr"]  # what the runs used
     with Image.open(reports / "dense-cluttered-fashion-mnist.png") as figure:
         assert figure.size[0] > figure.size[1] > 100
@@ -120,7 +121,7 @@ def test_order_plans_are_checked():
         PayoffPlan(every_budget=("semantic", "raster")).validate()
 
 
-def test_the_dense_report_reads_each_runs_lr_and_flags_a_recipe_change(tmp_path):
+def test_the_dense_report_states_each_runs_lr_and_flags_a_recipe_change(tmp_path):
     from semaim.config import SegmentRunConfig
     from semaim.study.dense import run_lrs
 
@@ -132,6 +133,8 @@ def test_the_dense_report_reads_each_runs_lr_and_flags_a_recipe_change(tmp_path)
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
         rows.append({"kind": f"segment-{mode}", "run": str(tmp_path / name)})
-    assert run_lrs(rows, plan) == "finetune 0.002 / 0.008 (differs across runs); linear 0.002, read from the runs"
+    assert run_lrs(rows, plan) == "finetune 0.002 / 0.008 (differs across runs); linear 0.002, as the runs used it"
     gone = [{**row, "run": str(tmp_path / "gone")} for row in rows]  # only the rows, e.g. in a fresh clone
     assert run_lrs(gone, plan) == "finetune 0.008; linear 0.3, the recipe's"  # configs/segment/cpu.yaml
+    recorded = [{**row, "lr": lr} for row, lr in zip(gone, (8e-3, 8e-3, 0.3), strict=True)]  # rows that say it
+    assert run_lrs(recorded, plan) == "finetune 0.008; linear 0.3, as the runs used it"

@@ -62,14 +62,15 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def run_lrs(rows: list[dict[str, Any]], plan: PayoffPlan) -> str:
-    """The peak lr of each mode, read from the runs' ``config.yaml`` (a recipe can change under a study: more
-    than one value is flagged); the recipe's when no run is on disk (a copy of the report's rows alone)."""
+    """The peak lr of each mode, as the rows record it or read from the runs' ``config.yaml`` (a recipe can
+    change under a study: more than one value is flagged); the recipe's when neither says."""
     found: dict[str, set[float]] = {}
-    for row in rows:
-        saved = Path(row["run"]) / "config.yaml" if row["kind"].startswith("segment-") else None
-        if saved is not None and saved.is_file():
-            sg = SegmentRunConfig.from_dict(yaml.safe_load(saved.read_text())).segment
-            found.setdefault(sg.mode, set()).add(sg.run_lr)
+    for row in (r for r in rows if r["kind"].startswith("segment-")):
+        mode, saved = row["kind"].removeprefix("segment-"), Path(row["run"]) / "config.yaml"
+        if "lr" in row:
+            found.setdefault(mode, set()).add(row["lr"])
+        elif saved.is_file():
+            found.setdefault(mode, set()).add(SegmentRunConfig.from_dict(yaml.safe_load(saved.read_text())).segment.run_lr)
     if not found:
         recipe = {mode: segment_config(plan, EncoderConfig(random=True), mode, 0).segment for mode in plan.segment}
         return "; ".join(f"{mode} {sg.run_lr:g}" for mode, sg in recipe.items()) + ", the recipe's"
@@ -78,7 +79,7 @@ def run_lrs(rows: list[dict[str, Any]], plan: PayoffPlan) -> str:
         lrs = sorted(found[mode])
         flag = " (differs across runs)" if len(lrs) > 1 else ""
         listed.append(f"{mode} {' / '.join(f'{lr:g}' for lr in lrs)}{flag}")
-    return "; ".join(listed) + ", read from the runs"
+    return "; ".join(listed) + ", as the runs used it"
 
 
 def write_dense_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: str, path: str | Path,

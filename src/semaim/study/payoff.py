@@ -247,11 +247,10 @@ def finetune_run(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed: in
 def segment_run(plan: PayoffPlan, encoder: EncoderConfig, mode: str, seed: int, out: Path,
                 progress: bool) -> dict[str, Any]:  # fmt: skip
     """One segmentation run (resumed when it was cut): test mIoU / pixel accuracy, best validation mIoU."""
-    resume = (out / LAST).is_file()
-    result = segment(segment_config(plan, encoder, mode, seed), out, resume=resume, force=not resume,
-                     progress=progress)  # fmt: skip
+    resume, cfg = (out / LAST).is_file(), segment_config(plan, encoder, mode, seed)
+    result = segment(cfg, out, resume=resume, force=not resume, progress=progress)
     return {**{k: result[k] for k in ("test_miou", "test_pixel_acc", "best_val_miou", "train_images")},
-            "run": str(out)}  # the dense report's figure reads its checkpoint
+            "lr": cfg.segment.run_lr, "run": str(out)}  # the dense report's figure reads its checkpoint
 
 
 def labelled_features(plan: PayoffPlan, labels: int, seed: int) -> FeaturesConfig:
