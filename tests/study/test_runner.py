@@ -150,3 +150,21 @@ def test_a_finished_run_whose_files_are_gone_is_done_again_when_needed_and_must_
     with pytest.raises(ConfigError, match="does not reproduce"):  # and stays refused, files or not
         study("x", "y", "z").finish()
     assert calls == ["pre", "x", "pre", "y", "pre"]
+
+
+def test_a_lost_run_is_done_again_just_before_the_first_run_that_needs_it(tmp_path):
+    kept, calls = {"pre": False}, []
+
+    def work(name: str):
+        return lambda: calls.append(name) or kept.update({name: True}) or {}
+
+    first = StudyRunner(tmp_path, {"plan": 1}, KEYS)
+    first.run(("pretrain", "pre", 0), work("pre"))
+    first.finish()
+    kept["pre"], calls[:] = False, []  # its files gone; later runs (say the next phase's) still need it
+    runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01)
+    runner.run(("pretrain", "pre", 0), work("pre"), kept=lambda: kept["pre"])
+    runner.run(("finetune", "other", 0), work("other"))
+    runner.run(("finetune", "late", 0), work("late"), needs=[("pretrain", "pre", 0)])
+    runner.finish()
+    assert calls == ["other", "pre", "late"]  # not first in the list: a session cut would lose it again

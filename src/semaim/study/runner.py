@@ -135,13 +135,13 @@ class StudyRunner:
         run that a remaining run needs and whose files are gone is to do again."""
         todo = [r for r in self.runs if r.key not in self.done]
         while True:  # a run done again may need another whose files are gone too
-            needed = {k for r in todo for k in r.needs}
+            needed, keys = {k for r in todo for k in r.needs}, {r.key for r in todo}
             self.check_reproducible(needed)
-            lost = {r.key for r in self.runs if r.key in needed and r.key in self.done and r.kept and not r.kept()}
-            again = [r for r in self.runs if r.key not in self.done or r.key in lost]
-            if len(again) == len(todo):
+            lost = [r for r in self.runs if r.key in needed and r.key not in keys and r.kept and not r.kept()]
+            if not lost:
                 break
-            todo = again
+            for run in lost:  # just before the first run that needs it: not sooner, it may be lost again
+                todo.insert(next(i for i, r in enumerate(todo) if run.key in r.needs), run)
         while True:
             keys = {r.key for r in todo}
             missing = {k for r in todo for k in r.needs if k not in self.done and k not in keys}
