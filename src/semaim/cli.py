@@ -477,22 +477,24 @@ def run_segment(args: argparse.Namespace) -> int:
     return run_supervised(args, SegmentRunConfig, SEGMENT_FLAGS, segment)
 
 
-def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str) -> None:
-    """The flags every study shares: data, quick, seeds, study folder, report folder, --set."""
+def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str, report: str = "") -> None:
+    """The flags every study shares: data, quick, seeds, study folder, report folder (``report``-DATA.md, by
+    default ``kind``-DATA.md), --set."""
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or cluttered-fashion-mnist "
                    "(default: fashion-mnist)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke test of the whole pipeline")
     p.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; --quick: 2)")
     p.add_argument("--out", help=f"study folder (default: runs/{kind}-DATA[-quick]); rerun to resume; several "
                    "processes on one folder share its runs (one per GPU, or two single-threaded on two CPU cores)")
-    p.add_argument("--report-dir", help=f"where {kind}-DATA.md and .png go (default: the study folder)")
+    p.add_argument("--report-dir", help=f"where {report or kind}-DATA.md and .png go (default: the study folder)")
     p.add_argument("--only-seeds", type=int, nargs="+", help="run only these seeds' runs now (the rest on a rerun)")
     add_set_argument(p, example)
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, background runs)")
 
 
-def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plot, report) -> int:
-    """Plan (with --set), run (resumable), chart, report, and the per-run rows beside the report."""
+def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plot, report, stem: str = "") -> int:
+    """Plan (with --set), run (resumable), chart, report (``stem``-DATA.md, by default ``kind``-DATA.md), and
+    the per-run rows beside the report."""
     from .config import parse_assignment
 
     for assignment in args.set:
@@ -503,13 +505,14 @@ def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plo
     rows = run(plan, folder, progress=not args.no_progress, only_seeds=args.only_seeds)
     report_dir = Path(args.report_dir or folder)
     report_dir.mkdir(parents=True, exist_ok=True)
-    chart, markdown = report_dir / f"{kind}-{name}.png", report_dir / f"{kind}-{name}.md"
+    stem = f"{stem or kind}-{name}"
+    chart, markdown = report_dir / f"{stem}.png", report_dir / f"{stem}.md"
     plot(rows, plan, chart)
     command += f" --data {args.data}" + " --quick" * args.quick + (f" --seeds {args.seeds}" if args.seeds else "")
     command += (f" --out {args.out}" if args.out else "") + (f" --report-dir {args.report_dir}" if args.report_dir else "")
     report(rows, plan, command + "".join(f" --set {a}" for a in args.set), markdown, chart)
     if report_dir.resolve() != folder.resolve():  # keep the per-run rows beside the report
-        (report_dir / f"{kind}-{name}.jsonl").write_text((folder / "results.jsonl").read_text())
+        (report_dir / f"{stem}.jsonl").write_text((folder / "results.jsonl").read_text())
     print(f"wrote {markdown} and {chart}")
     return 0
 
@@ -527,7 +530,7 @@ def add_study_parsers(sub: argparse._SubParsersAction) -> None:
     q = studies.add_parser("orders", formatter_class=fmt,
                            help="Tables 1 and 3 on trained encoders: every order and variant, fine-tuned, frozen, "
                                 "segmentation; also writes the payoff report of its scratch/semantic/raster runs")  # fmt: skip
-    add_study_arguments(q, "orders", "study.seeds=[0,1]")
+    add_study_arguments(q, "orders", "study.seeds=[0,1]", "orders-v2")  # v1: `semaim reproduce`
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
@@ -541,10 +544,11 @@ def run_study_command(args: argparse.Namespace) -> int:
     from .study.payoff import PayoffConfig, payoff_plan, plot_payoff, run_payoff, write_payoff_report
 
     if args.study == "orders":
-        from .study.orders import orders_plan, plot_orders, write_orders_report
+        from .study.orders import REPORT, orders_plan, plot_orders, write_orders_report
 
         cfg = PayoffConfig(orders_plan(args.data, args.quick, args.seeds))
-        return run_a_study(args, "orders", "semaim study orders", cfg, run_payoff, plot_orders, write_orders_report)
+        return run_a_study(args, "orders", "semaim study orders", cfg, run_payoff, plot_orders, write_orders_report,
+                           REPORT)
     cfg = PayoffConfig(payoff_plan(args.data, args.quick, args.seeds))
     return run_a_study(args, "payoff", "semaim study payoff", cfg, run_payoff, plot_payoff, write_payoff_report)
 

@@ -62,16 +62,18 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
     scratch = PretrainConfig.from_dict(yaml.safe_load(Path(tuned["encoder"]["preset"]).read_text())).model
     assert (scratch.img_size, scratch.patch_size, scratch.embed_dim) == (64, 8, 32)  # the study's ViT, not the preset's
 
-    report = (reports / "orders-cluttered-fashion-mnist.md").read_text()
+    report = (reports / "orders-v2-cluttered-fashion-mnist.md").read_text()
     assert "| `semantic-source` |" in report and "Paired differences against `raster`" in report
     assert "segmentation mIoU (linear head)" in report and "its initialisation" in report
     assert re.search(r"its initialisation: [+-]\d+\.\d\d( ± \d+\.\d\d)? \((enough|too small a budget), \d seeds?\); "
                      r"other metrics: frozen k-NN@20 [+-]\d", report)  # the gain on every metric  # fmt: skip
     payoff = (reports / "payoff-cluttered-fashion-mnist.md").read_text()
     assert "fine-tuned from raster" in payoff and "semantic-source" not in payoff.split("## How it was run")[0]
-    assert (reports / "orders-cluttered-fashion-mnist.png").stat().st_size > 0
+    assert (reports / "orders-v2-cluttered-fashion-mnist.png").stat().st_size > 0
+    assert (reports / "orders-v2-cluttered-fashion-mnist.jsonl").read_text() == (out / "results.jsonl").read_text()
     assert (reports / "payoff-cluttered-fashion-mnist.png").stat().st_size > 0
     dense = (reports / "dense-cluttered-fashion-mnist.md").read_text()
+    assert "copied as `orders-v2-<data>.jsonl`" in dense  # every report of the study names the one copy
     assert "| `semantic` − `scratch` |" in dense and "linear head (frozen): mIoU" in dense
     assert "dense-cluttered-fashion-mnist.png" in dense  # the masks figure, from the runs on disk
     ran = {mode: yaml.safe_load((out / "runs" / f"segment-{mode}-scratch-seed0" / "config.yaml").read_text())

@@ -83,8 +83,9 @@ def run_lrs(rows: list[dict[str, Any]], plan: PayoffPlan) -> str:
 
 
 def write_dense_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: str, path: str | Path,
-                       chart: str | Path | None = None) -> None:  # fmt: skip
-    """Markdown: mIoU and pixel accuracy of scratch / semantic / raster (mean ± std), paired differences."""
+                       chart: str | Path | None, study: str) -> None:  # fmt: skip
+    """Markdown: mIoU and pixel accuracy of scratch / semantic / raster (mean ± std), paired differences.
+    ``study``: the name of the rows' copy beside the study's main report (``<study>-<data>.jsonl``)."""
     pairs = [(e, "scratch") for e in ENCODERS[1:]] + [("semantic", "raster")]
     seeds = seeds_counted(rows, plan.seeds, ('segment-finetune',))  # the seeds the ± stands on
     lines = [
@@ -105,7 +106,7 @@ def write_dense_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: st
         "",
         *targets(rows),
         "",
-        *how_it_was_run(command, rows, {"segment": list(plan.segment), "segment_recipe": plan.segment_recipe}, "orders"),
+        *how_it_was_run(command, rows, {"segment": list(plan.segment), "segment_recipe": plan.segment_recipe}, study),
     ]
     write_markdown(path, lines, chart, "dense")
 

@@ -26,6 +26,7 @@ ORDER_STUDY = ("semantic", "raster", "stochastic", "similarity", "center", "sema
 """The pretrained encoders: ``semantic`` first (the others' shape and ``semantic-source``'s order come from
 it), ``raster`` second (the paired baseline), then Table 1's other orders, the control and the variants."""
 
+REPORT = "orders-v2"  # the report's name: REPORT-<data>.md (v1, on barely trained encoders: `semaim reproduce`)
 GAIN_TARGET = 5.0  # points an encoder must gain over its initialisation for the budget to count as enough
 
 
@@ -99,7 +100,7 @@ def ranking(rows: list[dict[str, Any]], plan: PayoffPlan, orders: tuple[str, ...
 
 def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: str, path: str | Path,
                         chart: str | Path | None = None) -> None:  # fmt: skip
-    """``orders-<data>.md`` (Tables 1 and 3, every metric, paired against raster), and beside it the payoff
+    """``orders-v2-<data>.md`` (Tables 1 and 3, every metric, paired against raster), and beside it the payoff
     report of the same folder's scratch / semantic / raster runs and, with segmentation, the dense report."""
     table1 = tuple(o for o in ("semantic", "stochastic", "raster", "similarity", "center") if o in plan.orders)
     decoders = tuple(o for o in ("semantic-dec1", "semantic-dec-half", "semantic") if o in plan.orders)
@@ -140,17 +141,17 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         "starts from the seed's same encoder initialisation; `semantic-dec1`: 1 block, `semantic-dec-half`: half, "
         f"`semantic`: as deep as the encoder): {ranking(rows, plan, decoders) or 'no runs yet'}.",
         "",
-        *how_it_was_run(command, rows, PayoffConfig(plan).to_dict()["study"], "orders"),
+        *how_it_was_run(command, rows, PayoffConfig(plan).to_dict()["study"], REPORT),
     ]
     write_markdown(path, lines, chart, "orders")
     path = Path(path)
-    payoff = path.with_name(path.name.replace("orders-", "payoff-", 1))
+    payoff = path.with_name(path.name.replace(f"{REPORT}-", "payoff-", 1))
     plot_payoff(rows, plan, payoff.with_suffix(".png"))
-    write_payoff_report(rows, plan, command, payoff, payoff.with_suffix(".png"), "orders")
+    write_payoff_report(rows, plan, command, payoff, payoff.with_suffix(".png"), REPORT)
     if plan.segment:
-        dense = path.with_name(path.name.replace("orders-", "dense-", 1))
+        dense = path.with_name(path.name.replace(f"{REPORT}-", "dense-", 1))
         chart = dense.with_suffix(".png")
-        write_dense_report(rows, plan, command, dense, chart if plot_dense(rows, plan, chart) else None)
+        write_dense_report(rows, plan, command, dense, chart if plot_dense(rows, plan, chart) else None, REPORT)
 
 
 def plot_orders(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, dpi: int = 100) -> None:

@@ -415,7 +415,7 @@ def label_text(labels: int) -> str:
 def write_payoff_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: str, path: str | Path,
                         chart: str | Path | None = None, study: str = "payoff") -> None:  # fmt: skip
     """Markdown: test top-1 per label budget (mean ± std over seeds), paired differences, floors, settings.
-    ``study``: the command that wrote the rows (their copy beside the report is ``<study>-<data>.jsonl``)."""
+    ``study``: the name of the rows' copy beside the study's main report (``<study>-<data>.jsonl``)."""
     header = "| | " + " | ".join(label_text(k) for k in plan.labels_per_class) + " |\n|---|" + "---|" * len(
         plan.labels_per_class
     )
