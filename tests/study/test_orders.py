@@ -140,3 +140,15 @@ def test_the_dense_report_states_each_runs_lr_and_flags_a_recipe_change(tmp_path
     assert run_lrs(gone, plan) == "finetune 0.008; linear 0.3, the recipe's"  # configs/segment/cpu.yaml
     recorded = [{**row, "lr": lr} for row, lr in zip(gone, (8e-3, 8e-3, 0.3), strict=True)]  # rows that say it
     assert run_lrs(recorded, plan) == "finetune 0.008; linear 0.3, as the runs used it"
+
+
+def test_table1_ranking_says_how_many_seeds_each_mean_stands_on():
+    from semaim.study.orders import ranking
+
+    plan = orders_plan("cluttered-fashion-mnist")
+    row = {"kind": "finetune", "labels": 60}
+    rows = [{**row, "encoder": "semantic", "seed": s, "test_top1": v} for s, v in ((0, 60.0), (1, 62.0))]
+    rows.append({**row, "encoder": "raster", "seed": 0, "test_top1": 63.0})
+    assert ranking(rows, plan, ("semantic", "raster", "stochastic")) == "`raster` 63.00 (1 seed) > `semantic` 61.00 (2 seeds)"
+    rows.append({**row, "encoder": "raster", "seed": 1, "test_top1": 58.0})  # as many seeds: no counts
+    assert ranking(rows, plan, ("semantic", "raster")) == "`semantic` 61.00 > `raster` 60.50"

@@ -88,14 +88,17 @@ def gains(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
 
 
 def ranking(rows: list[dict[str, Any]], plan: PayoffPlan, orders: tuple[str, ...]) -> str:
-    """Table 1's orders sorted by their mean fine-tuning score (ties and spreads are in the tables)."""
+    """Table 1's orders sorted by their mean fine-tuning score (ties and spreads are in the tables); while the
+    orders stand on different numbers of seeds, each mean says how many (a 1-seed mean is not a 3-seed one)."""
     _, kind, metric, labels = metrics(plan)[0]
-    means = {}
+    means, counts = {}, {}
     for order in orders:
-        stats = mean_std({metric: [r[metric] for r in by_seed(rows, kind, order, labels).values()]})
-        if metric in stats:
-            means[order] = stats[metric][0]
-    return " > ".join(f"`{o}` {m:.2f}" for o, m in sorted(means.items(), key=lambda item: -item[1]))
+        scores = [r[metric] for r in by_seed(rows, kind, order, labels).values()]
+        if scores:
+            means[order], counts[order] = mean_std({metric: scores})[metric][0], len(scores)
+    uneven = len(set(counts.values())) > 1
+    return " > ".join(f"`{o}` {m:.2f}" + (f" ({counts[o]} seed{'s' * (counts[o] > 1)})" if uneven else "")
+                      for o, m in sorted(means.items(), key=lambda item: -item[1]))
 
 
 def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: str, path: str | Path,
