@@ -152,3 +152,27 @@ def test_table1_ranking_says_how_many_seeds_each_mean_stands_on():
     assert ranking(rows, plan, ("semantic", "raster", "stochastic")) == "`raster` 63.00 (1 seed) > `semantic` 61.00 (2 seeds)"
     rows.append({**row, "encoder": "raster", "seed": 1, "test_top1": 58.0})  # as many seeds: no counts
     assert ranking(rows, plan, ("semantic", "raster")) == "`semantic` 61.00 > `raster` 60.50"
+
+
+def test_the_papers_claims_are_read_from_paired_intervals():
+    from semaim.study.orders import TABLE1_CLAIMS, claim_outcome, verdict
+
+    assert claim_outcome(1.0, 0.1, 3, ">")[0] == "held"  # t(0.975, 2) = 4.30: [+0.75, +1.25]
+    assert claim_outcome(1.0, 1.0, 3, ">") == ("unresolved", "95 % interval [-1.48, +3.48] over 3 seeds")
+    assert claim_outcome(1.0, 1.0, 3, "≥")[0] == "held"  # equality is allowed: only a drop contradicts it
+    assert claim_outcome(-1.0, 0.1, 3, "≥")[0] == "contradicted"
+    assert claim_outcome(5.0, 0.0, 1, ">")[0] == "unresolved"  # one seed has no interval
+    plan = orders_plan("cluttered-fashion-mnist")
+    scores = {"semantic": (64, 65, 66), "stochastic": (62, 63, 64), "raster": (63, 63, 63), "similarity": (60, 61, 61)}
+    rows = [{"kind": "finetune", "labels": 60, "encoder": e, "seed": s, "test_top1": float(v)}
+            for e, vs in scores.items() for s, v in enumerate(vs)]  # fmt: skip
+    lines = verdict(rows, plan, TABLE1_CLAIMS)
+    assert lines[0].startswith("- `semantic` > `stochastic`: +2.00 ± 0.00") and lines[0].endswith(": held")
+    assert lines[1].endswith(": held") and lines[2].endswith(": held")  # stochastic − raster 0 ± 1: allowed by ≥
+    assert lines[-1].startswith("**Reproduced**")
+    lines = verdict([r for r in rows if r["encoder"] != "similarity"], plan, TABLE1_CLAIMS)
+    assert lines[2] == "- `raster` > `similarity`: not run yet" and lines[-1].startswith("**Not decided yet**")
+    partway = [r for r in rows if r["encoder"] != "similarity" or r["seed"] == 0]
+    assert verdict(partway, plan, TABLE1_CLAIMS)[2].endswith("unresolved so far, 1 of 3 planned seeds")
+    flipped = [{**r, "test_top1": -r["test_top1"]} for r in rows]
+    assert verdict(flipped, plan, TABLE1_CLAIMS)[-1].startswith("**Not reproduced**: the data contradict `semantic`")

@@ -13,6 +13,7 @@ fine-tuned at every label budget, so one study folder gives both reports.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ it), ``raster`` second (the paired baseline), then Table 1's other orders, the c
 
 REPORT = "orders-v2"  # the report's name: REPORT-<data>.md (v1, on barely trained encoders: `semaim reproduce`)
 GAIN_TARGET = 5.0  # points an encoder must gain over its initialisation for the budget to count as enough
+TABLE1_CLAIMS = (("semantic", "stochastic", ">"), ("stochastic", "raster", "≥"), ("raster", "similarity", ">"))
+TABLE3_CLAIMS = (("semantic", "semantic-dec-half", ">"), ("semantic-dec-half", "semantic-dec1", ">"))
+"""The paper's rankings as pairs, read from its fine-tuning columns (Table 1: 83.5 > 83.0 ≥ 82.9 > 82.4;
+Table 3: decoder depth 12 > 6 > 1, here as deep as the encoder > half > 1)."""
 
 
 def orders_plan(data: str, quick: bool = False, seeds: int | None = None) -> PayoffPlan:
@@ -101,6 +106,55 @@ def ranking(rows: list[dict[str, Any]], plan: PayoffPlan, orders: tuple[str, ...
                       for o, m in sorted(means.items(), key=lambda item: -item[1]))
 
 
+def claim_outcome(mean: float, std: float, n: int, relation: str) -> tuple[str, str]:
+    """One pairwise claim ``a relation b`` against the per-seed differences ``a − b``: its 95 % t-interval
+    and whether it ``held`` (on the paper's side of 0; for "≥" not below 0), was ``contradicted`` (wholly
+    below 0) or is ``unresolved`` (a ">" whose interval holds 0, or a single seed: no interval)."""
+    if n < 2:
+        return "unresolved", "1 seed, no interval"
+    from scipy.stats import t  # the t quantile for n − 1 degrees of freedom
+
+    half = t.ppf(0.975, n - 1) * std / math.sqrt(n)
+    low, high = mean - half, mean + half
+    interval = f"95 % interval [{low:+.2f}, {high:+.2f}] over {n} seeds"
+    if high < 0:
+        return "contradicted", interval
+    return ("held" if low > 0 or relation == "≥" else "unresolved"), interval
+
+
+def verdict(rows: list[dict[str, Any]], plan: PayoffPlan, claims: tuple[tuple[str, str, str], ...]) -> list[str]:
+    """The paper's pairwise claims read from the paired fine-tuning differences, one line each, then the
+    verdict in one sentence: reproduced, not reproduced (a claim contradicted), or not resolved."""
+    _, kind, metric, labels = metrics(plan)[0]
+    lines, outcomes = [], {}
+    for a, b, relation in (c for c in claims if c[0] in plan.orders and c[1] in plan.orders):
+        name = f"`{a}` {relation} `{b}`"
+        diff = paired(by_seed(rows, kind, a, labels), by_seed(rows, kind, b, labels), [metric])
+        if metric not in diff:
+            outcomes[name] = "not run yet"
+            lines.append(f"- {name}: not run yet")
+            continue
+        outcome, interval = claim_outcome(*diff[metric], relation)
+        seeds = diff[metric][2]
+        outcomes[name] = outcome if seeds >= len(plan.seeds) else "partway"  # judged on the planned seeds only
+        so_far = f" so far, {seeds} of {len(plan.seeds)} planned seeds" if outcomes[name] == "partway" else ""
+        lines.append(f"- {name}: {cell(diff, metric, signed=True)} ({interval}): {outcome}{so_far}")
+    if not outcomes:
+        return []
+    against = [n for n, o in outcomes.items() if o == "contradicted"]
+    open_ = [n for n, o in outcomes.items() if o != "held"]
+    if against:
+        sentence = f"**Not reproduced**: the data contradict {', '.join(against)}."
+    elif not open_:
+        sentence = "**Reproduced**: every pair lies on the paper's side of 0."
+    elif any(o in ("not run yet", "partway") for o in outcomes.values()):
+        sentence = f"**Not decided yet**: {', '.join(open_)} still open; nothing so far contradicts the paper."
+    else:
+        sentence = (f"**Not resolved at this scale**: {', '.join(open_)} within the spread of the seeds; nothing "
+                    "contradicts the paper's ranking, nothing confirms it.")
+    return [*lines, "", sentence]
+
+
 def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: str, path: str | Path,
                         chart: str | Path | None = None) -> None:  # fmt: skip
     """``orders-v2-<data>.md`` (Tables 1 and 3, every metric, paired against raster), and beside it the payoff
@@ -136,13 +190,18 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         "## Table 1 (paper, ViT-B/16 ImageNet fine-tuning: semantic 83.5 > stochastic 83.0 ≥ raster 82.9 > "
         "similarity 82.4)",
         "",
-        f"Here, by mean fine-tuning score: {ranking(rows, plan, table1) or 'no runs yet'}.",
+        f"Here, by mean fine-tuning score: {ranking(rows, plan, table1) or 'no runs yet'}. The paper's pairs, "
+        "paired seed by seed:",
+        "",
+        *verdict(rows, plan, TABLE1_CLAIMS),
         "",
         "## Table 3 (paper: decoder depth 1 → 82.1, 6 → 83.3, 12 → 83.5)",
         "",
         f"Here, on `semantic` (the paper's best order, fixed in the plan before Table 1 is known; each depth "
         "starts from the seed's same encoder initialisation; `semantic-dec1`: 1 block, `semantic-dec-half`: half, "
         f"`semantic`: as deep as the encoder): {ranking(rows, plan, decoders) or 'no runs yet'}.",
+        "",
+        *verdict(rows, plan, TABLE3_CLAIMS),
         "",
         *how_it_was_run(command, rows, PayoffConfig(plan).to_dict()["study"], REPORT),
     ]
