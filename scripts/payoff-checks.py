@@ -18,7 +18,11 @@ Every check starts from the payoff study's own seed-0 runs (``--study``, default
   segmentation lr, first chosen on the scratch encoder alone, for the pretrained one too, and the
   ``seg-lin-lr*`` knobs the frozen linear probe's, first the fine-tuning's.
 
+``seg-steps`` (the dense issue's): segmentation fine-tuning of scratch and a pretrained encoder for 1 / 3 / 6
+epochs; does a longer fine-tuning make up the head start? Its own report, ``dense-<data>-checks.md``.
+
     python scripts/payoff-checks.py loading|frozen|grid|report [--study DIR] [--only KNOB ...]
+    python scripts/payoff-checks.py seg-steps|seg-steps-report --study DIR [--order ORDER] [--seed S]
 """
 
 from __future__ import annotations
@@ -193,6 +197,57 @@ def grid_table(study: Path, folder: Path, grid: Grid) -> list[str]:
         lines.append(f"| {text} | {cells[0]} | {cells[1]} | {mean} | {gap} |")
     return lines
 
+SEG_EPOCHS = (1, 3, 6)  # segmentation fine-tuning epochs of 250 steps; the shipped `cpu` recipe runs 3
+
+
+def seg_steps_runs(folder: Path, order: str, seed: int) -> dict[tuple[str, int], Path]:
+    return {(arm, epochs): folder / f"seg-steps-{arm}-seed{seed}-ep{epochs}"
+            for arm in ("scratch", order) for epochs in SEG_EPOCHS}  # fmt: skip
+
+
+def run_seg_steps(study: Path, folder: Path, order: str, seed: int) -> None:
+    """Segmentation fine-tuning of the scratch encoder and one pretrained encoder of ``seed`` for 1 / 3 / 6
+    epochs (warmup a tenth of them, as shipped): does a longer fine-tuning make up the pretrained head start,
+    as it does for classification (``steps900`` / ``steps3600``)? 3 epochs repeats the study's own run."""
+    encoders = {"scratch": ["--random", "--preset", str(study / "runs/model.yaml"), "--init-seed", str(seed)],
+                order: ["--checkpoint", str(study / f"runs/pretrain-{order}-seed{seed}/checkpoint-last.pt")]}
+    for (arm, epochs), out in seg_steps_runs(folder, order, seed).items():
+        if (out / "result.json").is_file():
+            continue
+        resume = ["--resume"] if (out / "checkpoint-last.pt").is_file() else ["--force"]
+        sets = ["--set", f"epochs={epochs}", "--set", f"warmup_epochs={0.1 * epochs:g}", "--set", f"seed={seed}"]
+        semaim("segment", *encoders[arm], *sets, "--no-progress", "--out", str(out), *resume,
+               log=folder / f"{out.name}.log")  # fmt: skip
+
+
+def seg_steps_report(study: Path, folder: Path, order: str, seed: int) -> Path:
+    """``dense-<data>-checks.md``: validation mIoU against the fine-tuning budget, and the 3-epoch runs'
+    test mIoU against the study's rows of the same runs (a repeat must give the same number)."""
+    data = yaml.safe_load((study / "config.yaml").read_text())["study"]["data"]
+    runs = seg_steps_runs(folder, order, seed)
+    lines = [f"# Dense prediction on `{data}`: does a longer fine-tuning make up the pretrained head start?", "",
+             f"`python scripts/payoff-checks.py seg-steps --study {study} --order {order} --seed {seed}`: the "
+             f"study's segmentation fine-tuning (`cpu` recipe, seed {seed}) of its scratch encoder and of its "
+             f"`{order}` encoder for 1, 3 (as shipped) and 6 epochs of 250 steps, warmup a tenth of them. "
+             "Last validation mIoU (%): a diagnostic, no choice is made with it.", "",
+             f"| fine-tuning | scratch | `{order}` | `{order}` − scratch |", "|---|---|---|---|"]  # fmt: skip
+    for epochs in SEG_EPOCHS:
+        cells = [last_val(runs[arm, epochs], "val_miou") for arm in ("scratch", order)]
+        gap = f"{float(cells[1]) - float(cells[0]):+.2f}" if "not run" not in cells else ""
+        lines.append(f"| {epochs} epoch{'s' * (epochs > 1)}, {250 * epochs} steps | {cells[0]} | {cells[1]} | {gap} |")
+    rows = {(r["encoder"], r["seed"]): r for r in read_records(study / "results.jsonl")
+            if r["kind"] == "segment-finetune"}  # fmt: skip
+    lines += ["", "The 3-epoch runs repeat the study's: test mIoU here / in the study's rows:", ""]
+    for arm in ("scratch", order):
+        result, row = runs[arm, 3] / "result.json", rows.get((arm, seed))
+        here = f"{json.loads(result.read_text())['test_miou']:.2f}" if result.is_file() else "not run"
+        lines.append(f"- `{arm}`: {here} / {row['test_miou']:.2f}" if row else f"- `{arm}`: {here} / no row")
+    out = Path("benchmarks/results") / f"dense-{data}-checks.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+    return out
+
+
 def report(study: Path, folder: Path) -> None:
     lines = ["# Payoff study: why the gain at 1 % labels is small — the usual causes, checked", "",
              f"`python scripts/payoff-checks.py loading|frozen|grid|report --study {study}`; every check starts "
@@ -219,12 +274,20 @@ def report(study: Path, folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("loading", "frozen", "grid", "report"))
+    parser.add_argument("what", choices=("loading", "frozen", "grid", "report", "seg-steps", "seg-steps-report"))
     parser.add_argument("--study", type=Path, default=Path("benchmarks/results/payoff-fashion-mnist"))
     parser.add_argument("--only", nargs="+", default=list(GRIDS["finetune"].knobs), choices=list(KNOBS))
+    parser.add_argument("--order", default="semantic", help="seg-steps: the pretrained encoder (runs/pretrain-ORDER-"
+                        "seedSEED) set against scratch")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seg-steps: the study's seed")
     args = parser.parse_args()
     folder = args.study / "checks"
     folder.mkdir(parents=True, exist_ok=True)
+    if args.what.startswith("seg-steps"):  # its own report: the dense issue's, beside dense-<data>.md
+        if args.what == "seg-steps":
+            run_seg_steps(args.study, folder, args.order, args.seed)
+        seg_steps_report(args.study, folder, args.order, args.seed)
+        return
     if args.what == "loading":
         print("\n".join(check_loading(args.study)))
     elif args.what == "frozen":
