@@ -201,6 +201,7 @@ SEG_EPOCHS = (1, 3, 6)  # segmentation fine-tuning epochs of 250 steps; the ship
 
 
 def seg_steps_runs(folder: Path, order: str, seed: int) -> dict[tuple[str, int], Path]:
+    """The run folder of each (encoder, epochs) of the ``seg-steps`` check."""
     return {(arm, epochs): folder / f"seg-steps-{arm}-seed{seed}-ep{epochs}"
             for arm in ("scratch", order) for epochs in SEG_EPOCHS}  # fmt: skip
 
@@ -209,15 +210,18 @@ def run_seg_steps(study: Path, folder: Path, order: str, seed: int) -> None:
     """Segmentation fine-tuning of the scratch encoder and one pretrained encoder of ``seed`` for 1 / 3 / 6
     epochs (warmup a tenth of them, as shipped): does a longer fine-tuning make up the pretrained head start,
     as it does for classification (``steps900`` / ``steps3600``)? 3 epochs repeats the study's own run."""
+    plan = yaml.safe_load((study / "config.yaml").read_text())["study"]  # the study's data, recipe and --sets
     encoders = {"scratch": ["--random", "--preset", str(study / "runs/model.yaml"), "--init-seed", str(seed)],
                 order: ["--checkpoint", str(study / f"runs/pretrain-{order}-seed{seed}/checkpoint-last.pt")]}
     for (arm, epochs), out in seg_steps_runs(folder, order, seed).items():
         if (out / "result.json").is_file():
             continue
         resume = ["--resume"] if (out / "checkpoint-last.pt").is_file() else ["--force"]
-        sets = ["--set", f"epochs={epochs}", "--set", f"warmup_epochs={0.1 * epochs:g}", "--set", f"seed={seed}"]
-        semaim("segment", *encoders[arm], *sets, "--no-progress", "--out", str(out), *resume,
-               log=folder / f"{out.name}.log")  # fmt: skip
+        sets = [*plan["segment_set"], f"epochs={epochs}", f"warmup_epochs={0.1 * epochs:g}", f"seed={seed}",
+                f"workers={plan['workers']}"]  # fmt: skip
+        semaim("segment", *encoders[arm], "--data", plan["data"], "--recipe", plan["segment_recipe"],
+               *[arg for assignment in sets for arg in ("--set", assignment)], "--no-progress", "--out", str(out),
+               *resume, log=folder / f"{out.name}.log")  # fmt: skip
 
 
 def seg_steps_report(study: Path, folder: Path, order: str, seed: int) -> Path:
@@ -275,12 +279,17 @@ def report(study: Path, folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("loading", "frozen", "grid", "report", "seg-steps", "seg-steps-report"))
-    parser.add_argument("--study", type=Path, default=Path("benchmarks/results/payoff-fashion-mnist"))
+    parser.add_argument("--study", type=Path, help="the study folder (default: benchmarks/results/payoff-"
+                        "fashion-mnist; seg-steps: required, an order study with segmentation runs)")
     parser.add_argument("--only", nargs="+", default=list(GRIDS["finetune"].knobs), choices=list(KNOBS))
     parser.add_argument("--order", default="semantic", help="seg-steps: the pretrained encoder (runs/pretrain-ORDER-"
                         "seedSEED) set against scratch")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seg-steps: the study's seed")
     args = parser.parse_args()
+    if args.study is None:
+        if args.what.startswith("seg-steps"):
+            parser.error("seg-steps needs --study: the order study folder with segmentation runs")
+        args.study = Path("benchmarks/results/payoff-fashion-mnist")
     folder = args.study / "checks"
     folder.mkdir(parents=True, exist_ok=True)
     if args.what.startswith("seg-steps"):  # its own report: the dense issue's, beside dense-<data>.md
