@@ -32,6 +32,7 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -216,6 +217,10 @@ def run_seg_steps(study: Path, folder: Path, order: str, seed: int) -> None:
     for (arm, epochs), out in seg_steps_runs(folder, order, seed).items():
         if (out / "result.json").is_file():
             continue
+        while arm == order and not any((r["kind"], r["encoder"], r["seed"]) == ("pretrain", order, seed)
+                                       for r in read_records(study / "results.jsonl")):  # fmt: skip
+            print(f"waiting for the study's {order} seed {seed} pretraining to finish", flush=True)
+            time.sleep(60)  # its checkpoint-last.pt is a mid-run one until its row is written
         resume = ["--resume"] if (out / "checkpoint-last.pt").is_file() else ["--force"]
         sets = [*plan["segment_set"], f"epochs={epochs}", f"warmup_epochs={0.1 * epochs:g}", f"seed={seed}",
                 f"workers={plan['workers']}"]  # fmt: skip
