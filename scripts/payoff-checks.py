@@ -223,7 +223,7 @@ def run_seg_steps(study: Path, folder: Path, order: str, seed: int) -> None:
             time.sleep(60)  # its checkpoint-last.pt is a mid-run one until its row is written
         resume = ["--resume"] if (out / "checkpoint-last.pt").is_file() else ["--force"]
         sets = [*plan["segment_set"], f"epochs={epochs}", f"warmup_epochs={0.1 * epochs:g}", f"seed={seed}",
-                f"workers={plan['workers']}"]  # fmt: skip
+                f"workers={plan['workers']}", f"precision={plan.get('precision', 'auto')}"]  # fmt: skip
         semaim("segment", *encoders[arm], "--data", plan["data"], "--recipe", plan["segment_recipe"],
                *[arg for assignment in sets for arg in ("--set", assignment)], "--no-progress", "--out", str(out),
                *resume, log=folder / f"{out.name}.log")  # fmt: skip

@@ -499,9 +499,11 @@ def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plo
 
     for assignment in args.set:
         cfg.set(*parse_assignment(assignment))
-    plan = cfg.validate().study
+    from .study.payoff import settle_precision
+
     name = args.data.split(":", 1)[0].rstrip("/").split("/")[-1]
     folder = Path(args.out or f"runs/{kind}-{name}{'-quick' if args.quick else ''}")
+    plan = settle_precision(cfg.validate().study, folder)  # the report states the precision the runs use
     rows = run(plan, folder, progress=not args.no_progress, only_seeds=args.only_seeds)
     report_dir = Path(args.report_dir or folder)
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,9 @@ def test_quick_study_end_to_end_then_resume_recomputes_only_the_missing_run(tmp_
     from semaim.study.payoff import PayoffConfig, finetune_config
 
     plan = PayoffConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text())).study
+    assert plan.precision in ("fp32", "bf16")  # settled when the study started, recorded for every process
+    ran = yaml.safe_load((out / "runs" / "finetune-semantic-K2-seed0" / "config.yaml").read_text())
+    assert ran["finetune"]["precision"] == plan.precision
     ft = finetune_config(plan, EncoderConfig(random=True), 2, 0).finetune
     labels = open_dataset(f"fashion-mnist:{tmp_path}", "train").labels
     images, _ = labelled_subset(labels, ft.val_size, ft.split_seed, 2, None, ft.seed, ft.limit)
@@ -126,3 +129,24 @@ def test_plans_are_checked():
     assert (ft.epochs, ft.warmup_epochs, ft.labels_per_class) == (2, 0.2, None)  # the schedule shrunk alike
     with pytest.raises(ConfigError, match="finetune.epohcs|unknown field"):
         PayoffPlan(finetune=("epohcs=2",)).validate()
+
+
+def test_the_plan_settles_one_precision_for_every_run_of_the_study(tmp_path, monkeypatch):
+    import yaml
+
+    from semaim.config import EncoderConfig
+    from semaim.study import payoff as study
+    from semaim.study.payoff import PayoffConfig, settle_precision
+
+    with pytest.raises(ConfigError, match="study.precision"):
+        PayoffPlan(precision="fp8").validate()
+    for native, expected in ((True, "bf16"), (False, "fp32")):  # a new study: this machine's native choice
+        monkeypatch.setattr(study, "resolve_precision", lambda p, d, native=native: "bf16" if native else "fp32")
+        assert settle_precision(PayoffPlan(), tmp_path).precision == expected
+    plan = PayoffPlan(data="cluttered-fashion-mnist", segment=("finetune",), precision="fp32")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(PayoffConfig(plan).to_dict()))
+    assert settle_precision(PayoffPlan(), tmp_path).precision == "fp32"  # the recorded one, on any machine
+    assert settle_precision(PayoffPlan(precision="bf16"), tmp_path).precision == "bf16"  # asked for: kept
+    assert study.pretrain_config(plan, "semantic", 0).train.precision == "fp32"
+    assert study.finetune_config(plan, EncoderConfig(random=True), 60, 0).finetune.precision == "fp32"
+    assert study.segment_config(plan, EncoderConfig(random=True), "finetune", 0).segment.precision == "fp32"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from ..config import (
@@ -40,7 +41,7 @@ from ..config import (
 )
 from ..data import open_dataset
 from ..engine.pretrain import pretrain
-from ..engine.run import LAST, write_text_atomic
+from ..engine.run import LAST, resolve_precision, write_text_atomic
 from ..engine.runlog import read_records
 from ..evaluate.encoders import choose_encoder, split_features
 from ..evaluate.finetune import finetune
@@ -105,6 +106,9 @@ class PayoffPlan:
     segment: tuple[str, ...] = ()  # segmentation of every encoder: "finetune" and/or "linear" (data with masks)
     segment_recipe: str = "cpu"
     segment_set: tuple[str, ...] = ()  # --set overrides of the segmentation recipe
+    # Every pretraining, fine-tuning and segmentation run of the study (frozen features: fp32 always). `auto`
+    # is settled when the study starts (settle_precision) and recorded, so all its runs compute alike.
+    precision: str = "auto"
 
     def validate(self, prefix: str = "study.") -> PayoffPlan:
         for order in self.orders:
@@ -123,6 +127,7 @@ class PayoffPlan:
         readers = [i for i, o in enumerate(self.orders) if reads_semantic(o)]
         ok = not readers or "semantic" in self.orders[: readers[0]]
         require(ok, f"{prefix}orders", "'semantic' before 'semantic-source' (its order source)", list(self.orders))
+        require_choice(self.precision, f"{prefix}precision", ("auto", "fp32", "bf16"))
         require(len(self.seeds) > 0, f"{prefix}seeds", "at least one seed", list(self.seeds))
         ok = all(k >= 0 for k in self.labels_per_class) and self.labels_per_class
         require(bool(ok), f"{prefix}labels_per_class", "ints >= 0 (0: every label)", list(self.labels_per_class))
@@ -170,6 +175,7 @@ def pretrain_config(plan: PayoffPlan, order: str, seed: int, folder: Path | None
     cfg = load_preset(plan.preset)
     for assignment in plan.pretrain:
         cfg.set(*parse_assignment(assignment))
+    cfg.set("train.precision", plan.precision)
     cfg.set("data.data", plan.data)
     cfg.set("data.workers", plan.workers)
     cfg.set("model.order", variant_order(order))
@@ -195,7 +201,7 @@ def recipe_config(recipe: str, kind: type, encoder: EncoderConfig, overrides: tu
 def segment_config(plan: PayoffPlan, encoder: EncoderConfig, mode: str, seed: int) -> SegmentRunConfig:
     cfg = recipe_config(plan.segment_recipe, SegmentRunConfig, encoder, plan.segment_set)
     sg = cfg.segment
-    sg.data, sg.mode, sg.seed, sg.workers = plan.data, mode, seed, plan.workers
+    sg.data, sg.mode, sg.seed, sg.workers, sg.precision = plan.data, mode, seed, plan.workers, plan.precision
     return cfg.validate()
 
 
@@ -203,6 +209,7 @@ def finetune_config(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed:
     cfg = recipe_config(plan.recipe, FinetuneRunConfig, encoder, plan.finetune)
     ft = cfg.finetune
     ft.data, ft.seed, ft.val_size, ft.workers = plan.data, seed, plan.val_size, plan.workers
+    ft.precision = plan.precision
     ft.labels_per_class = labels or None
     if plan.epochs and labels in plan.labels_per_class:  # the same schedule, shrunk or stretched
         epochs = plan.epochs[plan.labels_per_class.index(labels)]
@@ -307,6 +314,21 @@ def curve_point(plan: PayoffPlan, step: int, encoder: EncoderConfig, finetuned: 
             "test_top1": tuned["test_top1"], "best_val_top1": tuned["best_val_top1"]}  # fmt: skip
 
 
+def settle_precision(plan: PayoffPlan, folder: str | Path) -> PayoffPlan:
+    """``precision: auto`` becomes the study folder's recorded precision or, for a new study, what this machine
+    computes natively (bf16 on CUDA and on CPUs with AVX512-BF16 / AMX, else fp32), recorded with the plan:
+    then every process of the study, on any machine, computes alike. Else a study resumed on another kind of
+    machine would compare bf16 runs with fp32 ones, and a redone pretraining could not reproduce its row."""
+    if plan.precision != "auto":
+        return plan
+    saved = Path(folder) / "config.yaml"
+    recorded = (yaml.safe_load(saved.read_text()) or {}).get("study", {}).get("precision") if saved.is_file() else None
+    if recorded in ("fp32", "bf16"):
+        return replace(plan, precision=recorded)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the runs' device "auto" lands
+    return replace(plan, precision=resolve_precision("auto", device))
+
+
 def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True,
                only_seeds: tuple[int, ...] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Seed by seed: the pixel floors per label budget, then encoder by encoder (scratch and each order) its
@@ -315,7 +337,7 @@ def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True,
     seed. First the encoders of ``every_budget`` (all seeds), then the other orders, then the named variants,
     at the first label budget. Finished runs are kept in ``results.jsonl``; returns all rows (every process's)."""
     folder = Path(folder)
-    plan.validate()
+    plan = settle_precision(plan.validate(), folder)
     runner = StudyRunner(folder, PayoffConfig(plan).to_dict(), KEY, only_seeds,
                          normalise=lambda saved: PayoffConfig.from_dict(saved).to_dict())  # fmt: skip
     first = set(plan.every_budget or ("scratch", *plan.orders))
