@@ -492,18 +492,18 @@ def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str, rep
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, background runs)")
 
 
-def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plot, report, stem: str = "") -> int:
-    """Plan (with --set), run (resumable), chart, report (``stem``-DATA.md, by default ``kind``-DATA.md), and
-    the per-run rows beside the report."""
+def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plot, report, stem: str = "",
+                settle=None) -> int:  # fmt: skip
+    """Plan (with --set; ``settle(plan, folder)`` fixes what the folder's study has recorded), run (resumable),
+    chart, report (``stem``-DATA.md, by default ``kind``-DATA.md), and the per-run rows beside the report."""
     from .config import parse_assignment
 
     for assignment in args.set:
         cfg.set(*parse_assignment(assignment))
-    from .study.payoff import settle_precision
-
     name = args.data.split(":", 1)[0].rstrip("/").split("/")[-1]
     folder = Path(args.out or f"runs/{kind}-{name}{'-quick' if args.quick else ''}")
-    plan = settle_precision(cfg.validate().study, folder)  # the report states the precision the runs use
+    plan = cfg.validate().study
+    plan = settle(plan, folder) if settle else plan  # e.g. the precision the runs use, for the report too
     rows = run(plan, folder, progress=not args.no_progress, only_seeds=args.only_seeds)
     report_dir = Path(args.report_dir or folder)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -543,16 +543,24 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 def run_study_command(args: argparse.Namespace) -> int:
-    from .study.payoff import PayoffConfig, payoff_plan, plot_payoff, run_payoff, write_payoff_report
+    from .study.payoff import (
+        PayoffConfig,
+        payoff_plan,
+        plot_payoff,
+        run_payoff,
+        settle_precision,
+        write_payoff_report,
+    )
 
     if args.study == "orders":
         from .study.orders import REPORT, orders_plan, plot_orders, write_orders_report
 
         cfg = PayoffConfig(orders_plan(args.data, args.quick, args.seeds))
         return run_a_study(args, "orders", "semaim study orders", cfg, run_payoff, plot_orders, write_orders_report,
-                           REPORT)
+                           REPORT, settle_precision)  # fmt: skip
     cfg = PayoffConfig(payoff_plan(args.data, args.quick, args.seeds))
-    return run_a_study(args, "payoff", "semaim study payoff", cfg, run_payoff, plot_payoff, write_payoff_report)
+    return run_a_study(args, "payoff", "semaim study payoff", cfg, run_payoff, plot_payoff, write_payoff_report,
+                       settle=settle_precision)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
