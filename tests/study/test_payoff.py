@@ -147,6 +147,10 @@ def test_the_plan_settles_one_precision_for_every_run_of_the_study(tmp_path, mon
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(PayoffConfig(plan).to_dict()))
     assert settle_precision(PayoffPlan(), tmp_path).precision == "fp32"  # the recorded one, on any machine
     assert settle_precision(PayoffPlan(precision="bf16"), tmp_path).precision == "bf16"  # asked for: kept
+    older = PayoffConfig(plan).to_dict()
+    del older["study"]["precision"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(older))  # a study from before the field: as it ran
+    assert settle_precision(PayoffPlan(), tmp_path).precision == "auto"
     assert study.pretrain_config(plan, "semantic", 0).train.precision == "fp32"
     assert study.finetune_config(plan, EncoderConfig(random=True), 60, 0).finetune.precision == "fp32"
     assert study.segment_config(plan, EncoderConfig(random=True), "finetune", 0).segment.precision == "fp32"

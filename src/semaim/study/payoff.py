@@ -322,8 +322,8 @@ def settle_precision(plan: PayoffPlan, folder: str | Path) -> PayoffPlan:
     if plan.precision != "auto":
         return plan
     saved = Path(folder) / "config.yaml"
-    recorded = (yaml.safe_load(saved.read_text()) or {}).get("study", {}).get("precision") if saved.is_file() else None
-    if recorded in ("fp32", "bf16"):
+    if saved.is_file():  # a study from before `precision` existed records none: it keeps `auto`, as it ran
+        recorded = (yaml.safe_load(saved.read_text()) or {}).get("study", {}).get("precision", "auto")
         return replace(plan, precision=recorded)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the runs' device "auto" lands
     return replace(plan, precision=resolve_precision("auto", device))
