@@ -207,14 +207,16 @@ def seg_steps_runs(folder: Path, order: str, seed: int) -> dict[tuple[str, int],
             for arm in ("scratch", order) for epochs in SEG_EPOCHS}  # fmt: skip
 
 
-def run_seg_steps(study: Path, folder: Path, order: str, seed: int) -> None:
+def run_seg_steps(study: Path, folder: Path, order: str, seed: int, epochs_first: list[int], arms: list[str]) -> None:
     """Segmentation fine-tuning of the scratch encoder and one pretrained encoder of ``seed`` for 1 / 3 / 6
     epochs (warmup a tenth of them, as shipped): does a longer fine-tuning make up the pretrained head start,
     as it does for classification (``steps900`` / ``steps3600``)? 3 epochs repeats the study's own run."""
     plan = yaml.safe_load((study / "config.yaml").read_text())["study"]  # the study's data, recipe and --sets
     encoders = {"scratch": ["--random", "--preset", str(study / "runs/model.yaml"), "--init-seed", str(seed)],
                 order: ["--checkpoint", str(study / f"runs/pretrain-{order}-seed{seed}/checkpoint-last.pt")]}
-    for (arm, epochs), out in seg_steps_runs(folder, order, seed).items():
+    runs = seg_steps_runs(folder, order, seed)
+    for arm, epochs in ((a, e) for a in ("scratch", order) if a in arms for e in epochs_first):
+        out = runs[arm, epochs]
         if (out / "result.json").is_file():
             continue
         while arm == order and not any((r["kind"], r["encoder"], r["seed"]) == ("pretrain", order, seed)
@@ -290,6 +292,10 @@ def main() -> None:
     parser.add_argument("--order", default="semantic", help="seg-steps: the pretrained encoder (runs/pretrain-ORDER-"
                         "seedSEED) set against scratch")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seg-steps: the study's seed")
+    parser.add_argument("--epochs", type=int, nargs="+", default=list(SEG_EPOCHS), choices=SEG_EPOCHS,
+                        help="seg-steps: the budgets to run, in this order")  # fmt: skip
+    parser.add_argument("--arm", nargs="+", help="seg-steps: only these encoders (scratch and/or ORDER; one "
+                        "process each on two cores)")  # fmt: skip
     args = parser.parse_args()
     if args.study is None:
         if args.what.startswith("seg-steps"):
@@ -299,7 +305,7 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if args.what.startswith("seg-steps"):  # its own report: the dense issue's, beside dense-<data>.md
         if args.what == "seg-steps":
-            run_seg_steps(args.study, folder, args.order, args.seed)
+            run_seg_steps(args.study, folder, args.order, args.seed, args.epochs, args.arm or ["scratch", args.order])
         seg_steps_report(args.study, folder, args.order, args.seed)
         return
     if args.what == "loading":
