@@ -47,7 +47,14 @@ from semaim.evaluate.features import POOLS
 from semaim.evaluate.finetune import build_classifier, eval_loader
 from semaim.export import encoder_from_checkpoint
 from semaim.model.semaim import SemAIM
-from semaim.study.payoff import PayoffPlan, frozen_scores, labelled_features
+from semaim.study.payoff import (
+    PayoffConfig,
+    PayoffPlan,
+    encoder_source,
+    frozen_scores,
+    labelled_features,
+    segment_config,
+)
 
 ARMS = ("scratch", "semantic")
 
@@ -211,9 +218,7 @@ def run_seg_steps(study: Path, folder: Path, order: str, seed: int, epochs_first
     """Segmentation fine-tuning of the scratch encoder and one pretrained encoder of ``seed`` for 1 / 3 / 6
     epochs (warmup a tenth of them, as shipped): does a longer fine-tuning make up the pretrained head start,
     as it does for classification (``steps900`` / ``steps3600``)? 3 epochs repeats the study's own run."""
-    plan = yaml.safe_load((study / "config.yaml").read_text())["study"]  # the study's data, recipe and --sets
-    encoders = {"scratch": ["--random", "--preset", str(study / "runs/model.yaml"), "--init-seed", str(seed)],
-                order: ["--checkpoint", str(study / f"runs/pretrain-{order}-seed{seed}/checkpoint-last.pt")]}
+    plan = PayoffConfig.from_dict(yaml.safe_load((study / "config.yaml").read_text())).study
     runs = seg_steps_runs(folder, order, seed)
     for arm, epochs in ((a, e) for a in ("scratch", order) if a in arms for e in epochs_first):
         out = runs[arm, epochs]
@@ -223,12 +228,13 @@ def run_seg_steps(study: Path, folder: Path, order: str, seed: int, epochs_first
                                        for r in read_records(study / "results.jsonl")):  # fmt: skip
             print(f"waiting for the study's {order} seed {seed} pretraining to finish", flush=True)
             time.sleep(60)  # its checkpoint-last.pt is a mid-run one until its row is written
+        cfg = segment_config(plan, encoder_source(plan, arm, seed, study), "finetune", seed)  # the study's run
+        cfg.segment.epochs, cfg.segment.warmup_epochs = epochs, 0.1 * epochs
+        recipe = folder / f"{out.name}.recipe.yaml"  # beside its log
+        recipe.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         resume = ["--resume"] if (out / "checkpoint-last.pt").is_file() else ["--force"]
-        sets = [*plan["segment_set"], f"epochs={epochs}", f"warmup_epochs={0.1 * epochs:g}", f"seed={seed}",
-                f"workers={plan['workers']}", f"precision={plan.get('precision', 'auto')}"]  # fmt: skip
-        semaim("segment", *encoders[arm], "--data", plan["data"], "--recipe", plan["segment_recipe"],
-               *[arg for assignment in sets for arg in ("--set", assignment)], "--no-progress", "--out", str(out),
-               *resume, log=folder / f"{out.name}.log")  # fmt: skip
+        semaim("segment", "--recipe", str(recipe), "--no-progress", "--out", str(out), *resume,
+               log=folder / f"{out.name}.log")  # fmt: skip
 
 
 def seg_steps_report(study: Path, folder: Path, order: str, seed: int) -> Path:
