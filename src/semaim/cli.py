@@ -488,6 +488,8 @@ def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str, rep
                    "processes on one folder share its runs (one per GPU, or two single-threaded on two CPU cores)")
     p.add_argument("--report-dir", help=f"where {report or kind}-DATA.md and .png go (default: the study folder)")
     p.add_argument("--only-seeds", type=int, nargs="+", help="run only these seeds' runs now (the rest on a rerun)")
+    p.add_argument("--deadline", help="start only the runs expected to end by then (+90m, +2h30m, HH:MM, "
+                   "YYYY-MM-DDTHH:MM), from the finished runs of the same kind; the rest on a rerun (default: none)")
     add_set_argument(p, example)
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, background runs)")
 
@@ -497,6 +499,7 @@ def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plo
     """Plan (with --set; ``settle(plan, folder)`` fixes what the folder's study has recorded), run (resumable),
     chart, report (``stem``-DATA.md, by default ``kind``-DATA.md), and the per-run rows beside the report."""
     from .config import parse_assignment
+    from .study.runner import parse_deadline
 
     for assignment in args.set:
         cfg.set(*parse_assignment(assignment))
@@ -504,7 +507,8 @@ def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plo
     folder = Path(args.out or f"runs/{kind}-{name}{'-quick' if args.quick else ''}")
     plan = cfg.validate().study
     plan = settle(plan, folder) if settle else plan  # e.g. the precision the runs use, for the report too
-    rows = run(plan, folder, progress=not args.no_progress, only_seeds=args.only_seeds)
+    deadline = parse_deadline(args.deadline) if args.deadline else None
+    rows = run(plan, folder, progress=not args.no_progress, only_seeds=args.only_seeds, deadline=deadline)
     report_dir = Path(args.report_dir or folder)
     report_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{stem or kind}-{name}"

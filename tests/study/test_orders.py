@@ -185,3 +185,10 @@ def test_the_papers_claims_are_read_from_paired_intervals():
     assert lines[2].endswith("so far, 2 of 3 planned seeds")
     assert lines[-2] == ("**Not decided yet**: `raster` > `similarity` still without every planned seed; "
                          "contradicted so far: `semantic` > `stochastic`.")  # fmt: skip
+
+
+def test_a_bad_deadline_exits_2_naming_it_before_any_run(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["study", "orders", "--quick", "--data", f"cluttered-fashion-mnist:{tmp_path}", "--out", str(out),
+                 "--deadline", "tomorrowish"]) == 2  # fmt: skip
+    assert "--deadline 'tomorrowish'" in capsys.readouterr().err and not out.exists()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from semaim.errors import ConfigError
-from semaim.study.runner import StudyRunner
+from semaim.study.runner import StudyRunner, parse_deadline
 
 KEYS = ("kind", "name", "seed")
 
@@ -168,3 +171,58 @@ def test_a_lost_run_is_done_again_just_before_the_first_run_that_needs_it(tmp_pa
     runner.run(("finetune", "late", 0), work("late"), needs=[("pretrain", "pre", 0)])
     runner.finish()
     assert calls == ["other", "pre", "late"]  # not first in the list: a session cut would lose it again
+
+
+def test_a_deadline_starts_only_the_runs_expected_to_end_before_it(tmp_path, capsys):
+    finished = [{"kind": "pretrain", "name": "old", "seed": 1, "wall_s": 3000.0},  # how long each kind took
+                {"kind": "finetune", "name": "old", "seed": 1, "wall_s": 500.0},
+                {"kind": "finetune", "name": "old", "seed": 2, "wall_s": 700.0}]  # fmt: skip
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in finished))
+    calls = []
+
+    def study(deadline: float | None) -> StudyRunner:
+        runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01, deadline=deadline)
+        work = {name: (lambda n=name: calls.append(n) or {}) for name in ("pre", "ft-pre", "ft", "eval")}
+        runner.run(("pretrain", "pre", 0), work["pre"], kept=lambda: True)  # its checkpoint: read by "ft-pre"
+        runner.run(("finetune", "ft-pre", 0), work["ft-pre"], needs=[("pretrain", "pre", 0)])
+        runner.run(("finetune", "ft", 0), work["ft"])  # the median fine-tuning, 600 s: fits
+        runner.run(("eval", "new", 0), work["eval"])  # no eval has finished: nothing to go by, started
+        return runner
+
+    assert len(study(time.time() + 3300).finish()) == 3 + 2  # the pretraining alone fits, not with its reader
+    assert calls == ["ft", "eval"]
+    assert "2 runs left for a rerun; none is expected to end before the deadline" in capsys.readouterr().out
+    study(time.time() + 3700).finish()  # now both fit: the pretraining, then what reads its checkpoint
+    assert calls == ["ft", "eval", "pre", "ft-pre"]
+
+
+def test_a_deadline_counts_a_lost_run_done_again_with_the_run_that_needs_it(tmp_path):
+    finished = [{"kind": "pretrain", "name": "pre", "seed": 0, "wall_s": 3000.0},
+                {"kind": "finetune", "name": "ft", "seed": 0, "wall_s": 600.0}]  # fmt: skip
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in finished))
+    calls, kept = [], {"pre": False}  # its checkpoint gone, and a new run reads it
+
+    def study(deadline: float) -> StudyRunner:
+        runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01, deadline=deadline)
+        runner.run(("pretrain", "pre", 0), lambda: calls.append("pre") or kept.update(pre=True) or {},
+                   kept=lambda: kept["pre"])  # fmt: skip
+        runner.run(("finetune", "late", 0), lambda: calls.append("late") or {}, needs=[("pretrain", "pre", 0)])
+        return runner
+
+    study(time.time() + 3300).finish()
+    assert calls == []  # 3000 s to do it again + 600 s to read it
+    study(time.time() + 3700).finish()
+    assert calls == ["pre", "late"]
+
+
+def test_deadlines_are_read_as_durations_times_of_day_or_dates_and_a_past_one_is_refused():
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    assert parse_deadline("+90m", now) == (now + timedelta(minutes=90)).timestamp()
+    assert parse_deadline("+2h30m", now) == (now + timedelta(hours=2, minutes=30)).timestamp()
+    assert parse_deadline("13:15", now) == parse_deadline("2026-12-02T13:15", now) == datetime(
+        2026, 12, 2, 13, 15, tzinfo=UTC).timestamp()  # fmt: skip
+    with pytest.raises(ConfigError, match="already past"):
+        parse_deadline("11:59", now)
+    for bad in ("soon", "+", "25:00"):
+        with pytest.raises(ConfigError, match=f"--deadline '{re.escape(bad)}'"):
+            parse_deadline(bad, now)

@@ -330,7 +330,7 @@ def settle_precision(plan: PayoffPlan, folder: str | Path) -> PayoffPlan:
 
 
 def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True,
-               only_seeds: tuple[int, ...] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+               only_seeds: tuple[int, ...] | None = None, deadline: float | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Seed by seed: the pixel floors per label budget, then encoder by encoder (scratch and each order) its
     pretraining, fine-tuning per label budget and the frozen and segmentation scores the plan asks for (:func:
     `run_seed`); the first seed's ``curve_order`` run keeps the checkpoints of curve (b), scored after that
@@ -339,7 +339,8 @@ def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True,
     folder = Path(folder)
     plan = settle_precision(plan.validate(), folder)
     runner = StudyRunner(folder, PayoffConfig(plan).to_dict(), KEY, only_seeds,
-                         normalise=lambda saved: PayoffConfig.from_dict(saved).to_dict())  # fmt: skip
+                         normalise=lambda saved: PayoffConfig.from_dict(saved).to_dict(), deadline=deadline,
+                         like=("kind", "labels"))  # fmt: skip
     first = set(plan.every_budget or ("scratch", *plan.orders))
     rest = set(plan.orders) - first
     for phase in (first, rest - set(VARIANTS), rest & set(VARIANTS)):  # then the other orders, then variants

@@ -153,11 +153,11 @@ def load_results(path: Path) -> list[dict[str, Any]]:
 
 
 def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True,
-              only_seeds: tuple[int, ...] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+              only_seeds: tuple[int, ...] | None = None, deadline: float | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Floors, every order × seed, then the decoder-depth ablation of the best order; returns all rows."""
     folder = Path(folder)
     runner = StudyRunner(folder, ReproduceConfig(plan).to_dict(), ("order", "decoder_depth", "seed"),
-                         only_seeds)  # fmt: skip
+                         only_seeds, deadline=deadline)  # fmt: skip
 
     def run(order: str, decoder_depth: int, seed: int) -> None:
         runner.run((order, decoder_depth, seed), lambda: one_run(plan, order, decoder_depth, seed, folder, progress))

@@ -7,7 +7,9 @@ single-threaded processes on two CPU cores): each takes the first run in the lis
 taken by another process, and whose needs (a fine-tuning needs its pretraining) are done. A process
 takes a run by holding a lock on ``claims/<run>`` (a POSIX lock, released when the process ends, killed
 or not, so a run cut short is taken up again, from its checkpoint, by the next process that reaches it).
-``--only-seeds`` does the runs of some seeds now and the rest later (e.g. one seed per working session).
+``--only-seeds`` does the runs of some seeds now and the rest later (e.g. one seed per working session);
+``--deadline`` starts only the runs expected to end before a time (a job's or a session's end), from how long
+the finished runs of the same kind took, and leaves the rest for a rerun.
 A finished run whose files a later run reads (a pretraining's checkpoint) and which are gone (the rows were
 kept, the run folders not) is done again when a later run needs it, and must reproduce its recorded row.
 """
@@ -18,10 +20,12 @@ import fcntl
 import math
 import os
 import re
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -82,9 +86,13 @@ class StudyRunner:
 
     def __init__(self, folder: Path, plan: dict[str, Any], key_fields: tuple[str, ...],
                  only_seeds: Iterable[int] | None = None, poll_s: float = 20.0,
-                 normalise: Callable[[dict], dict] | None = None) -> None:  # fmt: skip
+                 normalise: Callable[[dict], dict] | None = None, deadline: float | None = None,
+                 like: tuple[str, ...] | None = None) -> None:  # fmt: skip
+        """``deadline``: a POSIX time after which no run should still be going (:meth:`fits`); ``like``: the key
+        fields that make two runs alike in duration (default: the first)."""
         self.folder, self.key_fields, self.poll_s = Path(folder), key_fields, poll_s
         self.only_seeds = None if only_seeds is None else set(only_seeds)
+        self.deadline, self.like = deadline, like or key_fields[:1]
         check_plan(self.folder, plan, normalise)
         self.results = self.folder / "results.jsonl"
         self.runs: list[Run] = []
@@ -121,11 +129,15 @@ class StudyRunner:
         self.reload()
         while True:
             todo = self.runnable()
-            if not todo:
-                return self.reload()
             ready = self.done - {r.key for r in todo}  # a finished run whose files are gone is not ready
-            if not any(self.try_run(r) for r in todo if all(k in ready for k in r.needs)):
-                self.check_not_stuck(todo)
+            fitting = [r for r in todo if self.fits(r, todo)]
+            if todo and not fitting:  # none will fit later either
+                print(f"study: {len(todo)} runs left for a rerun; none is expected to end before the deadline",
+                      flush=True)  # fmt: skip
+            if not fitting:
+                return self.reload()
+            if not any(self.try_run(r) for r in fitting if all(k in ready for k in r.needs)):
+                self.check_not_stuck(fitting)
                 time.sleep(self.poll_s)
             self.reload()
 
@@ -153,6 +165,30 @@ class StudyRunner:
             if len(kept) == len(todo):
                 return todo
             todo = kept
+
+    def fits(self, run: Run, todo: list[Run]) -> bool:
+        """Whether ``run`` is expected to end before the deadline, with the runs of ``todo`` it waits for, and
+        with those that read its files (they may not outlive the deadline: a session's machine, a job's disk).
+        A run waited for counts in full even when another process is doing it: a deadline errs towards leaving runs."""
+        if self.deadline is None:
+            return True
+        todo = {r.key: r for r in todo}
+        group, waits = {run.key: run}, list(run.needs)
+        while waits:  # the needs not done yet, and theirs
+            need = todo.get(waits.pop())
+            if need is not None and need.key not in group:
+                group[need.key], waits = need, waits + list(need.needs)
+        for kept in [r for r in group.values() if r.kept is not None]:
+            group.update({r.key: r for r in todo.values() if kept.key in r.needs})
+        return time.time() + sum(self.expected_s(key) for key in group) <= self.deadline
+
+    def expected_s(self, key: Key) -> float:
+        """The median wall time of the finished runs alike to ``key`` (``like``); 0 when none has finished
+        (nothing to go by: the run is started)."""
+        named = dict(zip(self.key_fields, key, strict=False))
+        alike = [r["wall_s"] for r in self.rows
+                 if "wall_s" in r and all(r.get(f) == named.get(f) for f in self.like)]  # fmt: skip
+        return statistics.median(alike) if alike else 0.0
 
     def try_run(self, run: Run) -> bool:
         """Do ``run`` if no other process holds it (and its row is still missing); ``True`` when done here."""
@@ -227,3 +263,22 @@ def check_plan(folder: Path, plan: dict[str, Any], normalise: Callable[[dict], d
         raise ConfigError(f"{folder} holds a study with other settings ({saved}); use another --out")
     if not saved.is_file():  # atomic: the other processes may be reading it
         write_text_atomic(saved, yaml.safe_dump(plan, sort_keys=False))
+
+
+def parse_deadline(text: str, now: datetime | None = None) -> float:
+    """``--deadline``: a duration from now (``+90m``, ``+2h30m``), a time today (``13:15``, local time) or a date
+    and time (``2026-12-02T13:15``); returns a POSIX time. A time of day already past is an error."""
+    now = now or datetime.now().astimezone()
+    relative = re.fullmatch(r"\+(?:(\d+)h)?(?:(\d+)m)?", text.strip())
+    if relative and any(relative.groups()):
+        hours, minutes = (int(g or 0) for g in relative.groups())
+        return (now + timedelta(hours=hours, minutes=minutes)).timestamp()
+    try:
+        when = datetime.fromisoformat(text) if "T" in text or "-" in text else datetime.combine(
+            now.date(), datetime.strptime(text, "%H:%M").time())  # fmt: skip
+    except ValueError:
+        raise ConfigError(f"--deadline {text!r}: expected +90m, +2h30m, HH:MM or YYYY-MM-DDTHH:MM") from None
+    when = when if when.tzinfo else when.replace(tzinfo=now.tzinfo)  # no zone given: the local one
+    if when <= now:
+        raise ConfigError(f"--deadline {text!r} is already past (now {now:%Y-%m-%d %H:%M})")
+    return when.timestamp()
