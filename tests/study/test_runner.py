@@ -200,19 +200,22 @@ def test_a_deadline_counts_a_lost_run_done_again_with_the_run_that_needs_it(tmp_
     finished = [{"kind": "pretrain", "name": "pre", "seed": 0, "wall_s": 3000.0},
                 {"kind": "finetune", "name": "ft", "seed": 0, "wall_s": 600.0}]  # fmt: skip
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in finished))
-    calls, kept = [], {"pre": False}  # its checkpoint gone, and a new run reads it
+    calls, kept = [], {"pre": False, "src": False}  # its checkpoint gone, and a new pretraining reads it
+
+    def work(name: str):
+        return lambda: calls.append(name) or kept.update({name: True}) or {}
 
     def study(deadline: float) -> StudyRunner:
         runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01, deadline=deadline)
-        runner.run(("pretrain", "pre", 0), lambda: calls.append("pre") or kept.update(pre=True) or {},
-                   kept=lambda: kept["pre"])  # fmt: skip
-        runner.run(("finetune", "late", 0), lambda: calls.append("late") or {}, needs=[("pretrain", "pre", 0)])
+        runner.run(("pretrain", "pre", 0), work("pre"), kept=lambda: kept["pre"])
+        runner.run(("pretrain", "src", 0), work("src"), needs=[("pretrain", "pre", 0)], kept=lambda: kept["src"])
+        runner.run(("finetune", "late", 0), work("late"), needs=[("pretrain", "src", 0)])
         return runner
 
-    study(time.time() + 3300).finish()
-    assert calls == []  # 3000 s to do it again + 600 s to read it
-    study(time.time() + 3700).finish()
-    assert calls == ["pre", "late"]
+    study(time.time() + 6300).finish()
+    assert calls == []  # 3000 s to do it again, 3000 s for the pretraining that reads it, 600 s to read that
+    study(time.time() + 6700).finish()
+    assert calls == ["pre", "src", "late"]
 
 
 def test_deadlines_are_read_as_durations_times_of_day_or_dates_and_a_past_one_is_refused():

@@ -172,15 +172,14 @@ class StudyRunner:
         A run waited for counts in full even when another process is doing it: a deadline errs towards leaving runs."""
         if self.deadline is None:
             return True
-        todo = {r.key: r for r in todo}
-        group, waits = {run.key: run}, list(run.needs)
-        while waits:  # the needs not done yet, and theirs
-            need = todo.get(waits.pop())
-            if need is not None and need.key not in group:
-                group[need.key], waits = need, waits + list(need.needs)
-        for kept in [r for r in group.values() if r.kept is not None]:
-            group.update({r.key: r for r in todo.values() if kept.key in r.needs})
-        return time.time() + sum(self.expected_s(key) for key in group) <= self.deadline
+        todo, group = {r.key: r for r in todo}, {run.key: run}
+        while True:  # the needs not done, and the readers of kept files, of every run in the group, till none is new
+            more = {k: todo[k] for r in group.values() for k in r.needs if k in todo}
+            kept = {r.key for r in group.values() if r.kept is not None}
+            more.update({r.key: r for r in todo.values() if kept.intersection(r.needs)})
+            if more.keys() <= group.keys():
+                return time.time() + sum(self.expected_s(key) for key in group) <= self.deadline
+            group.update(more)
 
     def expected_s(self, key: Key) -> float:
         """The median wall time of the finished runs alike to ``key`` (``like``); 0 when none has finished
