@@ -125,7 +125,8 @@ class StudyRunner:
 
     def finish(self) -> list[dict[str, Any]]:
         """Do the runs in list order, each as soon as its needs are done and no other process holds it; wait
-        (polling ``results.jsonl``) while every remaining run is held or waits. Returns every row."""
+        (polling ``results.jsonl``) while every remaining run is held or waits; with a deadline, only the runs that
+        :meth:`fits`, and stop when none does. Returns every row."""
         self.reload()
         while True:
             todo = self.runnable()
