@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from semaim.engine.run import append_record
 from semaim.errors import ConfigError
 from semaim.study.runner import StudyRunner, parse_deadline
 
@@ -177,7 +177,8 @@ def test_a_deadline_starts_only_the_runs_expected_to_end_before_it(tmp_path, cap
     finished = [{"kind": "pretrain", "name": "old", "seed": 1, "wall_s": 3000.0},  # how long each kind took
                 {"kind": "finetune", "name": "old", "seed": 1, "wall_s": 500.0},
                 {"kind": "finetune", "name": "old", "seed": 2, "wall_s": 700.0}]  # fmt: skip
-    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in finished))
+    for row in finished:
+        append_record(tmp_path / "results.jsonl", row)
     calls = []
 
     def study(deadline: float | None) -> StudyRunner:
@@ -199,7 +200,8 @@ def test_a_deadline_starts_only_the_runs_expected_to_end_before_it(tmp_path, cap
 def test_a_deadline_counts_a_lost_run_done_again_with_the_run_that_needs_it(tmp_path):
     finished = [{"kind": "pretrain", "name": "pre", "seed": 0, "wall_s": 3000.0},
                 {"kind": "finetune", "name": "ft", "seed": 0, "wall_s": 600.0}]  # fmt: skip
-    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in finished))
+    for row in finished:
+        append_record(tmp_path / "results.jsonl", row)
     calls, kept = [], {"pre": False, "src": False}  # its checkpoint gone, and a new pretraining reads it
 
     def work(name: str):

@@ -274,10 +274,12 @@ def parse_deadline(text: str, now: datetime | None = None) -> float:
         hours, minutes = (int(g or 0) for g in relative.groups())
         return (now + timedelta(hours=hours, minutes=minutes)).timestamp()
     try:
-        when = datetime.fromisoformat(text) if "T" in text or "-" in text else datetime.combine(
-            now.date(), datetime.strptime(text, "%H:%M").time())  # fmt: skip
+        when = datetime.fromisoformat(text)
     except ValueError:
-        raise ConfigError(f"--deadline {text!r}: expected +90m, +2h30m, HH:MM or YYYY-MM-DDTHH:MM") from None
+        try:
+            when = datetime.combine(now.date(), datetime.strptime(text, "%H:%M").time())
+        except ValueError:
+            raise ConfigError(f"--deadline {text!r}: expected +90m, +2h30m, HH:MM or YYYY-MM-DDTHH:MM") from None
     when = when if when.tzinfo else when.replace(tzinfo=now.tzinfo)  # no zone given: the local one
     if when <= now:
         raise ConfigError(f"--deadline {text!r} is already past (now {now:%Y-%m-%d %H:%M})")
