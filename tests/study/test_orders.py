@@ -44,7 +44,8 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
     payoff_part = [("floor", "pixels", 2), ("floor", "pixels", 0),
                    *(run for e in ("scratch", "semantic", "raster") for run in encoder_runs(e, (2, 0)))]  # fmt: skip
     curve = [("curve", "semantic", 2)] * 3  # steps 0, 2 and the last (6: 200 images, batch 64, 2 epochs)
-    others = encoder_runs("stochastic", (2,)) + encoder_runs("semantic-source", (2,))
+    twin = [("pretrain", "semantic-twin", -1)]  # semantic-source's order source, just before it
+    others = encoder_runs("stochastic", (2,)) + twin + encoder_runs("semantic-source", (2,))
     # the payoff encoders, the other orders, the variants; each encoder's runs before the next pretraining
     assert runs == payoff_part + curve + others
     frozen = {r["encoder"]: r for r in rows if r["kind"] == "frozen"}
@@ -54,16 +55,20 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
     segment = [r for r in rows if r["kind"].startswith("segment")]
     assert all(0 <= r["test_miou"] <= 100 and r["train_images"] == 40 for r in segment)
     assert {(r["kind"], r["lr"]) for r in segment} == {("segment-finetune", 8e-3), ("segment-linear", 0.3)}
-    source = out / "runs" / "pretrain-semantic-seed0" / "checkpoint-last.pt"
+    source = out / "runs" / "pretrain-semantic-twin-seed0" / "checkpoint-last.pt"
     saved = PretrainConfig.from_dict(yaml.safe_load((out / "runs" / "pretrain-semantic-source-seed0" /
                                                      "config.yaml").read_text()))  # fmt: skip
     assert saved.train.order_source == str(source) and saved.model.order == "semantic"
+    pretrained = {r["encoder"]: r["final_loss"] for r in rows if r["kind"] == "pretrain"}
+    assert pretrained["semantic-twin"] == pretrained["semantic"]  # the same recipe and seed on one machine
     tuned = yaml.safe_load((out / "runs" / "finetune-scratch-K2-seed0" / "config.yaml").read_text())
     scratch = PretrainConfig.from_dict(yaml.safe_load(Path(tuned["encoder"]["preset"]).read_text())).model
     assert (scratch.img_size, scratch.patch_size, scratch.embed_dim) == (64, 8, 32)  # the study's ViT, not the preset's
 
     report = (reports / "orders-v2-cluttered-fashion-mnist.md").read_text()
     assert "| `semantic-source` |" in report and "Paired differences against `raster`" in report
+    loss = f"{pretrained['semantic']:.4f}"
+    assert f"(`semantic-twin`), just before it; final pretraining loss: seed 0 {loss} (`semantic` {loss})." in report
     assert "segmentation mIoU (linear head)" in report and "its initialisation" in report
     assert re.search(r"its initialisation: [+-]\d+\.\d\d( ± \d+\.\d\d)? \((enough|too small a budget), \d seeds?\); "
                      r"other metrics: frozen k-NN@20 [+-]\d", report)  # the gain on every metric  # fmt: skip
@@ -113,8 +118,10 @@ def test_order_plans_are_checked():
     cfg = pretrain_config(plan, "semantic-official", 0)
     assert (cfg.model.center_filter, cfg.model.lam) == ("none", 0.001)
     assert pretrain_config(plan, "semantic-attention", 0).model.center_map == "attention"
-    with pytest.raises(ConfigError, match="study.orders"):
-        PayoffPlan(orders=("semantic-source", "semantic")).validate()  # its order source must come first
+    twin = pretrain_config(plan, "semantic-twin", 1)
+    assert twin.to_dict() == pretrain_config(plan, "semantic", 1).to_dict()  # semantic-source's order source
+    assert pretrain_config(plan, "semantic-source", 1, Path("s")).train.order_source == str(
+        Path("s") / "runs" / "pretrain-semantic-twin-seed1" / "checkpoint-last.pt")  # fmt: skip
     with pytest.raises(ConfigError, match="study.segment"):
         PayoffPlan(segment=("finetune",)).validate()  # fashion-mnist has no masks
     with pytest.raises(ConfigError, match="study.every_budget"):

@@ -18,13 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from .dense import plot_dense, write_dense_report
-from .payoff import PayoffConfig, PayoffPlan, by_seed, payoff_plan, plot_payoff, write_payoff_report
+from .payoff import (
+    ORDER_SOURCE,
+    PayoffConfig,
+    PayoffPlan,
+    by_seed,
+    payoff_plan,
+    plot_payoff,
+    write_payoff_report,
+)
 from .stats import cell, how_it_was_run, mean_std, paired, seeds_counted, t_interval, write_markdown
 
 ORDER_STUDY = ("semantic", "raster", "stochastic", "similarity", "center", "semantic-official",
                "semantic-attention", "semantic-source", "semantic-dec1", "semantic-dec-half")  # fmt: skip
-"""The pretrained encoders: ``semantic`` first (the others' shape and ``semantic-source``'s order come from
-it), ``raster`` second (the paired baseline), then Table 1's other orders, the control and the variants."""
+"""The pretrained encoders: ``semantic`` first (the others' shape comes from it), ``raster`` second (the paired
+baseline), then Table 1's other orders, the control and the variants."""
 
 REPORT = "orders-v2"  # the report's name: REPORT-<data>.md (v1, on barely trained encoders: `semaim reproduce`)
 GAIN_TARGET = 5.0  # points an encoder must gain over its initialisation for the budget to count as enough
@@ -112,6 +120,18 @@ def ranking(rows: list[dict[str, Any]], plan: PayoffPlan, orders: tuple[str, ...
                       for o, m in sorted(means.items(), key=lambda item: -item[1]))
 
 
+def order_source(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
+    """``semantic-source``'s order source against ``semantic``, seed by seed: the same recipe and seed, so the same
+    final loss where both ran on one kind of CPU (fp32 elsewhere drifts a little)."""
+    twins, semantic = (by_seed(rows, "pretrain", name, -1) for name in (ORDER_SOURCE, "semantic"))
+    if "semantic-source" not in plan.orders or not twins:
+        return []
+    losses = [f"seed {s} {r['final_loss']:.4f}" + (f" (`semantic` {semantic[s]['final_loss']:.4f})" if s in semantic
+                                                  else "") for s, r in sorted(twins.items())]  # fmt: skip
+    return ["", f"`semantic-source`'s order source is `semantic` pretrained once more for the seed (`{ORDER_SOURCE}`"
+            f"), just before it; final pretraining loss: {', '.join(losses)}."]
+
+
 def claim_outcome(mean: float, std: float, n: int, relation: str) -> tuple[str, str]:
     """One pairwise claim ``a relation b`` against the per-seed differences ``a − b`` and its 95 % t-interval:
     ``contradicted`` when the interval lies below 0; otherwise a ">" ``held`` when it lies above 0 and is
@@ -184,6 +204,7 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         "## Scores",
         "",
         *table(rows, plan, encoders, None),
+        *order_source(rows, plan),
         "",
         "## Paired differences against `raster` (points, seed by seed)",
         "",
