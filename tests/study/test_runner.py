@@ -13,7 +13,7 @@ import pytest
 
 from semaim.engine.run import append_record
 from semaim.errors import ConfigError
-from semaim.study.runner import StudyRunner, parse_deadline
+from semaim.study.runner import StudyRunner, machine_name, parse_deadline
 
 KEYS = ("kind", "name", "seed")
 
@@ -178,11 +178,11 @@ def test_a_deadline_starts_only_the_runs_expected_to_end_before_it(tmp_path, cap
                 {"kind": "finetune", "name": "old", "seed": 1, "wall_s": 500.0},
                 {"kind": "finetune", "name": "old", "seed": 2, "wall_s": 700.0}]  # fmt: skip
     for row in finished:
-        append_record(tmp_path / "results.jsonl", row)
+        append_record(tmp_path / "results.jsonl", {**row, "machine": "here"})
     calls = []
 
     def study(deadline: float | None) -> StudyRunner:
-        runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01, deadline=deadline)
+        runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01, deadline=deadline, machine="here")
         work = {name: (lambda n=name: calls.append(n) or {}) for name in ("pre", "ft-pre", "ft", "eval")}
         runner.run(("pretrain", "pre", 0), work["pre"], kept=lambda: True)  # its checkpoint: read by "ft-pre"
         runner.run(("finetune", "ft-pre", 0), work["ft-pre"], needs=[("pretrain", "pre", 0)])
@@ -193,7 +193,7 @@ def test_a_deadline_starts_only_the_runs_expected_to_end_before_it(tmp_path, cap
     assert len(study(time.time() + 3300).finish()) == 3 + 2  # the pretraining alone fits, not with its reader
     assert calls == ["ft", "eval"]
     assert "2 runs left for a rerun; none is expected to end before the deadline" in capsys.readouterr().out
-    study(time.time() + 3700).finish()  # now both fit: the pretraining, then what reads its checkpoint
+    study(time.time() + 3700).finish()  # both fit (the fine-tunings here: 500, 700 and ~0 s): the pretraining, then its reader
     assert calls == ["ft", "eval", "pre", "ft-pre"]
 
 
@@ -231,3 +231,22 @@ def test_deadlines_are_read_as_durations_times_of_day_or_dates_and_a_past_one_is
     for bad in ("soon", "+", "25:00"):
         with pytest.raises(ConfigError, match=f"--deadline '{re.escape(bad)}'"):
             parse_deadline(bad, now)
+
+
+def test_a_deadline_goes_by_the_runs_alike_on_this_machine_where_some_ran_here(tmp_path):
+    finished = [{"kind": "pretrain", "name": "a", "seed": 0, "wall_s": 3000.0, "machine": "slow"},
+                {"kind": "pretrain", "name": "b", "seed": 0, "wall_s": 3200.0},  # written before rows named one
+                {"kind": "pretrain", "name": "c", "seed": 0, "wall_s": 1000.0, "machine": "fast"}]  # fmt: skip
+    for row in finished:
+        append_record(tmp_path / "results.jsonl", row)
+
+    def study(machine: str) -> StudyRunner:
+        runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01, deadline=time.time() + 1500, machine=machine)
+        runner.run(("pretrain", "d", 0), lambda: {})
+        return runner
+
+    assert study("new").expected_s(("pretrain", "d", 0)) == 3000.0  # none ran here: the median of all
+    assert study("slow").finish() == finished  # 3000 s on this machine: does not fit
+    rows = study("fast").finish()  # 1000 s here: fits, and its row says where it ran
+    assert rows[-1]["name"] == "d" and rows[-1]["machine"] == "fast"
+    assert " threads" in machine_name()

@@ -9,7 +9,7 @@ takes a run by holding a lock on ``claims/<run>`` (a POSIX lock, released when t
 or not, so a run cut short is taken up again, from its checkpoint, by the next process that reaches it).
 ``--only-seeds`` does the runs of some seeds now and the rest later (e.g. one seed per working session);
 ``--deadline`` starts only the runs expected to end before a time (a job's or a session's end), from how long
-the finished runs of the same kind took, and leaves the rest for a rerun.
+the finished runs of the same kind took (on this machine, where some ran here), and leaves the rest for a rerun.
 A finished run whose files a later run reads (a pretraining's checkpoint) and which are gone (the rows were
 kept, the run folders not) is done again when a later run needs it, and must reproduce its recorded row.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import platform
 import re
 import statistics
 import threading
@@ -87,12 +88,14 @@ class StudyRunner:
     def __init__(self, folder: Path, plan: dict[str, Any], key_fields: tuple[str, ...],
                  only_seeds: Iterable[int] | None = None, poll_s: float = 20.0,
                  normalise: Callable[[dict], dict] | None = None, deadline: float | None = None,
-                 like: tuple[str, ...] | None = None) -> None:  # fmt: skip
+                 like: tuple[str, ...] | None = None, machine: str | None = None) -> None:  # fmt: skip
         """``deadline``: a POSIX time after which no run should still be going (:meth:`fits`); ``like``: the key
-        fields that make two runs alike in duration (default: the first)."""
+        fields that make two runs alike in duration (default: the first); ``machine``: what each row records it
+        ran on (default :func:`machine_name`)."""
         self.folder, self.key_fields, self.poll_s = Path(folder), key_fields, poll_s
         self.only_seeds = None if only_seeds is None else set(only_seeds)
         self.deadline, self.like = deadline, like or key_fields[:1]
+        self.machine = machine or machine_name()
         check_plan(self.folder, plan, normalise)
         self.results = self.folder / "results.jsonl"
         self.runs: list[Run] = []
@@ -183,12 +186,13 @@ class StudyRunner:
             group.update(more)
 
     def expected_s(self, key: Key) -> float:
-        """The median wall time of the finished runs alike to ``key`` (``like``); 0 when none has finished
-        (nothing to go by: the run is started)."""
+        """The median wall time of the finished runs alike to ``key`` (``like``): of those that ran on this
+        machine if any did (the machines of one study's sessions differ twofold in speed), else of all; 0 when
+        none has finished (nothing to go by: the run is started)."""
         named = dict(zip(self.key_fields, key, strict=False))
-        alike = [r["wall_s"] for r in self.rows
-                 if "wall_s" in r and all(r.get(f) == named.get(f) for f in self.like)]  # fmt: skip
-        return statistics.median(alike) if alike else 0.0
+        alike = [r for r in self.rows if "wall_s" in r and all(r.get(f) == named.get(f) for f in self.like)]
+        here = [r for r in alike if r.get("machine") == self.machine]
+        return statistics.median(r["wall_s"] for r in here or alike) if alike else 0.0
 
     def try_run(self, run: Run) -> bool:
         """Do ``run`` if no other process holds it (and its row is still missing); ``True`` when done here."""
@@ -202,7 +206,7 @@ class StudyRunner:
                 return False
             start = time.perf_counter()
             row = {**run.work(), **dict(zip(self.key_fields, run.key, strict=False)),  # the key always wins
-                   "wall_s": time.perf_counter() - start}  # fmt: skip
+                   "wall_s": time.perf_counter() - start, "machine": self.machine}  # fmt: skip
             if again:
                 self.check_reproduced(run.key, row)
                 print(f"[again] {run.key}: its files were gone; done again, it reproduces its row", flush=True)
@@ -252,6 +256,20 @@ class StudyRunner:
             claim.release()
         raise ConfigError(f"study: {[r.key for r in todo]} wait for runs no process is doing (a bug in the "
                           "study's order)")  # fmt: skip
+
+
+def machine_name() -> str:
+    """What a run's wall time depends on besides its work: the GPU, or the CPU model, the vector instructions
+    torch's kernels use (virtual machines often name every CPU alike) and torch's thread count."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+              if line.startswith("model name")]  # fmt: skip
+    model = models[0] if models else platform.processor() or platform.machine()
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
 
 
 def check_plan(folder: Path, plan: dict[str, Any], normalise: Callable[[dict], dict] | None = None) -> None:
