@@ -16,6 +16,7 @@ from semaim.errors import ConfigError
 from semaim.study import payoff as payoff_study
 from semaim.study.orders import ORDER_STUDY, orders_plan
 from semaim.study.payoff import PayoffPlan, payoff_plan, pretrain_config
+from semaim.study.runner import machine_name
 from tests.conftest import make_fmnist_dir
 
 payoff_frozen_scores = payoff_study.frozen_scores
@@ -70,6 +71,7 @@ def test_quick_order_study_end_to_end_then_resume(tmp_path, capsys, monkeypatch)
     loss = f"{pretrained['semantic']:.4f}"
     assert f"(`semantic-twin`), just before it; final pretraining loss: seed 0 {loss} (`semantic` {loss})." in report
     assert "segmentation mIoU (linear head)" in report and "its initialisation" in report
+    assert f"- runs' machines: {machine_name()}: {len(rows)}" in report  # every row says where it ran
     assert re.search(r"its initialisation: [+-]\d+\.\d\d( ± \d+\.\d\d)? \((enough|too small a budget), \d seeds?\); "
                      r"other metrics: frozen k-NN@20 [+-]\d", report)  # the gain on every metric  # fmt: skip
     payoff = (reports / "payoff-cluttered-fashion-mnist.md").read_text()

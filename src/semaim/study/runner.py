@@ -19,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import math
 import os
-import platform
 import re
 import statistics
 import threading
@@ -263,13 +262,11 @@ def machine_name() -> str:
     torch's kernels use (virtual machines often name every CPU alike) and torch's thread count."""
     import torch
 
+    from .stats import cpu_model
+
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
-              if line.startswith("model name")]  # fmt: skip
-    model = models[0] if models else platform.processor() or platform.machine()
-    return f"{model} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
+    return f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
 
 
 def check_plan(folder: Path, plan: dict[str, Any], normalise: Callable[[dict], dict] | None = None) -> None:

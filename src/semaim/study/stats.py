@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import statistics
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -61,17 +62,28 @@ def cell(stats: Stats, metric: str, signed: bool = False) -> str:
     return f"{value} ± {std:.2f}" if n > 1 else value
 
 
-def machine() -> str:
-    """CPU model, cores, threads and torch version, for the report."""
-    cpu = platform.processor() or "unknown CPU"
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    """CPU model, cores, threads and torch version, for the report."""
+    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def ran_on(rows: list[dict[str, Any]]) -> list[str]:
+    """The machines the runs record (a study's sessions may each have had another), most runs first."""
+    counts = Counter(r.get("machine", "not recorded") for r in rows)
+    if set(counts) <= {"not recorded"}:
+        return []
+    return ["- runs' machines: " + "; ".join(f"{name}: {n}" for name, n in counts.most_common())]
 
 
 def how_it_was_run(command: str, rows: list[dict[str, Any]], settings: dict[str, Any], kind: str) -> list[str]:
@@ -85,7 +97,8 @@ def how_it_was_run(command: str, rows: list[dict[str, Any]], settings: dict[str,
         f"- command: `{command}`",
         f"- run time: {format_seconds(wall)} summed over {len(rows)} runs, each as timed by the process that "
         "finished it (processes side by side overlap; a run resumed after a kill counts from its resume)",
-        f"- machine: {machine()}",
+        f"- machine (this report's): {machine()}",
+        *ran_on(rows),
         "- settings: " + json.dumps(settings),
         f"- per-run rows: `results.jsonl` in the study folder, copied as `{kind}-<data>.jsonl` beside this "
         "report when it is written elsewhere",
