@@ -201,3 +201,17 @@ def test_a_bad_deadline_exits_2_naming_it_before_any_run(tmp_path, capsys):
     assert main(["study", "orders", "--quick", "--data", f"cluttered-fashion-mnist:{tmp_path}", "--out", str(out),
                  "--deadline", "tomorrowish"]) == 2  # fmt: skip
     assert "--deadline 'tomorrowish'" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_budget_section_says_how_the_gain_grows_along_the_curve_on_validation():
+    from semaim.study.orders import budget_trend
+
+    plan = orders_plan("cluttered-fashion-mnist")
+    point = {"kind": "curve", "encoder": "semantic", "labels": 60, "seed": 0}
+    rows = [{**point, "step": step, "best_val_top1": val, "test_top1": 0.0}
+            for step, val in ((936, 63.0), (0, 61.0), (117, 61.5), (468, 62.5))]  # fmt: skip  # any row order
+    assert budget_trend(rows, plan)[1] == (
+        "Along seed 0's `semantic` pretraining (the payoff report's curve), the validation fine-tuning gain over the "
+        "initialisation is +0.50 at step 117, +1.50 at step 468, +2.00 at step 936: its last 2.0× more steps "
+        "added +0.50.")  # fmt: skip
+    assert budget_trend(rows[:2], plan) == []  # the initialisation and one checkpoint: no trend to read

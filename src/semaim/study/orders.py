@@ -23,6 +23,7 @@ from .payoff import (
     PayoffConfig,
     PayoffPlan,
     by_seed,
+    curve_rows,
     payoff_plan,
     plot_payoff,
     write_payoff_report,
@@ -98,6 +99,20 @@ def gains(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
         lines.append(f"- `{encoder}` − its initialisation: {cell(tuned, metric, signed=True)} ({verdict}, "
                      f"{seeds} seed{'s' * (seeds != 1)}){also}")  # fmt: skip
     return lines
+
+
+def budget_trend(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
+    """How the fine-tuning gain grows along curve (b)'s pretraining, read on validation (the split a budget
+    would be chosen on): whether a longer run of this recipe can be expected to reach :data:`GAIN_TARGET`."""
+    points = curve_rows(rows, plan)
+    if len(points) < 3 or points[0]["step"] != 0:
+        return []
+    start = points[0]["best_val_top1"]
+    growth = ", ".join(f"{r['best_val_top1'] - start:+.2f} at step {r['step']}" for r in points[1:])
+    before, last = points[-2:]
+    return ["", f"Along seed {plan.seeds[0]}'s `{plan.curve_order}` pretraining (the payoff report's curve), the "
+            f"validation fine-tuning gain over the initialisation is {growth}: its last "
+            f"{last['step'] / before['step']:.1f}× more steps added {last['best_val_top1'] - before['best_val_top1']:+.2f}."]
 
 
 def planned(rows: list[dict[str, Any]], plan: PayoffPlan, encoder: str) -> dict[int, dict[str, Any]]:
@@ -216,6 +231,7 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         "gains on the other metrics show whether the budget moves any of them that much.",
         "",
         *gains(rows, plan),
+        *budget_trend(rows, plan),
         "",
         "## Table 1 (paper, ViT-B/16 ImageNet fine-tuning: semantic 83.5 > stochastic 83.0 ≥ raster 82.9 > "
         "similarity 82.4)",
