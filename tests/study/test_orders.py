@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,21 @@ def test_the_budget_section_says_how_the_gain_grows_along_the_curve_on_validatio
         "initialisation is +0.50 at step 117, +1.50 at step 468, +2.00 at step 936: its last 2.0× more steps "
         "added +0.50.")  # fmt: skip
     assert budget_trend(rows[:2], plan) == []  # the initialisation and one checkpoint: no trend to read
+
+
+def test_each_semantic_variant_is_read_against_semantic_with_its_interval():
+    from semaim.study.orders import variants
+
+    plan = orders_plan("cluttered-fashion-mnist")
+    row = {"kind": "finetune", "labels": 60}
+    scores = {"semantic": (60, 61, 62), "semantic-official": (58, 59, 60), "semantic-attention": (61, 61, 64)}
+    rows = [{**row, "encoder": e, "seed": s, "test_top1": float(v)} for e, vs in scores.items() for s, v in enumerate(vs)]
+    lines = variants(rows, plan)
+    assert lines[0] == "## The semantic order's variants (paired against `semantic`)"
+    assert "| `semantic-official` | -2.00 ± 0.00 |" in lines[4]  # the table's first cell: paired, not raw
+    official, attention, source = (next(x for x in lines if x.startswith(f"- `{n}`"))
+                                   for n in ("semantic-official", "semantic-attention", "semantic-source"))  # fmt: skip
+    assert official.endswith("-2.00 ± 0.00 (95 % interval [-2.00, -2.00] over 3 seeds): behind `semantic`")
+    assert attention.endswith("over 3 seeds): unresolved")  # +1, 0, +2
+    assert source.endswith("fine-tuning: not run yet")
+    assert variants(rows, replace(plan, orders=("semantic", "raster"))) == []  # no variant planned: no section

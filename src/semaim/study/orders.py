@@ -42,6 +42,12 @@ TABLE3_CLAIMS = (("semantic", "semantic-dec-half", ">"), ("semantic-dec-half", "
 QUICK_TABLE3_CLAIMS = (("semantic", "semantic-dec1", ">"),)  # --quick: a 2-block ViT has no half depth
 """The paper's rankings as pairs, read from its fine-tuning columns (Table 1: 83.5 > 83.0 ≥ 82.9 > 82.4;
 Table 3: decoder depth 12 > 6 > 1, here as deep as the encoder > half > 1)."""
+VARIANT_QUESTIONS = {
+    "semantic-official": "the official code's centre rule: argmax of the unsmoothed map, λ = 1e-3",
+    "semantic-attention": "the centre from the last block's cls attention instead of the cls similarity of Eq. 2",
+    "semantic-source": "the order from a frozen trained `semantic` encoder instead of the online one",
+}
+"""What each variant of the semantic order changes: its paired difference against ``semantic`` answers it."""
 
 
 def orders_plan(data: str, quick: bool = False, seeds: int | None = None) -> PayoffPlan:
@@ -147,6 +153,26 @@ def order_source(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
             f"), just before it; final pretraining loss: {', '.join(losses)}."]
 
 
+def variants(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
+    """The semantic order's variants paired against ``semantic`` (the comparison each one asks about), every metric,
+    then each one's fine-tuning difference with its 95 % t-interval."""
+    names = tuple(v for v in VARIANT_QUESTIONS if v in plan.orders)
+    if not names or "semantic" not in plan.orders:
+        return []
+    metric = metrics(plan)[0][2]
+    lines = ["## The semantic order's variants (paired against `semantic`)", "",
+             *table(rows, plan, names, "semantic"), ""]  # fmt: skip
+    for name in names:
+        diff = paired(planned(rows, plan, name), planned(rows, plan, "semantic"), [metric])
+        result = "not run yet"
+        if metric in diff:
+            outcome, interval = claim_outcome(*diff[metric], ">")
+            reading = {"held": "ahead of `semantic`", "contradicted": "behind `semantic`"}.get(outcome, "unresolved")
+            result = f"{cell(diff, metric, signed=True)} ({interval}): {reading}"
+        lines.append(f"- `{name}` ({VARIANT_QUESTIONS[name]}) − `semantic`, fine-tuning: {result}")
+    return [*lines, *order_source(rows, plan), ""]
+
+
 def claim_outcome(mean: float, std: float, n: int, relation: str) -> tuple[str, str]:
     """One pairwise claim ``a relation b`` against the per-seed differences ``a − b`` and its 95 % t-interval:
     ``contradicted`` when the interval lies below 0; otherwise a ">" ``held`` when it lies above 0 and is
@@ -219,7 +245,6 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         "## Scores",
         "",
         *table(rows, plan, encoders, None),
-        *order_source(rows, plan),
         "",
         "## Paired differences against `raster` (points, seed by seed)",
         "",
@@ -247,6 +272,7 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         f"`semantic`: as deep as the encoder): {ranking(rows, plan, decoders) or 'no runs yet'}.",
         "",
         *verdict(rows, plan, TABLE3_CLAIMS if "semantic-dec-half" in plan.orders else QUICK_TABLE3_CLAIMS),
+        *variants(rows, plan),
         *how_it_was_run(command, rows, PayoffConfig(plan).to_dict()["study"], REPORT),
     ]
     write_markdown(path, lines, chart, "orders")
