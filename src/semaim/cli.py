@@ -488,8 +488,8 @@ def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str, rep
                    "processes on one folder share its runs (one per GPU, or two single-threaded on two CPU cores)")
     p.add_argument("--report-dir", help=f"where {report or kind}-DATA.md and .png go (default: the study folder)")
     p.add_argument("--only-seeds", type=int, nargs="+", help="run only these seeds' runs now (the rest on a rerun)")
-    p.add_argument("--deadline", help="start only the runs expected to end by then (+90m, +2h30m, HH:MM, "
-                   "YYYY-MM-DDTHH:MM), from the finished runs of the same kind; the rest on a rerun (default: none)")
+    p.add_argument("--deadline", help="start only the runs expected to end by then (+90m, +2h30m, HH:MM "
+                   "(the next one), YYYY-MM-DDTHH:MM), from the finished runs of the same kind; the rest on a rerun (default: none)")
     add_set_argument(p, example)
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, background runs)")
 

@@ -220,14 +220,15 @@ def test_a_deadline_counts_a_lost_run_done_again_with_the_run_that_needs_it(tmp_
     assert calls == ["pre", "src", "late"]
 
 
-def test_deadlines_are_read_as_durations_times_of_day_or_dates_and_a_past_one_is_refused():
+def test_deadlines_are_read_as_durations_times_of_day_or_dates_and_a_past_date_is_refused():
     now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
     assert parse_deadline("+90m", now) == (now + timedelta(minutes=90)).timestamp()
     assert parse_deadline("+2h30m", now) == (now + timedelta(hours=2, minutes=30)).timestamp()
     assert parse_deadline("13:15", now) == parse_deadline("2026-12-02T13:15", now) == datetime(
         2026, 12, 2, 13, 15, tzinfo=UTC).timestamp()  # fmt: skip
+    assert parse_deadline("11:59", now) == datetime(2026, 12, 3, 11, 59, tzinfo=UTC).timestamp()  # tomorrow's
     with pytest.raises(ConfigError, match="already past"):
-        parse_deadline("11:59", now)
+        parse_deadline("2026-12-02T11:59", now)
     for bad in ("soon", "+", "25:00"):
         with pytest.raises(ConfigError, match=f"--deadline '{re.escape(bad)}'"):
             parse_deadline(bad, now)

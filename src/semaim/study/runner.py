@@ -281,8 +281,9 @@ def check_plan(folder: Path, plan: dict[str, Any], normalise: Callable[[dict], d
 
 
 def parse_deadline(text: str, now: datetime | None = None) -> float:
-    """``--deadline``: a duration from now (``+90m``, ``+2h30m``), a time today (``13:15``, local time) or a date
-    and time (``2026-12-02T13:15``); returns a POSIX time. A time of day already past is an error."""
+    """``--deadline``: a duration from now (``+90m``, ``+2h30m``), a time of day (``13:15``, local time: today, or
+    tomorrow once past, as at(1) reads it) or a date and time (``2026-12-02T13:15``); returns a POSIX time. A date
+    and time already past is an error."""
     now = now or datetime.now().astimezone()
     relative = re.fullmatch(r"\+(?:(\d+)h)?(?:(\d+)m)?", text.strip())
     if relative and any(relative.groups()):
@@ -292,9 +293,11 @@ def parse_deadline(text: str, now: datetime | None = None) -> float:
         when = datetime.fromisoformat(text)
     except ValueError:
         try:
-            when = datetime.combine(now.date(), datetime.strptime(text, "%H:%M").time())
+            clock = datetime.strptime(text, "%H:%M").time()
         except ValueError:
             raise ConfigError(f"--deadline {text!r}: expected +90m, +2h30m, HH:MM or YYYY-MM-DDTHH:MM") from None
+        when = datetime.combine(now.date(), clock, tzinfo=now.tzinfo)
+        when += timedelta(days=1) if when <= now else timedelta()  # 00:20 said at 22:00 means tonight
     when = when if when.tzinfo else when.replace(tzinfo=now.tzinfo)  # no zone given: the local one
     if when <= now:
         raise ConfigError(f"--deadline {text!r} is already past (now {now:%Y-%m-%d %H:%M})")
