@@ -234,3 +234,21 @@ def test_each_semantic_variant_is_read_against_semantic_with_its_interval():
     assert attention.endswith("over 3 seeds): unresolved")  # +1, 0, +2
     assert source.endswith("fine-tuning: not run yet")
     assert variants(rows, replace(plan, orders=("semantic", "raster"))) == []  # no variant planned: no section
+    partway = [r for r in rows if r["encoder"] != "semantic-attention" or r["seed"] < 2]
+    attention = next(x for x in variants(partway, plan) if x.startswith("- `semantic-attention`"))
+    assert attention.endswith("over 2 seeds): unresolved, so far: 2 of 3 planned seeds")
+
+
+def test_score_tables_stand_on_the_planned_seeds_and_say_when_a_cell_has_fewer():
+    from semaim.study.orders import table
+
+    plan = orders_plan("cluttered-fashion-mnist")
+    row = {"kind": "finetune", "labels": 60}
+    scores = {"semantic": (60, 62, 64, 99), "raster": (59, 60), "center": (61,)}  # seed 3: not planned
+    rows = [{**row, "encoder": e, "seed": s, "test_top1": float(v)} for e, vs in scores.items() for s, v in enumerate(vs)]
+    rows.append({**row, "labels": 600, "encoder": "center", "seed": 1, "test_top1": 0.0})  # another label budget
+    lines = table(rows, plan, ("semantic", "raster", "center", "similarity"), None)
+    assert [line.split(" | ")[1] for line in lines[2:]] == ["62.00 ± 2.00", "59.50 ± 0.71 (2 seeds)", "61.00 (1 seed)",
+                                                            "–"]  # fmt: skip
+    paired = table(rows, plan, ("semantic", "center"), "raster")
+    assert [line.split(" | ")[1] for line in paired[2:]] == ["+1.50 ± 0.71 (2 seeds)", "+2.00 (1 seed)"]

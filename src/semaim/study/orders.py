@@ -6,8 +6,8 @@ official code's centre rule, the cls-attention centre, the order from a frozen t
 decoder depths of Table 3. Every encoder is scored by fine-tuning at the first label budget (1 % of the
 labels), frozen k-NN@20 and linear probe, and, on data with masks, segmentation (fine-tuned and linear
 head). ``scratch`` (the pretraining initialisation, the same for every order of a seed) is each encoder's
-own starting point (the decoder-depth variants excepted: a smaller decoder changes the random draws before
-the encoder's initialisation). The encoders of the payoff study (scratch, semantic, raster) run first and are also
+own starting point (the decoder-depth variants too: ``train.encoder_init_depth`` draws the encoder's
+initialisation as the full-depth model would, whatever the decoder). The encoders of the payoff study (scratch, semantic, raster) run first and are also
 fine-tuned at every label budget, so one study folder gives both reports.
 """
 
@@ -28,7 +28,7 @@ from .payoff import (
     plot_payoff,
     write_payoff_report,
 )
-from .stats import cell, how_it_was_run, mean_std, paired, seeds_counted, t_interval, write_markdown
+from .stats import Stats, cell, how_it_was_run, mean_std, paired, t_interval, write_markdown
 
 ORDER_STUDY = ("semantic", "raster", "stochastic", "similarity", "center", "semantic-official",
                "semantic-attention", "semantic-source", "semantic-dec1", "semantic-dec-half")  # fmt: skip
@@ -72,20 +72,28 @@ def metrics(plan: PayoffPlan) -> list[tuple[str, str, str, int]]:
 
 
 def table(rows: list[dict[str, Any]], plan: PayoffPlan, encoders: tuple[str, ...], base: str | None) -> list[str]:
-    """One line per encoder, one column per metric: mean ± std, or the paired difference against ``base``."""
+    """One line per encoder, one column per metric: mean ± std, or the paired difference against ``base``, over
+    the plan's seeds; a cell on fewer of them says how many."""
     columns = metrics(plan)
     lines = ["| encoder | " + " | ".join(c[0] for c in columns) + " |", "|---|" + "---|" * len(columns)]
     for encoder in encoders:
         cells = []
-        for _, kind, metric, labels in columns:
-            mine = by_seed(rows, kind, encoder, labels)
+        for column in columns:
+            mine, metric = planned(rows, plan, encoder, column), column[2]
             if base is None:
-                stats = mean_std({metric: [r[metric] for r in mine.values()]})
+                stats = mean_std({metric: [r[metric] for r in mine.values() if metric in r]})
             else:
-                stats = paired(mine, by_seed(rows, kind, base, labels), [metric])
-            cells.append(cell(stats, metric, signed=base is not None))
+                stats = paired(mine, planned(rows, plan, base, column), [metric])
+            cells.append(counted(stats, metric, plan, signed=base is not None))
         lines.append(f"| `{encoder}` | " + " | ".join(cells) + " |")
     return lines
+
+
+def counted(stats: Stats, metric: str, plan: PayoffPlan, signed: bool = False) -> str:
+    """:func:`cell`, followed by its number of seeds where that is fewer than the plan's (``"62.13 ± 0.69 (2 seeds)"``):
+    the ± of a partway study stands on fewer seeds than its header says."""
+    n = stats[metric][2] if metric in stats else len(plan.seeds)
+    return cell(stats, metric, signed) + (f" ({n} seed{'s' * (n != 1)})" if n < len(plan.seeds) else "")
 
 
 def gains(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
@@ -93,8 +101,8 @@ def gains(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
     gains on the other metrics (the budget is meant to move at least one of them by that much)."""
     lines = []
     for encoder in plan.orders:
-        diffs = [(title, metric, paired(by_seed(rows, kind, encoder, labels), by_seed(rows, kind, "scratch", labels),
-                                        [metric])) for title, kind, metric, labels in metrics(plan)]  # fmt: skip
+        diffs = [(c[0], c[2], paired(planned(rows, plan, encoder, c), planned(rows, plan, "scratch", c), [c[2]]))
+                 for c in metrics(plan)]  # fmt: skip
         (_, metric, tuned), *others = diffs
         if metric not in tuned:
             continue
@@ -116,14 +124,18 @@ def budget_trend(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
     start = points[0]["best_val_top1"]
     growth = ", ".join(f"{r['best_val_top1'] - start:+.2f} at step {r['step']}" for r in points[1:])
     before, last = points[-2:]
+    if before["step"] <= 0:  # a repeated step-0 row: no growth to read
+        return []
     return ["", f"Along seed {plan.seeds[0]}'s `{plan.curve_order}` pretraining (the payoff report's curve), the "
             f"validation fine-tuning gain over the initialisation is {growth}: its last "
             f"{last['step'] / before['step']:.1f}× more steps added {last['best_val_top1'] - before['best_val_top1']:+.2f}."]
 
 
-def planned(rows: list[dict[str, Any]], plan: PayoffPlan, encoder: str) -> dict[int, dict[str, Any]]:
-    """``{seed: row}`` of ``encoder``'s fine-tuning at the first label budget, the plan's seeds only."""
-    _, kind, _, labels = metrics(plan)[0]
+def planned(rows: list[dict[str, Any]], plan: PayoffPlan, encoder: str,
+            column: tuple[str, str, str, int] | None = None) -> dict[int, dict[str, Any]]:  # fmt: skip
+    """``{seed: row}`` of ``encoder``'s runs for one of :func:`metrics`' columns (by default fine-tuning at the
+    first label budget), the plan's seeds only: rows of other seeds in the folder are not this report's."""
+    _, kind, _, labels = column or metrics(plan)[0]
     return {s: r for s, r in by_seed(rows, kind, encoder, labels).items() if s in plan.seeds}
 
 
@@ -168,7 +180,9 @@ def variants(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
         if metric in diff:
             outcome, interval = claim_outcome(*diff[metric], ">")
             reading = {"held": "ahead of `semantic`", "contradicted": "behind `semantic`"}.get(outcome, "unresolved")
-            result = f"{cell(diff, metric, signed=True)} ({interval}): {reading}"
+            seeds = diff[metric][2]
+            so_far = f", so far: {seeds} of {len(plan.seeds)} planned seeds" if seeds < len(plan.seeds) else ""
+            result = f"{cell(diff, metric, signed=True)} ({interval}): {reading}{so_far}"
         lines.append(f"- `{name}` ({VARIANT_QUESTIONS[name]}) − `semantic`, fine-tuning: {result}")
     return [*lines, *order_source(rows, plan), ""]
 
@@ -231,13 +245,12 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
     report of the same folder's scratch / semantic / raster runs and, with segmentation, the dense report."""
     table1 = tuple(o for o in ("semantic", "stochastic", "raster", "similarity", "center") if o in plan.orders)
     decoders = tuple(o for o in ("semantic-dec1", "semantic-dec-half", "semantic") if o in plan.orders)
-    seeds = seeds_counted(rows, plan.seeds, ('finetune', 'frozen'))  # the seeds the ± stands on
     encoders = ("scratch", *plan.orders)
     lines = [
         f"# Tables 1 and 3 again: autoregression orders on `{plan.data}`",
         "",
         f"Every encoder is the `{plan.preset}` ViT pretrained with one order ({', '.join(plan.pretrain) or 'preset'}"
-        f"), mean ± sample std over {seeds}; `scratch` is the initialisation every order of a "
+        f"), mean ± sample std over seeds {', '.join(map(str, plan.seeds))} (a cell on fewer says how many); `scratch` is the initialisation every order of a "
         "seed starts from. Fine-tuning: the payoff study's recipe and validation split; frozen scores: cls "
         "token, every training label but the validation split; segmentation: the `semaim segment` "
         f"`{plan.segment_recipe}` recipe. Each run scores the test split once.",
@@ -262,7 +275,7 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         "similarity 82.4)",
         "",
         f"Here, by mean fine-tuning score: {ranking(rows, plan, table1) or 'no runs yet'}. The paper's pairs, "
-        "paired seed by seed:",
+        "paired seed by seed (each a 95 % t-interval on its own, not widened for reading several claims at once):",
         "",
         *verdict(rows, plan, TABLE1_CLAIMS),
         "## Table 3 (paper: decoder depth 1 → 82.1, 6 → 83.3, 12 → 83.5)",
@@ -297,8 +310,9 @@ def plot_orders(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, 
     encoders = [e for e in ("scratch", *plan.orders) if e != "raster"]
     fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.8), constrained_layout=True,
                              squeeze=False)  # fmt: skip
-    for ax, (title, kind, metric, labels) in zip(axes[0], columns, strict=True):
-        stats = [paired(by_seed(rows, kind, e, labels), by_seed(rows, kind, "raster", labels), [metric])
+    for ax, column in zip(axes[0], columns, strict=True):
+        title, metric = column[0], column[2]
+        stats = [paired(planned(rows, plan, e, column), planned(rows, plan, "raster", column), [metric])
                  for e in encoders]  # fmt: skip
         means = [s[metric][0] if metric in s else float("nan") for s in stats]
         stds = [s[metric][1] if metric in s else 0.0 for s in stats]
