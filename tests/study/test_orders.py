@@ -252,3 +252,18 @@ def test_score_tables_stand_on_the_planned_seeds_and_say_when_a_cell_has_fewer()
                                                             "–"]  # fmt: skip
     paired = table(rows, plan, ("semantic", "center"), "raster")
     assert [line.split(" | ")[1] for line in paired[2:]] == ["+1.50 ± 0.71 (2 seeds)", "+2.00 (1 seed)"]
+
+
+def test_table3_pairs_each_shallower_decoder_against_the_full_depth_on_every_metric():
+    from semaim.study.orders import depths
+
+    plan = orders_plan("cluttered-fashion-mnist")
+    rows = [{"kind": kind, "labels": 60 if kind == "finetune" else 0, "encoder": e, "seed": s, metric: float(v + s)}
+            for kind, metric in (("finetune", "test_top1"), ("frozen", "knn_top1"))
+            for e, v in (("semantic", 60), ("semantic-dec-half", 59), ("semantic-dec1", 57)) for s in range(3)]  # fmt: skip
+    lines = depths(rows, plan, ("semantic-dec1", "semantic-dec-half", "semantic"))
+    half, one = (next(x for x in lines if x.startswith(f"| `{n}` |")) for n in ("semantic-dec-half", "semantic-dec1"))
+    assert half.startswith("| `semantic-dec-half` | -1.00 ± 0.00 | -1.00 ± 0.00 | – |")  # paired, per metric
+    assert one.startswith("| `semantic-dec1` | -3.00 ± 0.00 | -3.00 ± 0.00 |")
+    assert not any("| `semantic` |" in x for x in lines)  # the full depth is the baseline, not a row
+    assert depths(rows, plan, ("semantic-dec1",)) == []  # no full depth planned: nothing to pair against

@@ -165,6 +165,16 @@ def order_source(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
             f"), just before it; final pretraining loss: {', '.join(losses)}."]
 
 
+def depths(rows: list[dict[str, Any]], plan: PayoffPlan, decoders: tuple[str, ...]) -> list[str]:
+    """Table 3's shallower decoders paired against ``semantic`` (the full depth) on every metric, not fine-tuning
+    alone: the paper reads depth on fine-tuning only, the frozen and dense scores say whether the others agree."""
+    shallower = tuple(d for d in decoders if d != "semantic")
+    if not shallower or "semantic" not in decoders:
+        return []
+    return ["Each shallower decoder against `semantic`, paired seed by seed, every metric:", "",
+            *table(rows, plan, shallower, "semantic"), ""]  # fmt: skip
+
+
 def variants(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
     """The semantic order's variants paired against ``semantic`` (the comparison each one asks about), every metric,
     then each one's fine-tuning difference with its 95 % t-interval."""
@@ -284,6 +294,7 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
         "starts from the seed's same encoder initialisation; `semantic-dec1`: 1 block, `semantic-dec-half`: half, "
         f"`semantic`: as deep as the encoder): {ranking(rows, plan, decoders) or 'no runs yet'}.",
         "",
+        *depths(rows, plan, decoders),
         *verdict(rows, plan, TABLE3_CLAIMS if "semantic-dec-half" in plan.orders else QUICK_TABLE3_CLAIMS),
         *variants(rows, plan),
         *how_it_was_run(command, rows, PayoffConfig(plan).to_dict()["study"], REPORT),
