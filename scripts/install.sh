@@ -10,4 +10,5 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   $SUDO apt-get install -y -qq dataset-fashion-mnist
 fi
 python3 -m pip install -q torch==2.14.1 torchvision==0.29.1
-python3 -m pip install -q -e ".[dev]"
+# --upgrade: the newest releases the declared ranges allow, as a fresh machine would resolve them.
+python3 -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"

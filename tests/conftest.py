@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -22,6 +24,50 @@ def tiny_model(**overrides) -> SemAIM:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def _fp32_switches() -> list[tuple[object, str]]:
+    """The switches that decide whether CUDA fp32 matmuls and convolutions may use TF32.
+
+    torch >= 2.9 has the ``fp32_precision`` API; mixing it with the legacy ``allow_tf32`` flags raises, so
+    only one of the two is ever read or written.
+    """
+    if hasattr(torch.backends.cudnn, "conv"):
+        return [(torch.backends.cuda.matmul, "fp32_precision"), (torch.backends.cudnn.conv, "fp32_precision")]
+    return [(torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32")]
+
+
+def backend_fp32_settings() -> dict[str, object]:
+    """The current value of every fp32 switch, by name: what a test must leave as it found it."""
+    return {f"{type(owner).__name__}.{name}": getattr(owner, name) for owner, name in _fp32_switches()}
+
+
+@contextlib.contextmanager
+def exact_fp32_math() -> Iterator[None]:
+    """fp32 really in fp32 on CUDA (no TF32 in matmuls or the patch embedding's convolution), then restore.
+
+    Set and restored by plain assignment: the flags live behind ``__getattr__``/``__setattr__``, which
+    pytest's ``monkeypatch`` cannot undo (it deletes the attribute it patched in).
+    """
+    switches = _fp32_switches()
+    saved = [getattr(owner, name) for owner, name in switches]
+    exact = "ieee" if switches[0][1] == "fp32_precision" else False
+    try:
+        for owner, name in switches:
+            setattr(owner, name, exact)
+        yield
+    finally:
+        for (owner, name), value in zip(switches, saved, strict=True):
+            setattr(owner, name, value)
+
+
+@pytest.fixture(autouse=True)
+def _backend_switches_untouched() -> Iterator[None]:
+    """Fail the test that leaves a global fp32 switch changed: later tests would run in another precision."""
+    before = backend_fp32_settings()
+    yield
+    after = backend_fp32_settings()
+    assert after == before, f"a test left torch's fp32 switches changed: {before} -> {after}"
 
 
 def make_image_folder(root, classes=("cat", "dog"), per_class=8, size=(40, 36), nested=True, seed=0):

@@ -6,8 +6,12 @@ reason "no CUDA device" elsewhere, which ``pytest -rs`` lists in the summary.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
+
+from tests.conftest import exact_fp32_math
 
 NO_CUDA = "no CUDA device"
 CUDA_MARKS = (pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA))
@@ -21,14 +25,16 @@ def on_cuda(*values: object) -> object:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
-    config.addinivalue_line("markers", "device_check: runs scripts/device-check.sh (deselect with -m 'not device_check')")
+    config.addinivalue_line(
+        "markers", "device_check: runs scripts/device-check.sh (deselect with -m 'not device_check')"
+    )
 
 
 @pytest.fixture
-def exact_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
-    """fp32 really in fp32 on CUDA: no TF32 in matmuls or convolutions (the patch embedding)."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+def exact_fp32() -> Iterator[None]:
+    """fp32 really in fp32 on CUDA for the duration of one test."""
+    with exact_fp32_math():
+        yield
 
 
 @pytest.fixture(scope="package")
