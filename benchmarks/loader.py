@@ -42,7 +42,9 @@ from semaim.engine.distributed import resolve_device
 from semaim.errors import ConfigError
 
 
-def _write_range(folder: Path, photos: list[np.ndarray], start: int, stop: int, size: tuple[int, int]) -> None:
+def _write_range(
+    folder: Path, photos: list[np.ndarray], start: int, stop: int, size: tuple[int, int]
+) -> None:
     rng = np.random.default_rng(start)
     for i in range(start, stop):
         photo = photos[i % len(photos)]
@@ -59,7 +61,9 @@ def write_jpegs(folder: Path, count: int, size: tuple[int, int], processes: int 
 
     photos = [np.asarray(p) for p in sample_images()]
     bounds = np.linspace(0, count, processes + 1).astype(int)
-    jobs = [(folder, photos, int(a), int(b), size) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    jobs = [
+        (folder, photos, int(a), int(b), size) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a
+    ]
     if processes <= 1:
         for job in jobs:
             _write_range(*job)
@@ -100,29 +104,51 @@ class JpegBytes(Dataset):
 def collate_bytes(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, list[int], list[int]]:
     """One flat byte tensor per batch (with each file's length), not one tensor per file: a worker passes
     every tensor through its own shared-memory file descriptor, and hundreds per batch run out of them."""
-    return torch.cat([data for data, _ in batch]), [len(data) for data, _ in batch], [seed for _, seed in batch]
+    return (
+        torch.cat([data for data, _ in batch]),
+        [len(data) for data, _ in batch],
+        [seed for _, seed in batch],
+    )
 
 
 def decode_batch(
-    flat: torch.Tensor, lengths: list[int], seeds: list[int], transform: PretrainTransform, device: torch.device
+    flat: torch.Tensor,
+    lengths: list[int],
+    seeds: list[int],
+    transform: PretrainTransform,
+    device: torch.device,
 ) -> torch.Tensor:
     """Decode a batch of JPEG files on ``device`` (one batched call: nvJPEG on CUDA) and augment them
     there, each with the generator its sample seed gives (as :class:`~semaim.data.sampler.AugmentedDataset`)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     images = decode_jpeg(list(flat.split(lengths)), mode=ImageReadMode.RGB, device=device)
-    return torch.stack([transform(img, torch.Generator().manual_seed(s)) for img, s in zip(images, seeds, strict=True)])
+    return torch.stack(
+        [transform(img, torch.Generator().manual_seed(s)) for img, s in zip(images, seeds, strict=True)]
+    )
 
 
-def make_loader(decode: str, base: ImageFolder, transform: PretrainTransform, args: argparse.Namespace,
-                workers: int, pin: bool) -> DataLoader:  # fmt: skip
+def make_loader(
+    decode: str,
+    base: ImageFolder,
+    transform: PretrainTransform,
+    args: argparse.Namespace,
+    workers: int,
+    pin: bool,
+) -> DataLoader:
     total = args.batch_size * 100_000  # --seconds ends the run long before
     dataset = AugmentedDataset(base, transform) if decode == "pil" else JpegBytes(base.files)
     return DataLoader(
-        dataset, batch_size=args.batch_size, sampler=Cycle(len(base), total), num_workers=workers,
-        collate_fn=collate if decode == "pil" else collate_bytes, pin_memory=pin and decode == "pil",
-        drop_last=True, prefetch_factor=4 if workers else None, persistent_workers=False,
-    )  # fmt: skip
+        dataset,
+        batch_size=args.batch_size,
+        sampler=Cycle(len(base), total),
+        num_workers=workers,
+        collate_fn=collate if decode == "pil" else collate_bytes,
+        pin_memory=pin and decode == "pil",
+        drop_last=True,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
 
 
 def arrive(decode: str, batch: tuple, transform: PretrainTransform, device: torch.device) -> torch.Tensor:
@@ -132,8 +158,14 @@ def arrive(decode: str, batch: tuple, transform: PretrainTransform, device: torc
     return decode_batch(*batch, transform, device)
 
 
-def measure(decode: str, base: ImageFolder, transform: PretrainTransform, args: argparse.Namespace,
-            workers: int, device: torch.device) -> float:  # fmt: skip
+def measure(
+    decode: str,
+    base: ImageFolder,
+    transform: PretrainTransform,
+    args: argparse.Namespace,
+    workers: int,
+    device: torch.device,
+) -> float:
     """Images/s of one pipeline into ``device``, timed from its first batch for ``args.seconds``."""
     loader = iter(make_loader(decode, base, transform, args, workers, device.type == "cuda"))
     arrive(decode, next(loader), transform, device)  # workers started, first batch through
@@ -169,11 +201,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--img-size", type=int, default=224, help="the model's input size")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--decode", nargs="+", choices=["pil", "gpu"], default=["pil"], help="pipelines to measure")
-    p.add_argument("--device", help="where batches go and --decode gpu decodes [default: cuda if present, else cpu]")
+    p.add_argument(
+        "--decode", nargs="+", choices=["pil", "gpu"], default=["pil"], help="pipelines to measure"
+    )
+    p.add_argument(
+        "--device", help="where batches go and --decode gpu decodes [default: cuda if present, else cpu]"
+    )
     p.add_argument("--seconds", type=float, default=10.0, help="measured time per setting")
-    p.add_argument("--folder", type=Path, help="write (or reuse) the JPEGs here instead of a temporary folder")
-    p.add_argument("--step-json", type=Path, help="a `semaim bench --out` file: the step rate to keep up with")
+    p.add_argument(
+        "--folder", type=Path, help="write (or reuse) the JPEGs here instead of a temporary folder"
+    )
+    p.add_argument(
+        "--step-json", type=Path, help="a `semaim bench --out` file: the step rate to keep up with"
+    )
     p.add_argument("--step-config", default="vit-b16-224", help="its row to read")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     return p.parse_args()
@@ -183,7 +223,9 @@ def run(args: argparse.Namespace, folder: Path, device: torch.device) -> dict:
     if not any(folder.glob("*.jpg")):
         start = time.perf_counter()
         write_jpegs(folder, args.images, args.size, processes=max(1, min(multiprocessing.cpu_count(), 16)))
-        print(f"wrote {args.images} JPEGs of {args.size[0]}x{args.size[1]} in {time.perf_counter() - start:.1f} s")
+        print(
+            f"wrote {args.images} JPEGs of {args.size[0]}x{args.size[1]} in {time.perf_counter() - start:.1f} s"
+        )
     base = ImageFolder(folder)
     transform = PretrainTransform((args.img_size, args.img_size), base.mean, base.std)
     step = step_rate(args.step_json, args.step_config)
@@ -191,13 +233,27 @@ def run(args: argparse.Namespace, folder: Path, device: torch.device) -> dict:
     for decode in args.decode:
         for workers in args.workers:
             rate = measure(decode, base, transform, args, workers, device)
-            results.append({"decode": decode, "workers": workers, "device": str(device), "images_per_s": rate,
-                            "keeps_up": None if step is None else rate >= step})  # fmt: skip
+            results.append(
+                {
+                    "decode": decode,
+                    "workers": workers,
+                    "device": str(device),
+                    "images_per_s": rate,
+                    "keeps_up": None if step is None else rate >= step,
+                }
+            )
             versus = f"; the step consumes {step:.0f}" if step else ""
             print(f"{decode:3s} workers {workers:2d} -> {device}: {rate:7.0f} images/s{versus}", flush=True)
-    return {"images": len(base), "jpeg_size": list(args.size), "img_size": args.img_size,
-            "batch_size": args.batch_size, "seconds": args.seconds, "step_config": args.step_config,
-            "step_images_per_s": step, "results": results}  # fmt: skip
+    return {
+        "images": len(base),
+        "jpeg_size": list(args.size),
+        "img_size": args.img_size,
+        "batch_size": args.batch_size,
+        "seconds": args.seconds,
+        "step_config": args.step_config,
+        "step_images_per_s": step,
+        "results": results,
+    }
 
 
 def main() -> None:

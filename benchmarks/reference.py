@@ -81,11 +81,21 @@ def load_reference(reference_dir: Path, device: torch.device | None = None) -> t
 
 def build_reference(module: types.ModuleType, cfg: BenchConfig) -> torch.nn.Module:
     return module.AimViT(
-        img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth,
-        num_heads=cfg.num_heads, mlp_ratio=4, permutation_type="attention_center", attention_type="cls",
-        query_depth=cfg.decoder_depth, prediction_head_type="MLP", gaussian_kernel_size=9,
-        gaussian_sigma=1, loss_type="L2", norm_pix_loss=True,
-    )  # fmt: skip
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=4,
+        permutation_type="attention_center",
+        attention_type="cls",
+        query_depth=cfg.decoder_depth,
+        prediction_head_type="MLP",
+        gaussian_kernel_size=9,
+        gaussian_sigma=1,
+        loss_type="L2",
+        norm_pix_loss=True,
+    )
 
 
 def reference_step(model: torch.nn.Module, images: torch.Tensor, precision: str):
@@ -123,7 +133,9 @@ def _kib(key: str) -> int:
     return int(re.search(key + r":\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
 
 
-def measure_memory(path: str, cfg: BenchConfig, reference_dir: Path, device: torch.device, steps: int = 2) -> dict:
+def measure_memory(
+    path: str, cfg: BenchConfig, reference_dir: Path, device: torch.device, steps: int = 2
+) -> dict:
     """Run in a fresh process (see ``--memory-of``): what ``steps`` steps add over the built model, and the
     process's whole peak (CPU: RSS; CUDA: the allocator's)."""
     images = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device)
@@ -143,8 +155,20 @@ def measure_memory(path: str, cfg: BenchConfig, reference_dir: Path, device: tor
 
 def memory_in_fresh_process(path: str, cfg: BenchConfig, reference_dir: Path, device: torch.device) -> dict:
     """:func:`measure_memory` in a fresh process; ``None`` values when that process fails (out of memory)."""
-    cmd = [sys.executable, __file__, "--reference-dir", str(reference_dir), "--config", cfg.name,
-           "--batch-size", str(cfg.batch_size), "--device", str(device), "--memory-of", path]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--reference-dir",
+        str(reference_dir),
+        "--config",
+        cfg.name,
+        "--batch-size",
+        str(cfg.batch_size),
+        "--device",
+        str(device),
+        "--memory-of",
+        path,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         print(f"{path}: the memory process failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -152,8 +176,14 @@ def memory_in_fresh_process(path: str, cfg: BenchConfig, reference_dir: Path, de
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def time_all(cfg: BenchConfig, reference_dir: Path, steps: int, warmup: int, device: torch.device,
-             paths: tuple[str, ...]) -> dict[str, list[float]]:  # fmt: skip
+def time_all(
+    cfg: BenchConfig,
+    reference_dir: Path,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    paths: tuple[str, ...],
+) -> dict[str, list[float]]:
     images = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device)
     runs = {p: make_path(p, cfg, reference_dir, images) for p in paths}
     return time_interleaved(runs, steps, warmup, device)
@@ -163,19 +193,31 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def config_row(cfg: BenchConfig, args: argparse.Namespace, device: torch.device, paths: tuple[str, ...]) -> dict:
+def config_row(
+    cfg: BenchConfig, args: argparse.Namespace, device: torch.device, paths: tuple[str, ...]
+) -> dict:
     """Time every path on one config (interleaved), then measure each one's memory in a fresh process."""
     times = time_all(cfg, args.reference_dir, args.steps, args.warmup, device, paths)
     if device.type == "cuda":
         gc.collect()
         torch.cuda.empty_cache()  # the memory processes need the device to themselves
-    baseline = BASELINE[device.type] if BASELINE[device.type] in paths else next(p for p in paths if "ref" in p)
-    row = {"config": cfg.name, "batch_size": cfg.batch_size, "device": str(device), "baseline": baseline,
-           "flops_per_image": step_flops(cfg)}  # fmt: skip
+    baseline = (
+        BASELINE[device.type] if BASELINE[device.type] in paths else next(p for p in paths if "ref" in p)
+    )
+    row = {
+        "config": cfg.name,
+        "batch_size": cfg.batch_size,
+        "device": str(device),
+        "baseline": baseline,
+        "flops_per_image": step_flops(cfg),
+    }
     for path in paths:
         memory = memory_in_fresh_process(path, cfg, args.reference_dir, device)
-        row[path] = {"images_per_s": cfg.batch_size / statistics.median(times[path]),
-                     "step_bytes": memory["added"], "peak_rss_bytes": memory["total"]}  # fmt: skip
+        row[path] = {
+            "images_per_s": cfg.batch_size / statistics.median(times[path]),
+            "step_bytes": memory["added"],
+            "peak_rss_bytes": memory["total"],
+        }
     ref = row[baseline]
     for path in paths:
         r = row[path]
@@ -183,8 +225,11 @@ def config_row(cfg: BenchConfig, args: argparse.Namespace, device: torch.device,
         r["step_memory_ratio"] = _ratio(r["step_bytes"], ref["step_bytes"])
         mib = "-" if r["step_bytes"] is None else f"{r['step_bytes'] / 2**20:6.0f}"
         peak = "-" if r["peak_rss_bytes"] is None else f"{r['peak_rss_bytes'] / 2**20:6.0f}"
-        print(f"{cfg.name:12s} {path:12s} {r['images_per_s']:7.2f} img/s  {r['speedup']:5.2f}× {baseline}  "
-              f"step {mib} MiB ({r['step_memory_ratio'] or float('nan'):.2f}×)  peak {peak} MiB", flush=True)  # fmt: skip
+        print(
+            f"{cfg.name:12s} {path:12s} {r['images_per_s']:7.2f} img/s  {r['speedup']:5.2f}× {baseline}  "
+            f"step {mib} MiB ({r['step_memory_ratio'] or float('nan'):.2f}×)  peak {peak} MiB",
+            flush=True,
+        )
     return row
 
 
@@ -194,8 +239,12 @@ def main() -> None:
     p.add_argument("--config", nargs="+", default=["vit-t16-224", "vit-s16-224"], choices=sorted(CONFIGS))
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, help="batch of every config (default: the config's own)")
-    p.add_argument("--paths", nargs="+", choices=PATHS,
-                   help=f"default: {' '.join(DEFAULT_PATHS['cpu'])} on CPU, {' '.join(DEFAULT_PATHS['cuda'])} on CUDA")
+    p.add_argument(
+        "--paths",
+        nargs="+",
+        choices=PATHS,
+        help=f"default: {' '.join(DEFAULT_PATHS['cpu'])} on CPU, {' '.join(DEFAULT_PATHS['cuda'])} on CUDA",
+    )
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", type=Path, help="write the rows as JSON")
@@ -208,14 +257,18 @@ def main() -> None:
     paths = tuple(args.paths or DEFAULT_PATHS[device.type])
     if device.type != "cuda" and any(path.endswith("fp16") for path in paths):
         p.error("--paths: fp16 paths need a CUDA device")
-    configs = [CONFIGS[n] if args.batch_size is None else replace(CONFIGS[n], batch_size=args.batch_size)
-               for n in args.config]  # fmt: skip
+    configs = [
+        CONFIGS[n] if args.batch_size is None else replace(CONFIGS[n], batch_size=args.batch_size)
+        for n in args.config
+    ]
     if args.memory_of:
         print(json.dumps(measure_memory(args.memory_of, configs[0], args.reference_dir, device)))
         return
     load_reference(args.reference_dir, device)  # fail early on a bad directory
-    print(f"{device}, {torch.get_num_threads()} threads; images/s (median of {args.steps}), "
-          "step memory MiB added / process peak")  # fmt: skip
+    print(
+        f"{device}, {torch.get_num_threads()} threads; images/s (median of {args.steps}), "
+        "step memory MiB added / process peak"
+    )
     rows = []
     for cfg in configs:
         rows.append(config_row(cfg, args, device, paths))

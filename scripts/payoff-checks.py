@@ -74,41 +74,62 @@ class Grid:
 # stretching only lengthens: a new step budget must start from the recipe's own one-epoch schedule.
 UNSTRETCHED = ["finetune.epochs=1", "finetune.warmup_epochs=0.1", "finetune.eval_every=1"]
 GRIDS = {
-    "finetune": Grid("finetune", "finetune-{arm}-K60-seed0", "val_top1", "The 1 %-label fine-tuning, one knob at a "
-                     "time: validation top-1 (%)", {  # in the order they run (the most likely cause first)
-                         "ld0.5": ("layer decay 0.5 (shipped 0.75)", ["finetune.layer_decay=0.5"]),
-                         "blr3e-3": ("blr 3e-3 (shipped 1e-2)", ["finetune.blr=3e-3"]),
-                         "cls": ("cls token, final norm kept (shipped: average pool + fc_norm)",
-                                 ["finetune.pool=cls"]),
-                         "steps900": ("900 steps (shipped 1800)", [*UNSTRETCHED, "finetune.budget_steps=900"]),
-                         "steps3600": ("3600 steps (shipped 1800)", [*UNSTRETCHED, "finetune.budget_steps=3600"]),
-                     }),
+    "finetune": Grid(
+        "finetune",
+        "finetune-{arm}-K60-seed0",
+        "val_top1",
+        "The 1 %-label fine-tuning, one knob at a time: validation top-1 (%)",
+        {  # in the order they run (the most likely cause first)
+            "ld0.5": ("layer decay 0.5 (shipped 0.75)", ["finetune.layer_decay=0.5"]),
+            "blr3e-3": ("blr 3e-3 (shipped 1e-2)", ["finetune.blr=3e-3"]),
+            "cls": ("cls token, final norm kept (shipped: average pool + fc_norm)", ["finetune.pool=cls"]),
+            "steps900": ("900 steps (shipped 1800)", [*UNSTRETCHED, "finetune.budget_steps=900"]),
+            "steps3600": ("3600 steps (shipped 1800)", [*UNSTRETCHED, "finetune.budget_steps=3600"]),
+        },
+    ),
     # The segmentation lrs were first chosen on scratch alone (2e-3 for both modes); the grid re-chose them on
     # both encoders' mean validation mIoU (shipped now: 8e-3, linear 3e-1), and the study's seed-0 runs were
     # redone with them. The first runs are the 2e-3 rows, moved here from the study's runs/ unchanged. The linear
     # knobs' finished runs set segment.lr (linear_lr did not exist yet): in linear mode the same run.
-    "segment": Grid("segment", "segment-finetune-{arm}-seed0", "val_miou", "The segmentation fine-tuning's lr "
-                    "(first 2e-3, chosen on scratch alone; shipped 8e-3): validation mIoU", {
-                        "seg-lr1e-3": ("lr 1e-3", ["segment.lr=1e-3"]),
-                        "seg-lr2e-3": ("lr 2e-3 (the first recipe's; the study's first seed-0 runs)",
-                                       ["segment.lr=2e-3"]),
-                        "seg-lr4e-3": ("lr 4e-3", ["segment.lr=4e-3"]),
-                        "seg-lr8e-3": ("lr 8e-3", ["segment.lr=8e-3"]),
-                        "seg-lr1.6e-2": ("lr 1.6e-2", ["segment.lr=1.6e-2"]),
-                    }),
-    "segment-linear": Grid("segment", "segment-linear-{arm}-seed0", "val_miou", "The frozen linear segmentation "
-                           "probe's lr (first the fine-tuning's 2e-3; shipped `linear_lr` 3e-1): validation mIoU", {
-                               "seg-lin-lr5e-4": ("lr 5e-4", ["segment.linear_lr=5e-4"]),
-                               "seg-lin-lr2e-3": ("lr 2e-3 (the first recipe's; the study's first seed-0 runs)",
-                                                  ["segment.linear_lr=2e-3"]),
-                               "seg-lin-lr1e-2": ("lr 1e-2", ["segment.linear_lr=1e-2"]),
-                               "seg-lin-lr3e-2": ("lr 3e-2", ["segment.linear_lr=3e-2"]),
-                               "seg-lin-lr1e-1": ("lr 1e-1", ["segment.linear_lr=1e-1"]),
-                               "seg-lin-lr3e-1": ("lr 3e-1", ["segment.linear_lr=3e-1"]),
-                               "seg-lin-lr1": ("lr 1", ["segment.linear_lr=1.0"]),
-                           }),
-}  # fmt: skip
+    "segment": Grid(
+        "segment",
+        "segment-finetune-{arm}-seed0",
+        "val_miou",
+        "The segmentation fine-tuning's lr "
+        "(first 2e-3, chosen on scratch alone; shipped 8e-3): validation mIoU",
+        {
+            "seg-lr1e-3": ("lr 1e-3", ["segment.lr=1e-3"]),
+            "seg-lr2e-3": (
+                "lr 2e-3 (the first recipe's; the study's first seed-0 runs)",
+                ["segment.lr=2e-3"],
+            ),
+            "seg-lr4e-3": ("lr 4e-3", ["segment.lr=4e-3"]),
+            "seg-lr8e-3": ("lr 8e-3", ["segment.lr=8e-3"]),
+            "seg-lr1.6e-2": ("lr 1.6e-2", ["segment.lr=1.6e-2"]),
+        },
+    ),
+    "segment-linear": Grid(
+        "segment",
+        "segment-linear-{arm}-seed0",
+        "val_miou",
+        "The frozen linear segmentation "
+        "probe's lr (first the fine-tuning's 2e-3; shipped `linear_lr` 3e-1): validation mIoU",
+        {
+            "seg-lin-lr5e-4": ("lr 5e-4", ["segment.linear_lr=5e-4"]),
+            "seg-lin-lr2e-3": (
+                "lr 2e-3 (the first recipe's; the study's first seed-0 runs)",
+                ["segment.linear_lr=2e-3"],
+            ),
+            "seg-lin-lr1e-2": ("lr 1e-2", ["segment.linear_lr=1e-2"]),
+            "seg-lin-lr3e-2": ("lr 3e-2", ["segment.linear_lr=3e-2"]),
+            "seg-lin-lr1e-1": ("lr 1e-1", ["segment.linear_lr=1e-1"]),
+            "seg-lin-lr3e-1": ("lr 3e-1", ["segment.linear_lr=3e-1"]),
+            "seg-lin-lr1": ("lr 1", ["segment.linear_lr=1.0"]),
+        },
+    ),
+}
 KNOBS = {knob: grid for grid in GRIDS.values() for knob in grid.knobs}
+
 
 def check_loading(study: Path) -> list[str]:
     """The classifier's encoder at step 0 against the pretraining model it was loaded from."""
@@ -137,12 +158,16 @@ def check_loading(study: Path) -> list[str]:
             features = clf.forward_features(images)  # avg pool: timm drops the final norm (fc_norm instead)
             diff = (features - (reference if pool == "cls" else pre_norm)).abs().max().item()
             logits = clf(images).abs().max().item()
-            lines.append(f"- pool `{pool}`: {len(shared)} encoder tensors shared with the pretraining model, "
-                         f"{len(unequal)} unequal; max |feature difference| {diff:.2e}; max |logit| at step 0 "
-                         f"{logits:.1e} (the head starts near zero, so the first gradients train the head, "
-                         "not the encoder)")  # fmt: skip
-    lines.append(f"- normalisation: pretraining and fine-tuning both use the dataset's mean {base.mean} / std "
-                 f"{base.std} (`PretrainTransform`, the same class, for both)")  # fmt: skip
+            lines.append(
+                f"- pool `{pool}`: {len(shared)} encoder tensors shared with the pretraining model, "
+                f"{len(unequal)} unequal; max |feature difference| {diff:.2e}; max |logit| at step 0 "
+                f"{logits:.1e} (the head starts near zero, so the first gradients train the head, "
+                "not the encoder)"
+            )
+    lines.append(
+        f"- normalisation: pretraining and fine-tuning both use the dataset's mean {base.mean} / std "
+        f"{base.std} (`PretrainTransform`, the same class, for both)"
+    )
     return lines
 
 
@@ -159,8 +184,10 @@ def run_frozen(study: Path, folder: Path) -> None:
     saved = yaml.safe_load((study / "config.yaml").read_text())["study"]
     plan = PayoffPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     features = labelled_features(plan, 60, 0)
-    encoders = {"scratch": EncoderConfig(random=True, preset=str(study / "runs/model.yaml"), init_seed=0),
-                "semantic": EncoderConfig(checkpoint=str(study / "runs/pretrain-semantic-seed0/checkpoint-last.pt"))}
+    encoders = {
+        "scratch": EncoderConfig(random=True, preset=str(study / "runs/model.yaml"), init_seed=0),
+        "semantic": EncoderConfig(checkpoint=str(study / "runs/pretrain-semantic-seed0/checkpoint-last.pt")),
+    }
     for pool in POOLS:  # the study's frozen rows read the cls token; fine-tuning pools the patch tokens
         for arm, encoder in encoders.items():
             out = folder / f"frozen-{arm}-{pool}.json"
@@ -179,8 +206,17 @@ def run_grid(study: Path, folder: Path, only: list[str]) -> None:
             resume = ["--resume"] if (out / "checkpoint-last.pt").is_file() else ["--force"]
             sets = [arg for assignment in grid.knobs[knob][1] for arg in ("--set", assignment)]
             recipe = study / "runs" / grid.run.format(arm=arm) / "config.yaml"
-            semaim(grid.command, "--recipe", str(recipe), *sets, "--no-progress", "--out", str(out), *resume,
-                   log=folder / f"{arm}-{knob}.log")  # fmt: skip
+            semaim(
+                grid.command,
+                "--recipe",
+                str(recipe),
+                *sets,
+                "--no-progress",
+                "--out",
+                str(out),
+                *resume,
+                log=folder / f"{arm}-{knob}.log",
+            )
 
 
 def last_val(run: Path, metric: str) -> str:
@@ -191,9 +227,16 @@ def last_val(run: Path, metric: str) -> str:
 
 
 def grid_table(study: Path, folder: Path, grid: Grid) -> list[str]:
-    lines = ["", f"## {grid.title}", "", f"The study's `{grid.run}` runs with one `--set` (validation split of "
-             "the study; mean: of the two encoders):", "",
-             "| recipe | scratch | semantic | mean | semantic − scratch |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "",
+        f"## {grid.title}",
+        "",
+        f"The study's `{grid.run}` runs with one `--set` (validation split of "
+        "the study; mean: of the two encoders):",
+        "",
+        "| recipe | scratch | semantic | mean | semantic − scratch |",
+        "|---|---|---|---|---|",
+    ]
     rows = {"shipped (the study's runs)": [study / "runs" / grid.run.format(arm=arm) for arm in ARMS]}
     rows |= {text: [folder / f"{arm}-{knob}" for arm in ARMS] for knob, (text, _) in grid.knobs.items()}
     for text, runs in rows.items():
@@ -205,16 +248,22 @@ def grid_table(study: Path, folder: Path, grid: Grid) -> list[str]:
         lines.append(f"| {text} | {cells[0]} | {cells[1]} | {mean} | {gap} |")
     return lines
 
+
 SEG_EPOCHS = (1, 3, 6)  # segmentation fine-tuning epochs of 250 steps; the shipped `cpu` recipe runs 3
 
 
 def seg_steps_runs(folder: Path, order: str, seed: int) -> dict[tuple[str, int], Path]:
     """The run folder of each (encoder, epochs) of the ``seg-steps`` check."""
-    return {(arm, epochs): folder / f"seg-steps-{arm}-seed{seed}-ep{epochs}"
-            for arm in ("scratch", order) for epochs in SEG_EPOCHS}  # fmt: skip
+    return {
+        (arm, epochs): folder / f"seg-steps-{arm}-seed{seed}-ep{epochs}"
+        for arm in ("scratch", order)
+        for epochs in SEG_EPOCHS
+    }
 
 
-def run_seg_steps(study: Path, folder: Path, order: str, seed: int, epochs_first: list[int], arms: list[str]) -> None:
+def run_seg_steps(
+    study: Path, folder: Path, order: str, seed: int, epochs_first: list[int], arms: list[str]
+) -> None:
     """Segmentation fine-tuning of the scratch encoder and one pretrained encoder of ``seed`` for 1 / 3 / 6
     epochs (warmup a tenth of them, as shipped): does a longer fine-tuning make up the pretrained head start,
     as it does for classification (``steps900`` / ``steps3600``)? 3 epochs repeats the study's own run."""
@@ -224,17 +273,29 @@ def run_seg_steps(study: Path, folder: Path, order: str, seed: int, epochs_first
         out = runs[arm, epochs]
         if (out / "result.json").is_file():
             continue
-        while arm == order and not any((r["kind"], r["encoder"], r["seed"]) == ("pretrain", order, seed)
-                                       for r in read_records(study / "results.jsonl")):  # fmt: skip
+        while arm == order and not any(
+            (r["kind"], r["encoder"], r["seed"]) == ("pretrain", order, seed)
+            for r in read_records(study / "results.jsonl")
+        ):
             print(f"waiting for the study's {order} seed {seed} pretraining to finish", flush=True)
             time.sleep(60)  # its checkpoint-last.pt is a mid-run one until its row is written
-        cfg = segment_config(plan, encoder_source(plan, arm, seed, study), "finetune", seed)  # the study's run
+        cfg = segment_config(
+            plan, encoder_source(plan, arm, seed, study), "finetune", seed
+        )  # the study's run
         cfg.segment.epochs, cfg.segment.warmup_epochs = epochs, 0.1 * epochs
         recipe = folder / f"{out.name}.recipe.yaml"  # beside its log
         recipe.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         resume = ["--resume"] if (out / "checkpoint-last.pt").is_file() else ["--force"]
-        semaim("segment", "--recipe", str(recipe), "--no-progress", "--out", str(out), *resume,
-               log=folder / f"{out.name}.log")  # fmt: skip
+        semaim(
+            "segment",
+            "--recipe",
+            str(recipe),
+            "--no-progress",
+            "--out",
+            str(out),
+            *resume,
+            log=folder / f"{out.name}.log",
+        )
 
 
 def seg_steps_report(study: Path, folder: Path, order: str, seed: int) -> Path:
@@ -242,18 +303,28 @@ def seg_steps_report(study: Path, folder: Path, order: str, seed: int) -> Path:
     test mIoU against the study's rows of the same runs (a repeat must give the same number)."""
     data = yaml.safe_load((study / "config.yaml").read_text())["study"]["data"]
     runs = seg_steps_runs(folder, order, seed)
-    lines = [f"# Dense prediction on `{data}`: does a longer fine-tuning make up the pretrained head start?", "",
-             f"`python scripts/payoff-checks.py seg-steps --study {study} --order {order} --seed {seed}`: the "
-             f"study's segmentation fine-tuning (`cpu` recipe, seed {seed}) of its scratch encoder and of its "
-             f"`{order}` encoder for 1, 3 (as shipped) and 6 epochs of 250 steps, warmup a tenth of them. "
-             "Last validation mIoU (%): a diagnostic, no choice is made with it.", "",
-             f"| fine-tuning | scratch | `{order}` | `{order}` − scratch |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Dense prediction on `{data}`: does a longer fine-tuning make up the pretrained head start?",
+        "",
+        f"`python scripts/payoff-checks.py seg-steps --study {study} --order {order} --seed {seed}`: the "
+        f"study's segmentation fine-tuning (`cpu` recipe, seed {seed}) of its scratch encoder and of its "
+        f"`{order}` encoder for 1, 3 (as shipped) and 6 epochs of 250 steps, warmup a tenth of them. "
+        "Last validation mIoU (%): a diagnostic, no choice is made with it.",
+        "",
+        f"| fine-tuning | scratch | `{order}` | `{order}` − scratch |",
+        "|---|---|---|---|",
+    ]
     for epochs in SEG_EPOCHS:
         cells = [last_val(runs[arm, epochs], "val_miou") for arm in ("scratch", order)]
         gap = f"{float(cells[1]) - float(cells[0]):+.2f}" if "not run" not in cells else ""
-        lines.append(f"| {epochs} epoch{'s' * (epochs > 1)}, {250 * epochs} steps | {cells[0]} | {cells[1]} | {gap} |")
-    rows = {(r["encoder"], r["seed"]): r for r in read_records(study / "results.jsonl")
-            if r["kind"] == "segment-finetune"}  # fmt: skip
+        lines.append(
+            f"| {epochs} epoch{'s' * (epochs > 1)}, {250 * epochs} steps | {cells[0]} | {cells[1]} | {gap} |"
+        )
+    rows = {
+        (r["encoder"], r["seed"]): r
+        for r in read_records(study / "results.jsonl")
+        if r["kind"] == "segment-finetune"
+    }
     lines += ["", "The 3-epoch runs repeat the study's: test mIoU here / in the study's rows:", ""]
     for arm in ("scratch", order):
         result, row = runs[arm, 3] / "result.json", rows.get((arm, seed))
@@ -266,15 +337,27 @@ def seg_steps_report(study: Path, folder: Path, order: str, seed: int) -> Path:
 
 
 def report(study: Path, folder: Path) -> None:
-    lines = ["# Payoff study: why the gain at 1 % labels is small — the usual causes, checked", "",
-             f"`python scripts/payoff-checks.py loading|frozen|grid|report --study {study}`; every check starts "
-             "from the study's seed-0 runs (`runs/finetune-*-K60-seed0`, `runs/pretrain-semantic-seed0`).", "",
-             "## Loading and normalisation", "", *check_loading(study), "",
-             "## The frozen representation at 1 % labels", "",
-             "Test top-1 (%) of frozen features on the 600 images (60 per class) the 1 %-label fine-tuning trains "
-             "on: a diagnostic, no choice is made with it.", "",
-             "| | scratch | semantic | difference |", "|---|---|---|---|"]  # fmt: skip
-    for pool, (metric, key) in itertools.product(POOLS, (("knn_top1", "k-NN@20"), ("linear_top1", "linear probe"))):
+    lines = [
+        "# Payoff study: why the gain at 1 % labels is small — the usual causes, checked",
+        "",
+        f"`python scripts/payoff-checks.py loading|frozen|grid|report --study {study}`; every check starts "
+        "from the study's seed-0 runs (`runs/finetune-*-K60-seed0`, `runs/pretrain-semantic-seed0`).",
+        "",
+        "## Loading and normalisation",
+        "",
+        *check_loading(study),
+        "",
+        "## The frozen representation at 1 % labels",
+        "",
+        "Test top-1 (%) of frozen features on the 600 images (60 per class) the 1 %-label fine-tuning trains "
+        "on: a diagnostic, no choice is made with it.",
+        "",
+        "| | scratch | semantic | difference |",
+        "|---|---|---|---|",
+    ]
+    for pool, (metric, key) in itertools.product(
+        POOLS, (("knn_top1", "k-NN@20"), ("linear_top1", "linear probe"))
+    ):
         key = f"{key}, {pool}"
         paths = [folder / f"frozen-{arm}-{pool}.json" for arm in ARMS]
         scores = [json.loads(path.read_text())[metric] if path.is_file() else None for path in paths]
@@ -290,18 +373,38 @@ def report(study: Path, folder: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("loading", "frozen", "grid", "report", "seg-steps", "seg-steps-report"))
-    parser.add_argument("--study", type=Path, help="the study folder (default: benchmarks/results/payoff-"
-                        "fashion-mnist; seg-steps: required, an order study with segmentation runs)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "what", choices=("loading", "frozen", "grid", "report", "seg-steps", "seg-steps-report")
+    )
+    parser.add_argument(
+        "--study",
+        type=Path,
+        help="the study folder (default: benchmarks/results/payoff-"
+        "fashion-mnist; seg-steps: required, an order study with segmentation runs)",
+    )
     parser.add_argument("--only", nargs="+", default=list(GRIDS["finetune"].knobs), choices=list(KNOBS))
-    parser.add_argument("--order", default="semantic", help="seg-steps: the pretrained encoder (runs/pretrain-ORDER-"
-                        "seedSEED) set against scratch")  # fmt: skip
+    parser.add_argument(
+        "--order",
+        default="semantic",
+        help="seg-steps: the pretrained encoder (runs/pretrain-ORDER-seedSEED) set against scratch",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seg-steps: the study's seed")
-    parser.add_argument("--epochs", type=int, nargs="+", default=list(SEG_EPOCHS), choices=SEG_EPOCHS,
-                        help="seg-steps: the budgets to run, in this order")  # fmt: skip
-    parser.add_argument("--arm", nargs="+", help="seg-steps: only these encoders (scratch and/or ORDER; one "
-                        "process each on two cores)")  # fmt: skip
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        nargs="+",
+        default=list(SEG_EPOCHS),
+        choices=SEG_EPOCHS,
+        help="seg-steps: the budgets to run, in this order",
+    )
+    parser.add_argument(
+        "--arm",
+        nargs="+",
+        help="seg-steps: only these encoders (scratch and/or ORDER; one process each on two cores)",
+    )
     args = parser.parse_args()
     if args.study is None:
         if args.what.startswith("seg-steps"):
@@ -311,7 +414,9 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if args.what.startswith("seg-steps"):  # its own report: the dense issue's, beside dense-<data>.md
         if args.what == "seg-steps":
-            run_seg_steps(args.study, folder, args.order, args.seed, args.epochs, args.arm or ["scratch", args.order])
+            run_seg_steps(
+                args.study, folder, args.order, args.seed, args.epochs, args.arm or ["scratch", args.order]
+            )
         seg_steps_report(args.study, folder, args.order, args.seed)
         return
     if args.what == "loading":

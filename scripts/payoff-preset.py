@@ -50,8 +50,12 @@ VARIANTS: dict[str, list[str]] = {
     "blr 5e-4": ["train.blr=5e-4"],
     "batch 64": ["train.batch_size=64"],
     "decoder depth 2": ["model.decoder_depth=2"],
-    "width 192, depth 4, 3 heads": ["model.embed_dim=192", "model.depth=4", "model.num_heads=3",
-                                    "model.decoder_depth=4"],
+    "width 192, depth 4, 3 heads": [
+        "model.embed_dim=192",
+        "model.depth=4",
+        "model.num_heads=3",
+        "model.decoder_depth=4",
+    ],
     "patch 8 (16 tokens)": ["model.patch_size=8"],
     "no norm-pix target": ["model.norm_pix=false"],
 }
@@ -69,8 +73,18 @@ def images_for(sets: list[str]) -> int:
 
     def flops(cfg) -> float:
         m = cfg.model
-        return step_flops(BenchConfig("", m.img_size, m.patch_size, m.embed_dim, m.depth, m.num_heads,
-                                      m.decoder_depth, cfg.train.batch_size))  # fmt: skip
+        return step_flops(
+            BenchConfig(
+                "",
+                m.img_size,
+                m.patch_size,
+                m.embed_dim,
+                m.depth,
+                m.num_heads,
+                m.decoder_depth,
+                cfg.train.batch_size,
+            )
+        )
 
     return round(BUDGET * flops(config([])) / flops(config(sets)))
 
@@ -79,18 +93,26 @@ def val_knn(encoder: EncoderConfig) -> dict[str, float]:
     """k-NN@20 top-1 on 5000 validation images carved from the training split (seed 0), per pool: the cls
     token, and the mean of the patch tokens (which fine-tuning classifies; more sensitive to short pretraining)."""
     enc = choose_encoder(encoder)
-    pooled = extract_pooled_features(enc.module, "fashion-mnist", "train", enc.img_size, enc.in_chans, POOLS,
-                                     workers=1, progress=False)  # fmt: skip
+    pooled = extract_pooled_features(
+        enc.module, "fashion-mnist", "train", enc.img_size, enc.in_chans, POOLS, workers=1, progress=False
+    )
     train, val = train_val_split(pooled["cls"][1], 5000, seed=0)
-    return {pool: knn_accuracy(f[train], y[train], f[val], y[val], ks=(20,))["top1"]["20"]
-            for pool, (f, y) in pooled.items()}  # fmt: skip
+    return {
+        pool: knn_accuracy(f[train], y[train], f[val], y[val], ks=(20,))["top1"]["20"]
+        for pool, (f, y) in pooled.items()
+    }
 
 
 def scores(out: Path) -> dict[str, float]:
     """The proxy scores of a finished variant: its checkpoint's and its random initialisation's."""
     init = val_knn(EncoderConfig(random=True, preset=str(out / "config.yaml")))
     final = val_knn(EncoderConfig(checkpoint=str(out / "checkpoint-last.pt")))
-    return {"knn_init": init["cls"], "knn": final["cls"], "knn_init_avg": init["avg"], "knn_avg": final["avg"]}
+    return {
+        "knn_init": init["cls"],
+        "knn": final["cls"],
+        "knn_init_avg": init["avg"],
+        "knn_avg": final["avg"],
+    }
 
 
 def rescore() -> None:
@@ -100,6 +122,7 @@ def rescore() -> None:
         if "knn_avg" not in row and (folder_of(name) / "checkpoint-last.pt").is_file():
             row |= {k: v for k, v in scores(folder_of(name)).items() if k.endswith("_avg")}
     ROWS.write_text("".join(json.dumps(row) + "\n" for row in rows.values()))
+
 
 def folder_of(name: str) -> Path:
     return FOLDER / "".join(c if c.isalnum() or c in ".-" else "-" for c in name)
@@ -118,15 +141,34 @@ def run(name: str, sets: list[str]) -> None:
     epochs = -(-images // 60000)  # more images than the split: several epochs over a part of it
     flags = [arg for s in sets for arg in ("--set", s)]
     resume = ["--resume"] if (out / "checkpoint-last.pt").is_file() else ["--force"]  # a cut run goes on
-    cmd = [sys.executable, "-m", "semaim", "pretrain", "--out", str(out), *resume, "--no-progress",
-           "--limit", str(images // epochs), "--epochs", str(epochs), *flags]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "semaim",
+        "pretrain",
+        "--out",
+        str(out),
+        *resume,
+        "--no-progress",
+        "--limit",
+        str(images // epochs),
+        "--epochs",
+        str(epochs),
+        *flags,
+    ]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     steps = [r for r in read_records(out / "metrics.jsonl") if "images_per_s" in r]
     batch = config(sets).train.batch_size
-    row = {"variant": name, "sets": sets, "images": images, "steps": len(steps),
-           "minutes": sum(batch / r["images_per_s"] for r in steps) / 60, "final_loss": steps[-1]["loss"],
-           **scores(out)}  # fmt: skip
+    row = {
+        "variant": name,
+        "sets": sets,
+        "images": images,
+        "steps": len(steps),
+        "minutes": sum(batch / r["images_per_s"] for r in steps) / 60,
+        "final_loss": steps[-1]["loss"],
+        **scores(out),
+    }
     with ROWS.open("a") as f:
         f.write(json.dumps(row) + "\n")
 
@@ -137,7 +179,9 @@ def semaim(args: list[str], out: Path) -> None:
     cmd = [sys.executable, "-m", "semaim", *args, "--out", str(out), "--no-progress", *resume]
     print(" ".join(cmd), flush=True)
     with open(out.with_suffix(".log"), "a") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        subprocess.run(
+            cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
 
 
 def confirmed_rows() -> dict[str, dict]:
@@ -153,12 +197,35 @@ def confirm(name: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     pretrain = out.with_name(out.name + "-pretrain")
     flags = [arg for s in VARIANTS[name] for arg in ("--set", s)]
-    semaim(["pretrain", "--preset", str(STUDY / "runs/pretrain-semantic-seed0/config.yaml"), *flags,
-            "--set", "train.keep_steps=[]"], pretrain)  # fmt: skip
-    semaim(["finetune", "--recipe", str(STUDY / "runs/finetune-semantic-K60-seed0/config.yaml"),
-            "--set", f"encoder.checkpoint={pretrain / 'checkpoint-last.pt'}"], out)  # fmt: skip
-    row = {"variant": name, "sets": VARIANTS[name], "steps": len(read_records(pretrain / "metrics.jsonl")),
-           "final_loss": final_loss(pretrain), "val_top1": last_val_top1(out), "test_top1": test_top1(out)}  # fmt: skip
+    semaim(
+        [
+            "pretrain",
+            "--preset",
+            str(STUDY / "runs/pretrain-semantic-seed0/config.yaml"),
+            *flags,
+            "--set",
+            "train.keep_steps=[]",
+        ],
+        pretrain,
+    )
+    semaim(
+        [
+            "finetune",
+            "--recipe",
+            str(STUDY / "runs/finetune-semantic-K60-seed0/config.yaml"),
+            "--set",
+            f"encoder.checkpoint={pretrain / 'checkpoint-last.pt'}",
+        ],
+        out,
+    )
+    row = {
+        "variant": name,
+        "sets": VARIANTS[name],
+        "steps": len(read_records(pretrain / "metrics.jsonl")),
+        "final_loss": final_loss(pretrain),
+        "val_top1": last_val_top1(out),
+        "test_top1": test_top1(out),
+    }
     with CONFIRMED.open("a") as f:
         f.write(json.dumps(row) + "\n")
 
@@ -182,21 +249,29 @@ def confirm_lines() -> list[str]:
         return []
     study = {arm: STUDY / f"runs/finetune-{arm}-K60-seed0" for arm in ("scratch", "semantic")}
     scratch = last_val_top1(study["scratch"])
-    lines = ["", "## Confirmed at the payoff study's budget", "",
-             "`python scripts/payoff-preset.py confirm VARIANT`: the study's seed-0 semantic pretraining "
-             f"(`{STUDY}/runs/pretrain-semantic-seed0/config.yaml`, two epochs) with the variant's knobs, then the "
-             "study's 1 %-label fine-tuning of seed 0 from it. Validation top-1 (%) chooses; the test score is "
-             f"shown, not used. A variant replaces cpu-tiny only if it beats it by ≥ {ADOPT_BAR:.0f} point here (one seed: the "
-             "paired gains over scratch spread by about that much between seeds).", "",
-             "| pretraining | final loss | 1 %-label fine-tuning: validation | − scratch | test |", "|---|---|---|---|---|",
-             f"| none (scratch, the study's run) | | {scratch:.2f} | | {test_top1(study['scratch']):.2f} |",
-             f"| cpu-tiny (the study's run) | {final_loss(STUDY / 'runs/pretrain-semantic-seed0'):.3f} "
-             f"| {last_val_top1(study['semantic']):.2f} "
-             f"| {last_val_top1(study['semantic']) - scratch:+.2f} "
-             f"| {test_top1(study['semantic']):.2f} |"]  # fmt: skip
+    lines = [
+        "",
+        "## Confirmed at the payoff study's budget",
+        "",
+        "`python scripts/payoff-preset.py confirm VARIANT`: the study's seed-0 semantic pretraining "
+        f"(`{STUDY}/runs/pretrain-semantic-seed0/config.yaml`, two epochs) with the variant's knobs, then the "
+        "study's 1 %-label fine-tuning of seed 0 from it. Validation top-1 (%) chooses; the test score is "
+        f"shown, not used. A variant replaces cpu-tiny only if it beats it by ≥ {ADOPT_BAR:.0f} point here (one seed: the "
+        "paired gains over scratch spread by about that much between seeds).",
+        "",
+        "| pretraining | final loss | 1 %-label fine-tuning: validation | − scratch | test |",
+        "|---|---|---|---|---|",
+        f"| none (scratch, the study's run) | | {scratch:.2f} | | {test_top1(study['scratch']):.2f} |",
+        f"| cpu-tiny (the study's run) | {final_loss(STUDY / 'runs/pretrain-semantic-seed0'):.3f} "
+        f"| {last_val_top1(study['semantic']):.2f} "
+        f"| {last_val_top1(study['semantic']) - scratch:+.2f} "
+        f"| {test_top1(study['semantic']):.2f} |",
+    ]
     for r in rows.values():
-        lines.append(f"| {r['variant']} (`{' '.join(r['sets'])}`) | {r['final_loss']:.3f} | {r['val_top1']:.2f} "
-                     f"| {r['val_top1'] - scratch:+.2f} | {r['test_top1']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {r['variant']} (`{' '.join(r['sets'])}`) | {r['final_loss']:.3f} | {r['val_top1']:.2f} "
+            f"| {r['val_top1'] - scratch:+.2f} | {r['test_top1']:.2f} |"
+        )
     return lines + ["", verdict(rows, last_val_top1(study["semantic"]))]
 
 
@@ -207,8 +282,10 @@ def verdict(rows: dict[str, dict], default: float) -> str:
     adopted = [n for n, g in gains.items() if g >= ADOPT_BAR]
     if adopted:
         return text + f"{', '.join(adopted)} clears the {ADOPT_BAR:.0f}-point bar."
-    return text + (f"None clears the {ADOPT_BAR:.0f}-point bar, so `cpu-tiny` stays the default. The proxy ranked each of "
-                   "them above cpu-tiny, so its ranking does not carry over to fine-tuning at full budget.")
+    return text + (
+        f"None clears the {ADOPT_BAR:.0f}-point bar, so `cpu-tiny` stays the default. The proxy ranked each of "
+        "them above cpu-tiny, so its ranking does not carry over to fine-tuning at full budget."
+    )
 
 
 def report(rows: dict[str, dict]) -> None:
@@ -232,11 +309,16 @@ def report(rows: dict[str, dict]) -> None:
             lines.append(f"| {name} | `{' '.join(sets)}` | not run yet | | | | | | | | | |")
             continue
         r = rows[name]
-        avg = (f"{r['knn_init_avg']:.2f} | {r['knn_avg']:.2f} | {r['knn_avg'] - r['knn_init_avg']:+.2f}"
-               if "knn_avg" in r else "not measured | |")  # fmt: skip
-        lines.append(f"| {r['variant']} | `{' '.join(r['sets'])}` | {r['images']} | {r['steps']} | {r['minutes']:.1f} "
-                     f"| {r['final_loss']:.3f} | {r['knn_init']:.2f} | {r['knn']:.2f} | {r['knn'] - r['knn_init']:+.2f} "
-                     f"| {avg} |")  # fmt: skip
+        avg = (
+            f"{r['knn_init_avg']:.2f} | {r['knn_avg']:.2f} | {r['knn_avg'] - r['knn_init_avg']:+.2f}"
+            if "knn_avg" in r
+            else "not measured | |"
+        )
+        lines.append(
+            f"| {r['variant']} | `{' '.join(r['sets'])}` | {r['images']} | {r['steps']} | {r['minutes']:.1f} "
+            f"| {r['final_loss']:.3f} | {r['knn_init']:.2f} | {r['knn']:.2f} | {r['knn'] - r['knn_init']:+.2f} "
+            f"| {avg} |"
+        )
     REPORT.write_text("\n".join(lines + confirm_lines()) + "\n")
     print(f"wrote {REPORT}")
 

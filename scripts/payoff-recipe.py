@@ -23,21 +23,51 @@ import yaml
 
 FOLDER = Path("runs/payoff-recipe")
 REPORT = Path("benchmarks/results/payoff-recipe.md")
-COMMON = ["--labels-per-class", "60", "--val-size", "2000", "--no-progress", "--set", "finetune.workers=1",
-          "--set", "eval_every=5", "--set", "budget_steps=0"]  # fmt: skip
+COMMON = [
+    "--labels-per-class",
+    "60",
+    "--val-size",
+    "2000",
+    "--no-progress",
+    "--set",
+    "finetune.workers=1",
+    "--set",
+    "eval_every=5",
+    "--set",
+    "budget_steps=0",
+]
 # Batch 32 and 40 epochs (750 steps on 600 images), no Mixup / CutMix (they need many more steps).
 BASE = ["batch_size=32", "epochs=40", "warmup_epochs=4", "mixup=0", "cutmix=0"]
 LIGHT = ["crop_scale=[0.5,1.0]", "randaug=", "reprob=0"]  # crop + flip only
 GRID: dict[str, tuple[str, list[str]]] = {  # in the order they run (the most informative first)
-    "light-blr1e-2-ld0.75": ("light aug, blr 1e-2, layer decay 0.75", BASE + LIGHT + ["blr=1e-2", "layer_decay=0.75"]),
-    "light-blr3e-2-ld0.75": ("light aug, blr 3e-2, layer decay 0.75", BASE + LIGHT + ["blr=3e-2", "layer_decay=0.75"]),
-    "light-blr3e-3-ld0.75": ("light aug, blr 3e-3, layer decay 0.75", BASE + LIGHT + ["blr=3e-3", "layer_decay=0.75"]),
-    "light-blr1e-2-ld0.75-e100": ("light aug, blr 1e-2, layer decay 0.75, 100 epochs",
-                                  BASE + LIGHT + ["blr=1e-2", "layer_decay=0.75", "epochs=100", "warmup_epochs=10"]),
-    "light-blr1e-2-ld1": ("light aug, blr 1e-2, no layer decay, 100 epochs",
-                          BASE + LIGHT + ["blr=1e-2", "layer_decay=1.0", "epochs=100", "warmup_epochs=10"]),
-    "light-blr3e-2-ld1": ("light aug, blr 3e-2, no layer decay", BASE + LIGHT + ["blr=3e-2", "layer_decay=1.0"]),
-    "light-blr1e-3-ld0.75": ("light aug, blr 1e-3, layer decay 0.75", BASE + LIGHT + ["blr=1e-3", "layer_decay=0.75"]),
+    "light-blr1e-2-ld0.75": (
+        "light aug, blr 1e-2, layer decay 0.75",
+        BASE + LIGHT + ["blr=1e-2", "layer_decay=0.75"],
+    ),
+    "light-blr3e-2-ld0.75": (
+        "light aug, blr 3e-2, layer decay 0.75",
+        BASE + LIGHT + ["blr=3e-2", "layer_decay=0.75"],
+    ),
+    "light-blr3e-3-ld0.75": (
+        "light aug, blr 3e-3, layer decay 0.75",
+        BASE + LIGHT + ["blr=3e-3", "layer_decay=0.75"],
+    ),
+    "light-blr1e-2-ld0.75-e100": (
+        "light aug, blr 1e-2, layer decay 0.75, 100 epochs",
+        BASE + LIGHT + ["blr=1e-2", "layer_decay=0.75", "epochs=100", "warmup_epochs=10"],
+    ),
+    "light-blr1e-2-ld1": (
+        "light aug, blr 1e-2, no layer decay, 100 epochs",
+        BASE + LIGHT + ["blr=1e-2", "layer_decay=1.0", "epochs=100", "warmup_epochs=10"],
+    ),
+    "light-blr3e-2-ld1": (
+        "light aug, blr 3e-2, no layer decay",
+        BASE + LIGHT + ["blr=3e-2", "layer_decay=1.0"],
+    ),
+    "light-blr1e-3-ld0.75": (
+        "light aug, blr 1e-3, layer decay 0.75",
+        BASE + LIGHT + ["blr=1e-3", "layer_decay=0.75"],
+    ),
 }
 
 
@@ -98,7 +128,9 @@ def report(checkpoint: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("what", choices=("run", "report"))
     parser.add_argument("--checkpoint", default="runs/curve-fmnist/checkpoint-step468.pt")
     parser.add_argument("--arms", nargs="+", default=["scratch", "pre"], choices=("scratch", "pre"))

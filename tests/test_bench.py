@@ -27,9 +27,11 @@ def test_linear_flops_match_a_counted_forward():
     n, d = 16, 32
     t = n + 1
     expected = TINY.batch_size * (
-        TINY.depth * 24 * t * d * d + TINY.decoder_depth * 24 * n * d * d
-        + 2 * n * 64 * 3 * d + 2 * n * (4 * d * d + 4 * d * 64 * 3)
-    )  # fmt: skip
+        TINY.depth * 24 * t * d * d
+        + TINY.decoder_depth * 24 * n * d * d
+        + 2 * n * 64 * 3 * d
+        + 2 * n * (4 * d * d + 4 * d * 64 * 3)
+    )
     assert abs(linear - expected) / expected < 0.02
     # The step count adds backward (2x forward) and the order pass.
     assert step_flops(TINY) > 3 * expected / TINY.batch_size

@@ -52,10 +52,14 @@ class BenchConfig:
 
     def model_kwargs(self) -> dict:
         return {
-            "img_size": self.img_size, "patch_size": self.patch_size, "embed_dim": self.embed_dim,
-            "depth": self.depth, "num_heads": self.num_heads, "decoder_depth": self.decoder_depth,
+            "img_size": self.img_size,
+            "patch_size": self.patch_size,
+            "embed_dim": self.embed_dim,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "decoder_depth": self.decoder_depth,
             "order": "semantic",
-        }  # fmt: skip
+        }
 
 
 CONFIGS = {
@@ -71,9 +75,16 @@ CONFIGS = {
 }
 
 PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("H800", 989.4),
-    ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("B200", 2250.0),
-)  # fmt: skip
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("H800", 989.4),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("B200", 2250.0),
+)
 """Dense (no sparsity) bf16 = fp16 tensor-core peaks from the vendors' data sheets, by a substring of
 ``torch.cuda.get_device_name()``; the first match wins (so "H100 PCIe" before "H100")."""
 
@@ -234,8 +245,13 @@ def time_paths(
     return time_interleaved(runs, steps, warmup, device)
 
 
-SDPA_BACKENDS = (("flash_attention_for_cpu", "cpu-flash"), ("flash", "flash"), ("efficient", "efficient"),
-                 ("cudnn", "cudnn"), ("math", "math"))  # fmt: skip
+SDPA_BACKENDS = (
+    ("flash_attention_for_cpu", "cpu-flash"),
+    ("flash", "flash"),
+    ("efficient", "efficient"),
+    ("cudnn", "cudnn"),
+    ("math", "math"),
+)
 """ATen's SDPA implementations (``aten::_scaled_dot_product_<name>``) by substring, the first match wins."""
 
 
@@ -356,8 +372,16 @@ def run_sweep(device: str = "cpu", precision: str = "auto", steps: int = 3, warm
         flops = step_flops(cfg) * cfg.batch_size
         if cfg.name == "t-224/16":
             base = fast / flops
-        rows.append({"config": cfg.name, "tokens": (cfg.img_size // cfg.patch_size) ** 2 + 1,
-                     "decoder_depth": cfg.decoder_depth, "fast_s": fast, "reference_s": ref, "flops": flops})  # fmt: skip
+        rows.append(
+            {
+                "config": cfg.name,
+                "tokens": (cfg.img_size // cfg.patch_size) ** 2 + 1,
+                "decoder_depth": cfg.decoder_depth,
+                "fast_s": fast,
+                "reference_s": ref,
+                "flops": flops,
+            }
+        )
     for row in rows:
         row["predicted_s"] = row["flops"] * base if base else float("nan")
         print(
@@ -389,11 +413,21 @@ def bench_row(cfg: BenchConfig, s: BenchSettings) -> dict:
     ref = cfg.batch_size / statistics.median(times["reference"]) if "reference" in times else None
     achieved = fast * step_flops(cfg)
     row = {
-        "config": cfg.name, "batch_size": cfg.batch_size, "precision": s.precision, "device": str(s.device),
-        "fast_images_per_s": fast, "reference_images_per_s": ref, "ratio": fast / ref if ref else None,
-        "flops_per_image": step_flops(cfg), "achieved_flops": achieved, "ceiling_flops": s.ceiling,
-        "peak_flops": s.peak, "peak_source": s.peak_source, "mfu": achieved / s.peak, **profile,
-    }  # fmt: skip
+        "config": cfg.name,
+        "batch_size": cfg.batch_size,
+        "precision": s.precision,
+        "device": str(s.device),
+        "fast_images_per_s": fast,
+        "reference_images_per_s": ref,
+        "ratio": fast / ref if ref else None,
+        "flops_per_image": step_flops(cfg),
+        "achieved_flops": achieved,
+        "ceiling_flops": s.ceiling,
+        "peak_flops": s.peak,
+        "peak_source": s.peak_source,
+        "mfu": achieved / s.peak,
+        **profile,
+    }
     if note:
         row["note"] = note
     if s.memory:
@@ -428,10 +462,18 @@ def format_row(row: dict) -> str:
 
 
 def run_bench(
-    names: list[str], device: str = "cpu", precision: str = "auto", steps: int = 5, warmup: int = 2,
-    memory: bool = True, out: str | None = None, batch_size: int | str | None = None, max_batch: int = 4096,
-    fast_only: bool = False, matmul_size: int | None = None,
-) -> list[dict]:  # fmt: skip
+    names: list[str],
+    device: str = "cpu",
+    precision: str = "auto",
+    steps: int = 5,
+    warmup: int = 2,
+    memory: bool = True,
+    out: str | None = None,
+    batch_size: int | str | None = None,
+    max_batch: int = 4096,
+    fast_only: bool = False,
+    matmul_size: int | None = None,
+) -> list[dict]:
     """Benchmark each named config (see the module docstring); returns the rows, also written to ``out``."""
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:

@@ -78,8 +78,11 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--accum-steps", type=int, help="gradient accumulation steps")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 where the device computes it natively, else fp32")  # fmt: skip
+    g.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 where the device computes it natively, else fp32",
+    )
     g = p.add_argument_group("method")
     g.add_argument("--order", help="raster, stochastic, similarity, semantic, center, multi-center")
     g.add_argument("--target", help="pixels or features")
@@ -92,7 +95,9 @@ def add_run_folder_arguments(p: argparse.ArgumentParser | argparse._ArgumentGrou
     """``--out`` (default ``runs/COMMAND``), ``--resume``, ``--force``, ``--no-progress``: a training run's folder."""
     p.add_argument("--out", default=f"runs/{command}", help=f"run folder [default: runs/{command}]")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
-    p.add_argument("--force", action="store_true", help="start a new run in a non-empty OUT (removes its run files)")
+    p.add_argument(
+        "--force", action="store_true", help="start a new run in a non-empty OUT (removes its run files)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -124,28 +129,63 @@ def run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-ENCODER_FLAGS = {"checkpoint": "encoder.checkpoint", "random": "encoder.random", "pixels": "encoder.pixels",
-                 "preset": "encoder.preset", "seed": "encoder.init_seed"}  # fmt: skip
-FEATURE_FLAGS = {"data": "features.data", "pool": "features.pool", "batch_size": "features.batch_size",
-                 "workers": "features.workers", "device": "features.device", "precision": "features.precision",
-                 "cache": "features.cache", "labels_per_class": "features.labels_per_class",
-                 "label_fraction": "features.label_fraction"}  # fmt: skip
-LINPROBE_FLAGS = {"epochs": "probe.epochs", "probe_batch_size": "probe.batch_size", "blr": "probe.blr",
-                  "optimizer": "probe.optimizer"}  # fmt: skip
-STARTING_ENCODER_FLAGS = {"checkpoint": "encoder.checkpoint", "random": "encoder.random",
-                          "preset": "encoder.preset", "init_seed": "encoder.init_seed"}  # fmt: skip
-FINETUNE_FLAGS = {**STARTING_ENCODER_FLAGS, "data": "finetune.data", "limit": "finetune.limit",
-                  "labels_per_class": "finetune.labels_per_class", "label_fraction": "finetune.label_fraction",
-                  "val_size": "finetune.val_size", "pool": "finetune.pool", "select": "finetune.select",
-                  "device": "finetune.device"}  # fmt: skip
-SEGMENT_FLAGS = {**STARTING_ENCODER_FLAGS, "data": "segment.data", "mode": "segment.mode",
-                 "num_classes": "segment.num_classes", "limit": "segment.limit", "val_size": "segment.val_size",
-                 "select": "segment.select", "device": "segment.device"}  # fmt: skip
+ENCODER_FLAGS = {
+    "checkpoint": "encoder.checkpoint",
+    "random": "encoder.random",
+    "pixels": "encoder.pixels",
+    "preset": "encoder.preset",
+    "seed": "encoder.init_seed",
+}
+FEATURE_FLAGS = {
+    "data": "features.data",
+    "pool": "features.pool",
+    "batch_size": "features.batch_size",
+    "workers": "features.workers",
+    "device": "features.device",
+    "precision": "features.precision",
+    "cache": "features.cache",
+    "labels_per_class": "features.labels_per_class",
+    "label_fraction": "features.label_fraction",
+}
+LINPROBE_FLAGS = {
+    "epochs": "probe.epochs",
+    "probe_batch_size": "probe.batch_size",
+    "blr": "probe.blr",
+    "optimizer": "probe.optimizer",
+}
+STARTING_ENCODER_FLAGS = {
+    "checkpoint": "encoder.checkpoint",
+    "random": "encoder.random",
+    "preset": "encoder.preset",
+    "init_seed": "encoder.init_seed",
+}
+FINETUNE_FLAGS = {
+    **STARTING_ENCODER_FLAGS,
+    "data": "finetune.data",
+    "limit": "finetune.limit",
+    "labels_per_class": "finetune.labels_per_class",
+    "label_fraction": "finetune.label_fraction",
+    "val_size": "finetune.val_size",
+    "pool": "finetune.pool",
+    "select": "finetune.select",
+    "device": "finetune.device",
+}
+SEGMENT_FLAGS = {
+    **STARTING_ENCODER_FLAGS,
+    "data": "segment.data",
+    "mode": "segment.mode",
+    "num_classes": "segment.num_classes",
+    "limit": "segment.limit",
+    "val_size": "segment.val_size",
+    "select": "segment.select",
+    "device": "segment.device",
+}
 
 
 def add_set_argument(p: argparse.ArgumentParser, example: str) -> None:
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"any config field, e.g. {example}")  # fmt: skip
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help=f"any config field, e.g. {example}"
+    )
 
 
 def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
@@ -153,23 +193,36 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("encoder (one of)")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="pretraining / fine-tuning checkpoint or exported .safetensors")
-    src.add_argument("--random", action="store_const", const=True,
-                     help="floor: a randomly initialised encoder (of --preset)")  # fmt: skip
-    src.add_argument("--pixels", action="store_const", const=True,
-                     help="floor: raw pixels, flattened and normalised")  # fmt: skip
+    src.add_argument(
+        "--random",
+        action="store_const",
+        const=True,
+        help="floor: a randomly initialised encoder (of --preset)",
+    )
+    src.add_argument(
+        "--pixels", action="store_const", const=True, help="floor: raw pixels, flattened and normalised"
+    )
     e, f = EncoderConfig(), FeaturesConfig()  # the defaults, shown in the help
-    g.add_argument("--preset", help=f"model shape and input size for --random / --pixels [default: {e.preset}]")
+    g.add_argument(
+        "--preset", help=f"model shape and input size for --random / --pixels [default: {e.preset}]"
+    )
     g.add_argument("--seed", type=int, help=f"initialisation seed for --random [default: {e.init_seed}]")
     g = p.add_argument_group("features")
     g.add_argument("--data", help=f"'fashion-mnist' or a folder with train/ and val/ [default: {f.data}]")
-    g.add_argument("--pool", choices=["cls", "avg"], help=f"cls token or mean of patch tokens [default: {f.pool}]")
+    g.add_argument(
+        "--pool", choices=["cls", "avg"], help=f"cls token or mean of patch tokens [default: {f.pool}]"
+    )
     g.add_argument("--batch-size", type=int, help=f"feature extraction batch [default: {f.batch_size}]")
     g.add_argument("--workers", type=int, help=f"[default: {f.workers}]")
     g.add_argument("--device", help=f"auto, cpu, cuda, cuda:N [default: {f.device}]")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], help=f"[default: {f.precision}]")
     g.add_argument("--cache", help="folder to cache extracted features in")
-    g.add_argument("--labels-per-class", type=int, help="learn from K labelled images per class: the subset "
-                   "`finetune --labels-per-class K` trains on (same --set features.split_seed/subset_seed)")  # fmt: skip
+    g.add_argument(
+        "--labels-per-class",
+        type=int,
+        help="learn from K labelled images per class: the subset "
+        "`finetune --labels-per-class K` trains on (same --set features.split_seed/subset_seed)",
+    )
     g.add_argument("--label-fraction", type=float, help="... or from this fraction of every class")
     g.add_argument("--out", help="write the results as JSON here")
     g.add_argument("--no-progress", action="store_true")
@@ -180,14 +233,19 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("knn", help="weighted k-NN accuracy of frozen features", formatter_class=fmt)
     add_encoder_arguments(p)
     k = KnnConfig()
-    p.add_argument("--ks", type=int, nargs="+", help=f"numbers of neighbours [default: {' '.join(map(str, k.ks))}]")
+    p.add_argument(
+        "--ks", type=int, nargs="+", help=f"numbers of neighbours [default: {' '.join(map(str, k.ks))}]"
+    )
     p.add_argument("--temperature", type=float, help=f"[default: {k.temperature}]")
     add_set_argument(p, "knn.temperature=0.1")
 
     p = sub.add_parser("linprobe", help="linear probe on frozen features", formatter_class=fmt)
     add_encoder_arguments(p)
-    p.add_argument("--recipe", help=f"one of {preset_names(LinprobeRunConfig)} or a YAML file [default: cpu]"
-                   " (paper: 90 ep, batch 4096, LARS)")  # fmt: skip
+    p.add_argument(
+        "--recipe",
+        help=f"one of {preset_names(LinprobeRunConfig)} or a YAML file [default: cpu]"
+        " (paper: 90 ep, batch 4096, LARS)",
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--probe-batch-size", type=int, help="batch of the probe's optimiser")
     p.add_argument("--blr", type=float)
@@ -198,17 +256,32 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     ft = FinetuneConfig()
     add_starting_encoder_arguments(p, "pretraining checkpoint or exported .safetensors")
     g = p.add_argument_group("labels and selection")
-    g.add_argument("--labels-per-class", type=int, help="train on K labelled images per class (stratified, seeded)")
+    g.add_argument(
+        "--labels-per-class", type=int, help="train on K labelled images per class (stratified, seeded)"
+    )
     g.add_argument("--label-fraction", type=float, help="... or on this fraction of every class, in (0, 1]")
-    g.add_argument("--val-size", type=int, help="validation images carved from the training split "
-                   "[default: 10 %%, at most 5000]")  # fmt: skip
-    g.add_argument("--select", choices=["last", "best"], help="weights scored on the test split, once "
-                   f"[default: {ft.select}]")  # fmt: skip
-    g.add_argument("--pool", choices=["avg", "cls"], help="avg: mean of patch tokens + fc_norm (the official "
-                   f"fine-tuning); cls: cls token [default: {ft.pool}]")  # fmt: skip
+    g.add_argument(
+        "--val-size",
+        type=int,
+        help="validation images carved from the training split [default: 10 %%, at most 5000]",
+    )
+    g.add_argument(
+        "--select",
+        choices=["last", "best"],
+        help=f"weights scored on the test split, once [default: {ft.select}]",
+    )
+    g.add_argument(
+        "--pool",
+        choices=["avg", "cls"],
+        help="avg: mean of patch tokens + fc_norm (the official "
+        f"fine-tuning); cls: cls token [default: {ft.pool}]",
+    )
     p.add_argument("--data", help=f"'fashion-mnist' or a folder with train/ and val/ [default: {ft.data}]")
-    p.add_argument("--recipe", help=f"one of {preset_names(FinetuneRunConfig)} or a YAML file such as a "
-                   "run's config.yaml [default: cpu] (paper: Table S2)")  # fmt: skip
+    p.add_argument(
+        "--recipe",
+        help=f"one of {preset_names(FinetuneRunConfig)} or a YAML file such as a "
+        "run's config.yaml [default: cpu] (paper: Table S2)",
+    )
     add_set_argument(p, "finetune.epochs=5 (or epochs=5)")
     p.add_argument("--limit", type=int, help="only the first N training images")
     p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N [default: {ft.device}]")
@@ -216,9 +289,13 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="the encoder alone: timm's safetensors + json, or an MAE-format .pth")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--format", default="safetensors", help="safetensors (timm's keys, with a .json of the shape) "
-                   "or mae (a {'model': state_dict} .pth, the file detectron2's ViTDet and mmsegmentation's MAE "
-                   "configs load) [default: safetensors]")  # fmt: skip
+    p.add_argument(
+        "--format",
+        default="safetensors",
+        help="safetensors (timm's keys, with a .json of the shape) "
+        "or mae (a {'model': state_dict} .pth, the file detectron2's ViTDet and mmsegmentation's MAE "
+        "configs load) [default: safetensors]",
+    )
     p.add_argument("--out", help="[default: encoder.safetensors, or encoder.pth with --format mae]")
 
 
@@ -228,8 +305,12 @@ def add_starting_encoder_arguments(p: argparse.ArgumentParser, checkpoint_help: 
     g = p.add_argument_group("encoder (one of)")
     src = g.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help=checkpoint_help)
-    src.add_argument("--random", action="store_const", const=True,
-                     help="the scratch baseline: the encoder as pretraining initialises it (shape of --preset)")  # fmt: skip
+    src.add_argument(
+        "--random",
+        action="store_const",
+        const=True,
+        help="the scratch baseline: the encoder as pretraining initialises it (shape of --preset)",
+    )
     g.add_argument("--preset", help=f"model shape for --random [default: {e.preset}]")
     g.add_argument("--init-seed", type=int, help=f"initialisation seed for --random [default: {e.init_seed}]")
 
@@ -239,23 +320,44 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> None:
 
     sg = SegmentConfig()
     p = sub.add_parser("segment", help="semantic segmentation: the encoder as a ViTDet backbone (mIoU)")
-    add_starting_encoder_arguments(p, "pretraining / fine-tuning checkpoint, or an exported encoder "
-                                   "(.safetensors or .pth, with its .json)")  # fmt: skip
+    add_starting_encoder_arguments(
+        p,
+        "pretraining / fine-tuning checkpoint, or an exported encoder (.safetensors or .pth, with its .json)",
+    )
     g = p.add_argument_group("task")
-    g.add_argument("--data", help="cluttered-fashion-mnist[:dir], or a folder with train/ and val/, each with "
-                   f"images/ and masks/ (PNG class ids, 255 = ignore) [default: {sg.data}]")  # fmt: skip
-    g.add_argument("--num-classes", type=int, help="classes of a mask folder (ids 0..K-1) [default: the data's own]")
-    g.add_argument("--linear", dest="mode", action="store_const", const="linear",
-                   help="frozen-encoder linear probe (BN + 1x1 conv on the patch tokens) instead of fine-tuning "
-                   "the pyramid + Semantic FPN head end to end; its lr is segment.linear_lr when the recipe "
-                   "gives one (cpu: 0.3), else segment.lr")  # fmt: skip
+    g.add_argument(
+        "--data",
+        help="cluttered-fashion-mnist[:dir], or a folder with train/ and val/, each with "
+        f"images/ and masks/ (PNG class ids, 255 = ignore) [default: {sg.data}]",
+    )
+    g.add_argument(
+        "--num-classes", type=int, help="classes of a mask folder (ids 0..K-1) [default: the data's own]"
+    )
+    g.add_argument(
+        "--linear",
+        dest="mode",
+        action="store_const",
+        const="linear",
+        help="frozen-encoder linear probe (BN + 1x1 conv on the patch tokens) instead of fine-tuning "
+        "the pyramid + Semantic FPN head end to end; its lr is segment.linear_lr when the recipe "
+        "gives one (cpu: 0.3), else segment.lr",
+    )
     g.add_argument("--limit", type=int, help="only the first N training images")
-    g.add_argument("--val-size", type=int, help="validation images carved from the training split "
-                   "[default: 10 %%, at most 5000]")  # fmt: skip
-    g.add_argument("--select", choices=["last", "best"], help="weights scored on the test split, once "
-                   f"[default: {sg.select}]")  # fmt: skip
-    p.add_argument("--recipe", help=f"one of {preset_names(SegmentRunConfig)} or a YAML file such as a run's "
-                   "config.yaml [default: cpu] (paper: MAE's ADE20k recipe)")  # fmt: skip
+    g.add_argument(
+        "--val-size",
+        type=int,
+        help="validation images carved from the training split [default: 10 %%, at most 5000]",
+    )
+    g.add_argument(
+        "--select",
+        choices=["last", "best"],
+        help=f"weights scored on the test split, once [default: {sg.select}]",
+    )
+    p.add_argument(
+        "--recipe",
+        help=f"one of {preset_names(SegmentRunConfig)} or a YAML file such as a run's "
+        "config.yaml [default: cpu] (paper: MAE's ADE20k recipe)",
+    )
     add_set_argument(p, "segment.epochs=5 (or epochs=5)")
     p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N [default: {sg.device}]")
     add_run_folder_arguments(p, "segment")
@@ -338,22 +440,34 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     from .bench import CONFIGS
 
     p = sub.add_parser(
-        "bench", help="time the full pretraining step: fast path vs explicit masks",
+        "bench",
+        help="time the full pretraining step: fast path vs explicit masks",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )  # fmt: skip
+    )
     p.add_argument(
         "--config", nargs="+", default=["vit-t16-224", "vit-s16-224", "vit-t4-32"], choices=sorted(CONFIGS)
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="auto: bf16 where the device computes it natively, else fp32; fp16: CUDA only")  # fmt: skip
-    p.add_argument("--batch-size", type=_batch_size, metavar="N|max",
-                   help="batch of every config (default: the config's own); max: the largest power of two "
-                   "whose fast step fits in device memory")  # fmt: skip
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="auto: bf16 where the device computes it natively, else fp32; fp16: CUDA only",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        metavar="N|max",
+        help="batch of every config (default: the config's own); max: the largest power of two "
+        "whose fast step fits in device memory",
+    )
     p.add_argument("--max-batch", type=int, default=4096, help="upper bound of --batch-size max")
     p.add_argument("--fast-only", action="store_true", help="time the fast path alone (no explicit masks)")
-    p.add_argument("--matmul-size", type=int, help="side of the matmul that measures the ceiling "
-                   "(default: 2048 on CPU, 8192 on GPU)")  # fmt: skip
+    p.add_argument(
+        "--matmul-size",
+        type=int,
+        help="side of the matmul that measures the ceiling (default: 2048 on CPU, 8192 on GPU)",
+    )
     p.add_argument("--steps", type=int, default=5, help="timed steps per path")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
@@ -369,8 +483,19 @@ def run_bench_command(args: argparse.Namespace) -> int:
         if args.out:
             _write_json(args.out, {"sweep": rows})
         return 0
-    run_bench(args.config, args.device, args.precision, args.steps, args.warmup, not args.no_memory, args.out,
-              args.batch_size, args.max_batch, args.fast_only, args.matmul_size)  # fmt: skip
+    run_bench(
+        args.config,
+        args.device,
+        args.precision,
+        args.steps,
+        args.warmup,
+        not args.no_memory,
+        args.out,
+        args.batch_size,
+        args.max_batch,
+        args.fast_only,
+        args.matmul_size,
+    )
     return 0
 
 
@@ -409,8 +534,10 @@ def run_knn(args: argparse.Namespace) -> int:
     result = knn_accuracy(train_f, train_y, test_f, test_y, cfg.knn.ks, cfg.knn.temperature)
     f = cfg.features
     _print_results(f"k-NN ({enc.description}, {f.pool}, T={cfg.knn.temperature}) on {f.data}", result)
-    _write_json(args.out, {**result, "encoder": enc.description, "data": f.data, "pool": f.pool,
-                           "config": cfg.to_dict()})  # fmt: skip
+    _write_json(
+        args.out,
+        {**result, "encoder": enc.description, "data": f.data, "pool": f.pool, "config": cfg.to_dict()},
+    )
     return 0
 
 
@@ -425,10 +552,20 @@ def run_linprobe(args: argparse.Namespace) -> int:
     train_f, train_y, test_f, test_y = split_features(cfg.features, enc, not args.no_progress)
     result = train_linear_probe(train_f, train_y, test_f, test_y, cfg.probe, progress=not args.no_progress)
     f = cfg.features
-    print(f"linear probe ({enc.description}, {f.pool}) on {f.data}: top-1 {result['top1']:.2f}%, "
-          f"top-5 {result['top5']:.2f}%")  # fmt: skip
-    _write_json(args.out, {**result, "encoder": enc.description, "data": f.data, "recipe": cfg.to_dict()["probe"],
-                           "config": cfg.to_dict()})  # fmt: skip
+    print(
+        f"linear probe ({enc.description}, {f.pool}) on {f.data}: top-1 {result['top1']:.2f}%, "
+        f"top-5 {result['top5']:.2f}%"
+    )
+    _write_json(
+        args.out,
+        {
+            **result,
+            "encoder": enc.description,
+            "data": f.data,
+            "recipe": cfg.to_dict()["probe"],
+            "config": cfg.to_dict(),
+        },
+    )
     return 0
 
 
@@ -480,22 +617,36 @@ def run_segment(args: argparse.Namespace) -> int:
 def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str, report: str = "") -> None:
     """The flags every study shares: data, quick, seeds, study folder, report folder (``report``-DATA.md, by
     default ``kind``-DATA.md), --set."""
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or cluttered-fashion-mnist "
-                   "(default: fashion-mnist)")
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="fashion-mnist or cluttered-fashion-mnist (default: fashion-mnist)",
+    )
     p.add_argument("--quick", action="store_true", help="a tiny smoke test of the whole pipeline")
     p.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; --quick: 2)")
-    p.add_argument("--out", help=f"study folder (default: runs/{kind}-DATA[-quick]); rerun to resume; several "
-                   "processes on one folder share its runs (one per GPU, or two single-threaded on two CPU cores)")
-    p.add_argument("--report-dir", help=f"where {report or kind}-DATA.md and .png go (default: the study folder)")
-    p.add_argument("--only-seeds", type=int, nargs="+", help="run only these seeds' runs now (the rest on a rerun)")
-    p.add_argument("--deadline", help="start only the runs expected to end by then (+90m, +2h30m, HH:MM "
-                   "(the next one), YYYY-MM-DDTHH:MM), from the finished runs of the same kind; the rest on a rerun (default: none)")
+    p.add_argument(
+        "--out",
+        help=f"study folder (default: runs/{kind}-DATA[-quick]); rerun to resume; several "
+        "processes on one folder share its runs (one per GPU, or two single-threaded on two CPU cores)",
+    )
+    p.add_argument(
+        "--report-dir", help=f"where {report or kind}-DATA.md and .png go (default: the study folder)"
+    )
+    p.add_argument(
+        "--only-seeds", type=int, nargs="+", help="run only these seeds' runs now (the rest on a rerun)"
+    )
+    p.add_argument(
+        "--deadline",
+        help="start only the runs expected to end by then (+90m, +2h30m, HH:MM "
+        "(the next one), YYYY-MM-DDTHH:MM), from the finished runs of the same kind; the rest on a rerun (default: none)",
+    )
     add_set_argument(p, example)
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, background runs)")
 
 
-def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plot, report, stem: str = "",
-                settle=None) -> int:  # fmt: skip
+def run_a_study(
+    args: argparse.Namespace, kind: str, command: str, cfg, run, plot, report, stem: str = "", settle=None
+) -> int:
     """Plan (with --set; ``settle(plan, folder)`` fixes what the folder's study has recorded), run (resumable),
     chart, report (``stem``-DATA.md, by default ``kind``-DATA.md), and the per-run rows beside the report."""
     from .config import parse_assignment
@@ -514,8 +665,12 @@ def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plo
     stem = f"{stem or kind}-{name}"
     chart, markdown = report_dir / f"{stem}.png", report_dir / f"{stem}.md"
     plot(rows, plan, chart)
-    command += f" --data {args.data}" + " --quick" * args.quick + (f" --seeds {args.seeds}" if args.seeds else "")
-    command += (f" --out {args.out}" if args.out else "") + (f" --report-dir {args.report_dir}" if args.report_dir else "")
+    command += (
+        f" --data {args.data}" + " --quick" * args.quick + (f" --seeds {args.seeds}" if args.seeds else "")
+    )
+    command += (f" --out {args.out}" if args.out else "") + (
+        f" --report-dir {args.report_dir}" if args.report_dir else ""
+    )
     report(rows, plan, command + "".join(f" --set {a}" for a in args.set), markdown, chart)
     if report_dir.resolve() != folder.resolve():  # keep the per-run rows beside the report
         (report_dir / f"{stem}.jsonl").write_text((folder / "results.jsonl").read_text())
@@ -525,17 +680,26 @@ def run_a_study(args: argparse.Namespace, kind: str, command: str, cfg, run, plo
 
 def add_study_parsers(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.HelpFormatter  # each help text states its default
-    p = sub.add_parser("reproduce", help="the order study (Tables 1 and 3 at small scale): every order x seeds",
-                       formatter_class=fmt)  # fmt: skip
+    p = sub.add_parser(
+        "reproduce",
+        help="the order study (Tables 1 and 3 at small scale): every order x seeds",
+        formatter_class=fmt,
+    )
     add_study_arguments(p, "reproduce", "study.limit=38400")
     p = sub.add_parser("study", help="studies that answer a question with many runs and write a report")
     studies = p.add_subparsers(dest="study", required=True)
-    q = studies.add_parser("payoff", formatter_class=fmt,
-                           help="fine-tuning from semaim encoders vs from scratch, against labels, with floors")  # fmt: skip
+    q = studies.add_parser(
+        "payoff",
+        formatter_class=fmt,
+        help="fine-tuning from semaim encoders vs from scratch, against labels, with floors",
+    )
     add_study_arguments(q, "payoff", "study.finetune=[epochs=20,batch_size=32]")
-    q = studies.add_parser("orders", formatter_class=fmt,
-                           help="Tables 1 and 3 on trained encoders: every order and variant, fine-tuned, frozen, "
-                                "segmentation; also writes the payoff report of its scratch/semantic/raster runs")  # fmt: skip
+    q = studies.add_parser(
+        "orders",
+        formatter_class=fmt,
+        help="Tables 1 and 3 on trained encoders: every order and variant, fine-tuned, frozen, "
+        "segmentation; also writes the payoff report of its scratch/semantic/raster runs",
+    )
     add_study_arguments(q, "orders", "study.seeds=[0,1]", "orders-v2")  # v1: `semaim reproduce`
 
 
@@ -560,11 +724,28 @@ def run_study_command(args: argparse.Namespace) -> int:
         from .study.orders import REPORT, orders_plan, plot_orders, write_orders_report
 
         cfg = PayoffConfig(orders_plan(args.data, args.quick, args.seeds))
-        return run_a_study(args, "orders", "semaim study orders", cfg, run_payoff, plot_orders, write_orders_report,
-                           REPORT, settle_precision)  # fmt: skip
+        return run_a_study(
+            args,
+            "orders",
+            "semaim study orders",
+            cfg,
+            run_payoff,
+            plot_orders,
+            write_orders_report,
+            REPORT,
+            settle_precision,
+        )
     cfg = PayoffConfig(payoff_plan(args.data, args.quick, args.seeds))
-    return run_a_study(args, "payoff", "semaim study payoff", cfg, run_payoff, plot_payoff, write_payoff_report,
-                       settle=settle_precision)  # fmt: skip
+    return run_a_study(
+        args,
+        "payoff",
+        "semaim study payoff",
+        cfg,
+        run_payoff,
+        plot_payoff,
+        write_payoff_report,
+        settle=settle_precision,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -133,8 +133,12 @@ class ModelConfig:
             )
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"{prefix}num_heads: {self.num_heads} must divide embed_dim {self.embed_dim}")
-        require(self.embed_dim % 4 == 0, f"{prefix}embed_dim",
-                "a multiple of 4 (the 2-D sin-cos position embedding)", self.embed_dim)  # fmt: skip
+        require(
+            self.embed_dim % 4 == 0,
+            f"{prefix}embed_dim",
+            "a multiple of 4 (the 2-D sin-cos position embedding)",
+            self.embed_dim,
+        )
         if self.depth % self.decoder_depth:
             raise ConfigError(
                 f"{prefix}decoder_depth: must divide depth {self.depth} so that decoder blocks read uniformly "
@@ -147,16 +151,22 @@ class ModelConfig:
         require_choice(self.center_map, f"{prefix}center_map", CENTER_MAPS)
         require_choice(self.target, f"{prefix}target", TARGETS)
         if self.center_map == "attention" and self.target == "features":
-            raise ConfigError(f"{prefix}center_map: 'attention' reads the model's own encoder; with a teacher "
-                              "(target='features') the teacher's similarity map gives the order")  # fmt: skip
+            raise ConfigError(
+                f"{prefix}center_map: 'attention' reads the model's own encoder; with a teacher "
+                "(target='features') the teacher's similarity map gives the order"
+            )
         if self.target == "features" and not (self.teacher_arch and self.teacher_path):
             raise ConfigError(
                 f"{prefix}teacher_arch/teacher_path: target='features' needs a timm architecture name and a "
                 f"local checkpoint file, got teacher_arch={self.teacher_arch!r}, teacher_path={self.teacher_path!r}"
             )
         require(self.num_centers >= 1, f"{prefix}num_centers", ">= 1", self.num_centers)
-        require(self.blur_kernel >= 1 and self.blur_kernel % 2 == 1, f"{prefix}blur_kernel", "an odd size",
-                self.blur_kernel)  # fmt: skip
+        require(
+            self.blur_kernel >= 1 and self.blur_kernel % 2 == 1,
+            f"{prefix}blur_kernel",
+            "an odd size",
+            self.blur_kernel,
+        )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -229,21 +239,34 @@ class TrainConfig:
             require(getattr(self, name) >= 1, f"{prefix}{name}", "a positive int", getattr(self, name))
         ok = self.encoder_init_depth is None or self.encoder_init_depth >= 1
         require(ok, f"{prefix}encoder_init_depth", "a positive int or null", self.encoder_init_depth)
-        require(self.save_every_epochs >= 0, f"{prefix}save_every_epochs", "an int >= 0", self.save_every_epochs)
-        require(all(s >= 1 for s in self.keep_steps), f"{prefix}keep_steps", "positive ints", list(self.keep_steps))
+        require(
+            self.save_every_epochs >= 0, f"{prefix}save_every_epochs", "an int >= 0", self.save_every_epochs
+        )
+        require(
+            all(s >= 1 for s in self.keep_steps),
+            f"{prefix}keep_steps",
+            "positive ints",
+            list(self.keep_steps),
+        )
         if self.batch_size % self.accum_steps:
             raise ConfigError(
                 f"{prefix}batch_size: {self.batch_size} is not divisible by {prefix}accum_steps {self.accum_steps}"
             )
         require_positive(self, prefix, "blr", "lr", "clip_grad")
         require_positive(self, prefix, "min_lr", "warmup_epochs", "weight_decay", allow_zero=True)
-        require(all(0 <= b < 1 for b in self.betas), f"{prefix}betas", "two values in [0, 1)", list(self.betas))
+        require(
+            all(0 <= b < 1 for b in self.betas), f"{prefix}betas", "two values in [0, 1)", list(self.betas)
+        )
         require_choice(self.precision, f"{prefix}precision", PRECISIONS)
         ok = self.ema_decay is None or 0 < self.ema_decay < 1
         require(ok, f"{prefix}ema_decay", "a value in (0, 1) or null", self.ema_decay)
         ok = self.ema_decay is None or self.order_source is None
-        require(ok, f"{prefix}order_source", "unset when train.ema_decay is set (one source of the order)",
-                self.order_source)  # fmt: skip
+        require(
+            ok,
+            f"{prefix}order_source",
+            "unset when train.ema_decay is set (one source of the order)",
+            self.order_source,
+        )
         return self
 
 
@@ -299,13 +322,22 @@ class FeaturesConfig:
 
 def validate_label_subset(section: Any, prefix: str) -> None:
     """``labels_per_class`` / ``label_fraction`` / ``val_size`` of a section (fine-tuning or features)."""
-    require(section.labels_per_class is None or section.label_fraction is None, f"{prefix}labels_per_class",
-            "not together with label_fraction", section.labels_per_class)  # fmt: skip
+    require(
+        section.labels_per_class is None or section.label_fraction is None,
+        f"{prefix}labels_per_class",
+        "not together with label_fraction",
+        section.labels_per_class,
+    )
     ok = section.label_fraction is None or 0 < section.label_fraction <= 1
     require(ok, f"{prefix}label_fraction", "a value in (0, 1]", section.label_fraction)
     ok = section.labels_per_class is None or section.labels_per_class >= 1
     require(ok, f"{prefix}labels_per_class", "a positive int", section.labels_per_class)
-    require(section.val_size is None or section.val_size >= 0, f"{prefix}val_size", "an int >= 0", section.val_size)
+    require(
+        section.val_size is None or section.val_size >= 0,
+        f"{prefix}val_size",
+        "an int >= 0",
+        section.val_size,
+    )
 
 
 @dataclass
@@ -316,7 +348,9 @@ class KnnConfig:
     temperature: float = 0.07
 
     def validate(self, prefix: str = "knn.") -> KnnConfig:
-        require(len(self.ks) > 0 and all(k >= 1 for k in self.ks), f"{prefix}ks", "positive ints", list(self.ks))
+        require(
+            len(self.ks) > 0 and all(k >= 1 for k in self.ks), f"{prefix}ks", "positive ints", list(self.ks)
+        )
         require_positive(self, prefix, "temperature")
         return self
 
@@ -334,13 +368,19 @@ class LinProbeConfig:
     seed: int = 0
 
     def validate(self, prefix: str = "probe.") -> LinProbeConfig:
-        require(self.epochs >= 1 and self.batch_size >= 1, f"{prefix}epochs/batch_size", "positive ints",
-                [self.epochs, self.batch_size])  # fmt: skip
+        require(
+            self.epochs >= 1 and self.batch_size >= 1,
+            f"{prefix}epochs/batch_size",
+            "positive ints",
+            [self.epochs, self.batch_size],
+        )
         require_positive(self, prefix, "blr")
         require_positive(self, prefix, "warmup_epochs", "weight_decay", allow_zero=True)
         require_choice(self.optimizer, f"{prefix}optimizer", ("lars", "sgd"))
         if self.optimizer == "lars":  # timm's Lars equals MAE's only without weight decay
-            require(self.weight_decay == 0, f"{prefix}weight_decay", "0 with optimizer lars", self.weight_decay)
+            require(
+                self.weight_decay == 0, f"{prefix}weight_decay", "0 with optimizer lars", self.weight_decay
+            )
         return self
 
 
@@ -387,14 +427,22 @@ class FinetuneConfig:
         require(self.workers >= 0, f"{prefix}workers", "an int >= 0", self.workers)
         require(self.budget_steps >= 0, f"{prefix}budget_steps", "an int >= 0", self.budget_steps)
         require_positive(self, prefix, "blr", "clip_grad")
-        require_positive(self, prefix, "min_lr", "warmup_epochs", "weight_decay", "mixup", "cutmix",
-                         allow_zero=True)  # fmt: skip
+        require_positive(
+            self, prefix, "min_lr", "warmup_epochs", "weight_decay", "mixup", "cutmix", allow_zero=True
+        )
         require(0 < self.layer_decay <= 1, f"{prefix}layer_decay", "a value in (0, 1]", self.layer_decay)
         ok = self.batch_size % 2 == 0 or not (self.mixup > 0 or self.cutmix > 0)
-        require(ok, f"{prefix}batch_size", "an even number with mixup / cutmix (timm pairs images)", self.batch_size)
+        require(
+            ok,
+            f"{prefix}batch_size",
+            "an even number with mixup / cutmix (timm pairs images)",
+            self.batch_size,
+        )
         for name in ("drop_path", "reprob", "smoothing"):
             require(0 <= getattr(self, name) < 1, f"{prefix}{name}", "a value in [0, 1)", getattr(self, name))
-        require(all(0 <= b < 1 for b in self.betas), f"{prefix}betas", "two values in [0, 1)", list(self.betas))
+        require(
+            all(0 <= b < 1 for b in self.betas), f"{prefix}betas", "two values in [0, 1)", list(self.betas)
+        )
         require_choice(self.precision, f"{prefix}precision", ("auto", "fp32", "bf16"))
         require_crop_scale(self.crop_scale, f"{prefix}crop_scale")
         self.validate_data(prefix)
@@ -405,8 +453,12 @@ class FinetuneConfig:
         validate_label_subset(self, prefix)
         require_choice(self.pool, f"{prefix}pool", ("avg", "cls"))
         require_choice(self.select, f"{prefix}select", ("last", "best"))
-        require(self.select == "last" or self.val_size != 0, f"{prefix}select", "last when val_size is 0",
-                self.select)  # fmt: skip
+        require(
+            self.select == "last" or self.val_size != 0,
+            f"{prefix}select",
+            "last when val_size is 0",
+            self.select,
+        )
 
 
 SEGMENT_MODES = ("finetune", "linear")
@@ -423,7 +475,9 @@ class SegmentConfig:
     """
 
     data: str = "cluttered-fashion-mnist"  # [:dir], or a folder: {train,val}/{images,masks}/
-    num_classes: int | None = None  # None: the data's own (cluttered: background + 10 items); set for a folder
+    num_classes: int | None = (
+        None  # None: the data's own (cluttered: background + 10 items); set for a folder
+    )
     mode: str = "finetune"  # finetune | linear (frozen encoder, BN + 1x1 conv on the patch tokens)
     limit: int | None = None  # only the first N training images (after the validation split is carved out)
     val_size: int | None = None  # validation images carved from the training split; None: 10 %, at most 5000
@@ -437,7 +491,9 @@ class SegmentConfig:
     epochs: int = 127  # 160k iterations x batch 16 / 20,210 images
     batch_size: int = 16
     lr: float = 1e-4  # absolute (segmentation recipes give it so), not scaled by the batch
-    linear_lr: float | None = None  # linear mode's own lr (None: lr): a lone head on fixed features takes larger steps
+    linear_lr: float | None = (
+        None  # linear mode's own lr (None: lr): a lone head on fixed features takes larger steps
+    )
     min_lr: float = 0.0
     warmup_epochs: float = 1.19  # 1500 iterations
     weight_decay: float = 0.05
@@ -455,22 +511,34 @@ class SegmentConfig:
         for name in ("epochs", "batch_size", "save_every_steps", "eval_every", "pyramid_dim", "head_dim"):
             require(getattr(self, name) >= 1, f"{prefix}{name}", "a positive int", getattr(self, name))
         require(self.limit is None or self.limit >= 1, f"{prefix}limit", "a positive int or null", self.limit)
-        require(self.val_size is None or self.val_size >= 0, f"{prefix}val_size", "an int >= 0", self.val_size)
+        require(
+            self.val_size is None or self.val_size >= 0, f"{prefix}val_size", "an int >= 0", self.val_size
+        )
         ok = self.num_classes is None or self.num_classes >= 2
         require(ok, f"{prefix}num_classes", "an int >= 2 or null", self.num_classes)
         require(self.workers >= 0, f"{prefix}workers", "an int >= 0", self.workers)
         require_choice(self.mode, f"{prefix}mode", SEGMENT_MODES)
         require_choice(self.select, f"{prefix}select", ("last", "best"))
-        require(self.select == "last" or self.val_size != 0, f"{prefix}select", "last when val_size is 0",
-                self.select)  # fmt: skip
+        require(
+            self.select == "last" or self.val_size != 0,
+            f"{prefix}select",
+            "last when val_size is 0",
+            self.select,
+        )
         ok = len(self.scales) > 0 and len(set(self.scales)) == len(self.scales)
-        require(ok and set(self.scales) <= {4.0, 2.0, 1.0, 0.5}, f"{prefix}scales",
-                "distinct values among [4.0, 2.0, 1.0, 0.5] (ViTDet's pyramid)", list(self.scales))  # fmt: skip
+        require(
+            ok and set(self.scales) <= {4.0, 2.0, 1.0, 0.5},
+            f"{prefix}scales",
+            "distinct values among [4.0, 2.0, 1.0, 0.5] (ViTDet's pyramid)",
+            list(self.scales),
+        )
         require_positive(self, prefix, "lr", "linear_lr", "clip_grad")
         require_positive(self, prefix, "min_lr", "warmup_epochs", "weight_decay", allow_zero=True)
         require(0 < self.layer_decay <= 1, f"{prefix}layer_decay", "a value in (0, 1]", self.layer_decay)
         require(0 <= self.drop_path < 1, f"{prefix}drop_path", "a value in [0, 1)", self.drop_path)
-        require(all(0 <= b < 1 for b in self.betas), f"{prefix}betas", "two values in [0, 1)", list(self.betas))
+        require(
+            all(0 <= b < 1 for b in self.betas), f"{prefix}betas", "two values in [0, 1)", list(self.betas)
+        )
         require_choice(self.precision, f"{prefix}precision", ("auto", "fp32", "bf16"))
         return self
 
@@ -514,7 +582,9 @@ class Sections:
         unknown = sorted(set(values) - set(types_))
         if unknown:
             raise ConfigError(f"config: unknown section(s) {unknown}; expected {list(types_)}")
-        return cls(**{name: make_section(kind, values.get(name) or {}, name) for name, kind in types_.items()})
+        return cls(
+            **{name: make_section(kind, values.get(name) or {}, name) for name, kind in types_.items()}
+        )
 
     def set(self, key: str, value: Any) -> None:
         """Set ``section.field`` (or a bare ``field`` that only one section has) with a type check."""
@@ -528,7 +598,9 @@ class Sections:
         if "." in key:
             section, name = key.split(".", 1)
             if section not in types_:
-                raise ConfigError(f"--set: unknown section {section!r} in {key!r}; expected one of {list(types_)}")
+                raise ConfigError(
+                    f"--set: unknown section {section!r} in {key!r}; expected one of {list(types_)}"
+                )
             known = sorted(f.name for f in fields(types_[section]))
             if name not in known:
                 raise ConfigError(f"--set: unknown field {key!r}; {section} has {known}")
@@ -555,12 +627,20 @@ class PretrainConfig(Sections):
         self.train.validate()
         if self.train.order_source is not None:  # an order source that could never act is a mistake
             ok = self.model.order in NEEDS_SIMILARITY and self.model.target == "pixels"
-            require(ok, "train.order_source", "unset unless model.order reads a map (similarity, semantic, "
-                    "multi-center) and model.target is pixels (a teacher orders by its own map)",
-                    self.train.order_source)  # fmt: skip
+            require(
+                ok,
+                "train.order_source",
+                "unset unless model.order reads a map (similarity, semantic, "
+                "multi-center) and model.target is pixels (a teacher orders by its own map)",
+                self.train.order_source,
+            )
         init_depth = self.train.encoder_init_depth
-        require(init_depth is None or self.model.depth % init_depth == 0, "train.encoder_init_depth",
-                f"a decoder depth that divides model.depth {self.model.depth}, or null", init_depth)  # fmt: skip
+        require(
+            init_depth is None or self.model.depth % init_depth == 0,
+            "train.encoder_init_depth",
+            f"a decoder depth that divides model.depth {self.model.depth}, or null",
+            init_depth,
+        )
         return self
 
 

@@ -52,7 +52,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             break
         state = inner
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint {path}: expected a dict of tensors (a state dict), got {type(state)}")
+        raise CheckpointError(
+            f"checkpoint {path}: expected a dict of tensors (a state dict), got {type(state)}"
+        )
     for prefix in _PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}

@@ -37,8 +37,18 @@ def load_benchmark(name: str):
 @pytest.mark.parametrize("device", DEVICES)
 def test_bench_takes_the_largest_batch_and_reports_mfu_and_kernels(device, tmp_path):
     out = tmp_path / "bench.json"
-    rows = bench.run_bench(["tiny-32"], device=device, precision="fp32", steps=1, warmup=1, memory=False,
-                           out=str(out), batch_size="max", max_batch=8, matmul_size=256)  # fmt: skip
+    rows = bench.run_bench(
+        ["tiny-32"],
+        device=device,
+        precision="fp32",
+        steps=1,
+        warmup=1,
+        memory=False,
+        out=str(out),
+        batch_size="max",
+        max_batch=8,
+        matmul_size=256,
+    )
     (row,) = rows
     assert row["batch_size"] == 8 and row["device"].startswith(device)
     assert row["mfu"] > 0 and row["mfu"] == row["achieved_flops"] / row["peak_flops"]
@@ -98,12 +108,15 @@ def test_peak_flops_come_from_the_data_sheet_for_known_gpus(monkeypatch):
     assert bench.peak_flops(torch.device("cuda"), "fp16", measured=5e14)[0] == 756e12
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
     assert bench.peak_flops(torch.device("cuda"), "bf16", measured=5e14) == (
-        5e14, "the bf16 matmul measured here, 500.00 TFLOP/s"
-    )  # fmt: skip
+        5e14,
+        "the bf16 matmul measured here, 500.00 TFLOP/s",
+    )
     assert bench.peak_flops(torch.device("cpu"), "bf16", measured=4e11)[0] == 4e11
 
 
-@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+@pytest.mark.filterwarnings(
+    "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning"
+)
 @pytest.mark.parametrize("device", DEVICES)
 def test_gpu_decoding_gives_the_pil_pipeline_s_images(tmp_path, device):
     """``loader.py --decode gpu`` decodes with torchvision on the device and crops, flips and normalises
@@ -126,8 +139,14 @@ def test_gpu_decoding_gives_the_pil_pipeline_s_images(tmp_path, device):
 
 def run_script(out: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, float]:
     start = time.perf_counter()
-    proc = subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=400,
-                          env={**os.environ, "OUT": str(out), "REFERENCE_DIR": "", **env})  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, "OUT": str(out), "REFERENCE_DIR": "", **env},
+    )
     return proc, time.perf_counter() - start
 
 
@@ -142,10 +161,25 @@ def test_dry_run_goes_through_every_step_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     print(f"dry run: {seconds:.0f} s")
     steps = steps_of(out)
-    assert list(steps) == ["env", "tests", "bench-b16", "bench-l16", "reference", "loader", "pretrain", "knn",
-                           "knn-random"]  # fmt: skip
-    assert {n for n, s in steps.items() if s["status"] == "ok"} == {"env", "tests", "bench-b16", "loader",
-                                                                    "pretrain", "knn"}  # fmt: skip
+    assert list(steps) == [
+        "env",
+        "tests",
+        "bench-b16",
+        "bench-l16",
+        "reference",
+        "loader",
+        "pretrain",
+        "knn",
+        "knn-random",
+    ]
+    assert {n for n, s in steps.items() if s["status"] == "ok"} == {
+        "env",
+        "tests",
+        "bench-b16",
+        "loader",
+        "pretrain",
+        "knn",
+    }
     assert "--reference-dir DIR or REFERENCE_DIR=DIR" in steps["reference"]["detail"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "dry-run"
@@ -160,8 +194,14 @@ def test_dry_run_goes_through_every_step_on_the_cpu(tmp_path):
     assert loader["step_images_per_s"] == row["fast_images_per_s"]
     assert summary["pretrain"]["steps"] == 16 and set(summary["knn"]["top1"]) == {"3", "10"}
     markdown = (out / "summary.md").read_text()
-    for text in ("| tests | ok |", "| tiny-32 | 8 | fp32 |", "## Input pipeline", "k-NN top-1", "## Targets",
-                 "A dry run"):  # fmt: skip
+    for text in (
+        "| tests | ok |",
+        "| tiny-32 | 8 | fp32 |",
+        "## Input pipeline",
+        "k-NN top-1",
+        "## Targets",
+        "A dry run",
+    ):
         assert text in markdown
     assert seconds < 170, "over the dry run's own budget"
 
@@ -170,8 +210,10 @@ def test_failing_steps_are_recorded_and_the_rest_still_run(tmp_path):
     """A Python that runs only the script's helper: every step fails (fast), each is recorded with its exit
     status and last line, the summary is still written and the script exits 1."""
     fake = tmp_path / "python"
-    fake.write_text(f'#!/bin/sh\ncase "$1" in scripts/device-check.py) exec {sys.executable} "$@";; esac\n'
-                    'echo "no GPU here, stopping" >&2; exit 3\n')  # fmt: skip
+    fake.write_text(
+        f'#!/bin/sh\ncase "$1" in scripts/device-check.py) exec {sys.executable} "$@";; esac\n'
+        'echo "no GPU here, stopping" >&2; exit 3\n'
+    )
     fake.chmod(0o755)
     out = tmp_path / "device-check"
     proc, _ = run_script(out, "--dry-run", PYTHON=str(fake))

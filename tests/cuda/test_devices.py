@@ -62,7 +62,9 @@ def test_fast_path_stays_close_to_the_oracle_in_half_precision(device, precision
 @pytest.mark.parametrize("device", DEVICES)
 def test_no_prediction_sees_its_own_or_a_later_patch(device, exact_fp32):
     """Perturb the patch at order position k: the predictions at positions <= k must not move."""
-    model = tiny_model(img_size=24, patch_size=4, depth=4, decoder_depth=2, order="stochastic").to(device).eval()
+    model = (
+        tiny_model(img_size=24, patch_size=4, depth=4, decoder_depth=2, order="stochastic").to(device).eval()
+    )
     images = torch.randn(2, 3, 24, 24, device=device)
     c = model.compute_centerness(images, generator=torch.Generator(device).manual_seed(0))
     base = model(images, c)
@@ -71,7 +73,9 @@ def test_no_prediction_sees_its_own_or_a_later_patch(device, exact_fp32):
         perturbed = images.clone()
         for b in range(2):
             r, col = divmod(int(base.order[b, k]), w)
-            perturbed[b, :, r * p : (r + 1) * p, col * p : (col + 1) * p] += 3 * torch.randn(3, p, p, device=device)
+            perturbed[b, :, r * p : (r + 1) * p, col * p : (col + 1) * p] += 3 * torch.randn(
+                3, p, p, device=device
+            )
         index = base.order[..., None].expand_as(base.pred)
         change = (model(perturbed, c).pred.gather(1, index) - base.pred.gather(1, index)).abs().amax(-1)
         assert change[:, : k + 1].max().item() < 1e-5, f"position <= {k} saw the perturbed patch"
@@ -160,12 +164,30 @@ def test_fp16_grad_scaler_skips_overflowing_steps_then_trains():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
 def test_pretrain_in_fp16_on_cuda_keeps_its_scaler_in_the_checkpoint(tmp_path, fmnist, capsys):
     out = tmp_path / "run"
-    args = ["pretrain", "--data", fmnist, "--out", str(out), "--limit", "16", "--batch-size", "8", "--epochs", "1",
-            "--device", "cuda", "--precision", "fp16", *TINY_RUN]  # fmt: skip
+    args = [
+        "pretrain",
+        "--data",
+        fmnist,
+        "--out",
+        str(out),
+        "--limit",
+        "16",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--device",
+        "cuda",
+        "--precision",
+        "fp16",
+        *TINY_RUN,
+    ]
     assert main(args) == 0
     assert "fp16 on cuda:0" in capsys.readouterr().err
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    assert [r["step"] for r in records] == [1, 2] and all(
+        torch.isfinite(torch.tensor(r["loss"])) for r in records
+    )
     ckpt = load_checkpoint(out / "checkpoint-last.pt")
     assert 0 < ckpt["scaler"]["scale"] <= 2.0**16  # the scaler's state, saved to resume it
 
@@ -176,8 +198,20 @@ MOVES = [("cpu", "cpu"), on_cuda("cuda", "cpu"), on_cuda("cpu", "cuda")]
 @pytest.mark.parametrize("first, then", MOVES)
 def test_a_checkpoint_resumes_on_another_device(tmp_path, fmnist, first, then):
     out = tmp_path / "run"
-    common = ["pretrain", "--data", fmnist, "--out", str(out), "--limit", "16", "--batch-size", "8",
-              "--precision", "fp32", *TINY_RUN]  # fmt: skip
+    common = [
+        "pretrain",
+        "--data",
+        fmnist,
+        "--out",
+        str(out),
+        "--limit",
+        "16",
+        "--batch-size",
+        "8",
+        "--precision",
+        "fp32",
+        *TINY_RUN,
+    ]
     assert main([*common, "--epochs", "1", "--device", first]) == 0
     saved = load_checkpoint(out / "checkpoint-last.pt")
     assert main([*common, "--epochs", "2", "--device", then, "--resume"]) == 0
@@ -190,22 +224,71 @@ def test_a_checkpoint_resumes_on_another_device(tmp_path, fmnist, first, then):
     assert {float(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {4.0}
     assert any(not torch.equal(ckpt["model"][k], saved["model"][k]) for k in saved["model"])
     # ... and the checkpoint written on one device is evaluated on the other.
-    knn = ["knn", "--checkpoint", str(out / "checkpoint-last.pt"), "--data", fmnist, "--device", first,
-           "--workers", "0", "--ks", "3", "--no-progress", "--out", str(tmp_path / "knn.json")]  # fmt: skip
+    knn = [
+        "knn",
+        "--checkpoint",
+        str(out / "checkpoint-last.pt"),
+        "--data",
+        fmnist,
+        "--device",
+        first,
+        "--workers",
+        "0",
+        "--ks",
+        "3",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "knn.json"),
+    ]
     assert main(knn) == 0 and 0 <= json.loads((tmp_path / "knn.json").read_text())["top1"]["3"] <= 100
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_knn_and_finetune_run_on_the_device(tmp_path, fmnist, device, capsys):
     knn = tmp_path / "knn.json"
-    args = ["knn", "--random", "--data", fmnist, "--device", device, "--workers", "0", "--batch-size", "16",
-            "--ks", "3", "--no-progress", "--out", str(knn)]  # fmt: skip
+    args = [
+        "knn",
+        "--random",
+        "--data",
+        fmnist,
+        "--device",
+        device,
+        "--workers",
+        "0",
+        "--batch-size",
+        "16",
+        "--ks",
+        "3",
+        "--no-progress",
+        "--out",
+        str(knn),
+    ]
     assert main(args) == 0
     assert 0 <= json.loads(knn.read_text())["top1"]["3"] <= 100
     ft = tmp_path / "ft"
-    args = ["finetune", "--random", "--data", fmnist, "--device", device, "--out", str(ft), "--no-progress", "--set", "budget_steps=0",
-            "--limit", "16", "--set", "epochs=1", "--set", "batch_size=8", "--set", "workers=0",
-            "--set", "val_size=4"]  # fmt: skip
+    args = [
+        "finetune",
+        "--random",
+        "--data",
+        fmnist,
+        "--device",
+        device,
+        "--out",
+        str(ft),
+        "--no-progress",
+        "--set",
+        "budget_steps=0",
+        "--limit",
+        "16",
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "workers=0",
+        "--set",
+        "val_size=4",
+    ]
     assert main(args) == 0
     assert f"on {device}" in capsys.readouterr().err  # "... bf16 on cuda:0": it trained there
     assert len((ft / "metrics.jsonl").read_text().splitlines()) == 2
@@ -237,7 +320,9 @@ def test_a_gpu_that_is_not_there_is_a_config_error(monkeypatch):
     assert resolve_device("cuda") == torch.device("cuda", 0)
     assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
-    with pytest.raises(ConfigError, match=r"'cuda:2' asked for, but the CUDA devices here are cuda:0 to cuda:1"):
+    with pytest.raises(
+        ConfigError, match=r"'cuda:2' asked for, but the CUDA devices here are cuda:0 to cuda:1"
+    ):
         resolve_device("cuda:2")
     with pytest.raises(ConfigError, match="expected auto, cpu, cuda or cuda:N, got 'tpu'"):
         resolve_device("tpu")

@@ -67,7 +67,9 @@ def test_mask_is_the_pasted_item_pixel_for_pixel(shapes_root, seed):
         ys, xs = np.nonzero(alone.render(i))
         square = np.zeros_like(mask, dtype=bool)
         square[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
-        assert (mask[~square] == 0).all() and (mask[square] == 0).any()  # a silhouette inside the pasted square
+        assert (mask[~square] == 0).all() and (
+            mask[square] == 0
+        ).any()  # a silhouette inside the pasted square
 
 
 def test_box_is_the_masks_tight_box(shapes_root):
@@ -99,13 +101,21 @@ def test_flip_moves_image_and_mask_together(shapes_root):
     image, mask = data.load_pair(0)
     transform = SegmentTransform((64, 64), (0.0,), (1 / 255,), in_chans=1, train=True)
     flipped = [transform(image, mask, torch.Generator().manual_seed(s)) for s in range(8)]
-    assert any(torch.equal(y, mask.flip(-1)) for _, y in flipped) and any(torch.equal(y, mask) for _, y in flipped)
+    assert any(torch.equal(y, mask.flip(-1)) for _, y in flipped) and any(
+        torch.equal(y, mask) for _, y in flipped
+    )
     for x, y in flipped:  # wherever the mask went, the image went too
-        assert torch.equal(x[0].round().long(), image[0].long().flip(-1) if torch.equal(y, mask.flip(-1))
-                           else image[0].long())  # fmt: skip
+        assert torch.equal(
+            x[0].round().long(),
+            image[0].long().flip(-1) if torch.equal(y, mask.flip(-1)) else image[0].long(),
+        )
     small = SegmentTransform((32, 32), (0.0,), (1.0,), in_chans=3, train=False)
     x, y = small(image, mask)
-    assert x.shape == (3, 32, 32) and y.shape == (32, 32) and set(y.unique().tolist()) <= set(mask.unique().tolist())
+    assert (
+        x.shape == (3, 32, 32)
+        and y.shape == (32, 32)
+        and set(y.unique().tolist()) <= set(mask.unique().tolist())
+    )
 
 
 # --------------------------------------------------------------------------- the folder form

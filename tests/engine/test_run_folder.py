@@ -44,7 +44,9 @@ def held_by_another_process(out, resume: bool = False):
     """A process that holds ``out`` as a run in progress would, until the block ends (then SIGKILL)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     args = [sys.executable, "-c", HOLD, str(out), "resume" if resume else "new"]
-    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env) as holder:  # closes its pipe, waits
+    with subprocess.Popen(
+        args, stdout=subprocess.PIPE, text=True, env=env
+    ) as holder:  # closes its pipe, waits
         try:
             assert holder.stdout.readline().strip() == "holding"
             yield holder.pid
@@ -223,7 +225,10 @@ def test_a_corrupt_image_read_by_a_worker_is_one_line(tmp_path, capsys):
     (data / "cat" / "zz_broken.png").write_bytes(b"garbage")
     assert pretrain(tmp_path / "run", "--data", str(data), "--workers", "1") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("semaim pretrain: error: corrupt or unreadable image:") and "Traceback" not in err[-1]
+    assert (
+        err[-1].startswith("semaim pretrain: error: corrupt or unreadable image:")
+        and "Traceback" not in err[-1]
+    )
     assert not any("Traceback" in line for line in err)
 
 
@@ -231,10 +236,31 @@ def test_torchrun_ranks_stop_together_when_the_folder_is_refused(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("not empty")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
-           "-m", "semaim", "pretrain", "--out", str(out), *RUN]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29519",
+        "-m",
+        "semaim",
+        "pretrain",
+        "--out",
+        str(out),
+        *RUN,
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode != 0  # torchrun reports the children's exit 2 with a launcher traceback of its own
+    assert (
+        result.returncode != 0
+    )  # torchrun reports the children's exit 2 with a launcher traceback of its own
     assert result.stderr.count("semaim pretrain: error: --out:") == 2  # both ranks, one line each
-    assert 'semaim/' not in "".join(line for line in result.stderr.splitlines() if line.lstrip().startswith("File"))
+    assert "semaim/" not in "".join(
+        line for line in result.stderr.splitlines() if line.lstrip().startswith("File")
+    )

@@ -147,9 +147,21 @@ def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
 
 def test_resume_after_sigkill_mid_epoch_gives_the_same_losses(tmp_path):
     args = [
-        "pretrain", "--data", "fashion-mnist", "--limit", "64", "--batch-size", "8", "--epochs", "6",
-        "--set", "train.save_every_steps=1", *TINY_RUN, "--workers", "1",
-    ]  # fmt: skip
+        "pretrain",
+        "--data",
+        "fashion-mnist",
+        "--limit",
+        "64",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "6",
+        "--set",
+        "train.save_every_steps=1",
+        *TINY_RUN,
+        "--workers",
+        "1",
+    ]
     whole = tmp_path / "whole"
     assert run_cli([*args, "--out", str(whole)]).wait(timeout=300) == 0
     expected = losses(whole)
@@ -170,7 +182,9 @@ def test_resume_after_sigkill_mid_epoch_gives_the_same_losses(tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (whole / "result.json").is_file() and not (killed / "result.json").is_file()  # a cut run is unfinished
+    assert (whole / "result.json").is_file() and not (
+        killed / "result.json"
+    ).is_file()  # a cut run is unfinished
     assert run_cli([*args, "--out", str(killed), "--resume"]).wait(timeout=300) == 0
     resumed = losses(killed)
     assert len(resumed) == 48
@@ -180,9 +194,19 @@ def test_resume_after_sigkill_mid_epoch_gives_the_same_losses(tmp_path):
 def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(tmp_path):
     """DDP (gloo, 2 CPU ranks): the first step's averaged gradient equals the single-process one."""
     common = [
-        "pretrain", "--limit", "8", "--batch-size", "8", "--epochs", "1", "--precision", "fp32",
-        "--set", "model.lam=0", *TINY_RUN,
-    ]  # fmt: skip
+        "pretrain",
+        "--limit",
+        "8",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--precision",
+        "fp32",
+        "--set",
+        "model.lam=0",
+        *TINY_RUN,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     one = tmp_path / "one"
     assert run_cli([*common, "--out", str(one)]).wait(timeout=300) == 0

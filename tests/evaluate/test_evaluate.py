@@ -21,8 +21,11 @@ from tests.conftest import make_image_folder
 
 
 def test_features_are_extracted_in_eval_mode(fmnist):
-    vit = build_vit({"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 32, "depth": 2, "num_heads": 2},
-                    drop_path_rate=0.5, drop_rate=0.5)  # fmt: skip
+    vit = build_vit(
+        {"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 32, "depth": 2, "num_heads": 2},
+        drop_path_rate=0.5,
+        drop_rate=0.5,
+    )
     vit.train()
     a, labels = extract_features(vit, fmnist, "test", (32, 32), batch_size=7, workers=0, progress=False)
     b, _ = extract_features(vit, fmnist, "test", (32, 32), batch_size=5, workers=0, progress=False)
@@ -49,8 +52,9 @@ def test_one_pass_gives_every_pool_and_fills_their_caches(tmp_path, fmnist):
     vit = build_vit(
         {"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 32, "depth": 2, "num_heads": 2}
     )
-    both = extract_pooled_features(vit, fmnist, "test", (32, 32), workers=0, progress=False, limit=12,
-                                   cache=tmp_path, cache_key="k")  # fmt: skip
+    both = extract_pooled_features(
+        vit, fmnist, "test", (32, 32), workers=0, progress=False, limit=12, cache=tmp_path, cache_key="k"
+    )
     for pool in ("cls", "avg"):
         single, labels = extract_features(
             vit, fmnist, "test", (32, 32), pool=pool, workers=0, progress=False, limit=12
@@ -62,8 +66,18 @@ def test_one_pass_gives_every_pool_and_fills_their_caches(tmp_path, fmnist):
         )
     assert not torch.allclose(both["cls"][0], both["avg"][0])
     torch.nn.init.zeros_(vit.blocks[0].mlp.fc2.weight)  # the per-pool cache files answer the single-pool call
-    cached, _ = extract_features(vit, fmnist, "test", (32, 32), pool="avg", workers=0, progress=False, limit=12,
-                                 cache=tmp_path, cache_key="k")  # fmt: skip
+    cached, _ = extract_features(
+        vit,
+        fmnist,
+        "test",
+        (32, 32),
+        pool="avg",
+        workers=0,
+        progress=False,
+        limit=12,
+        cache=tmp_path,
+        cache_key="k",
+    )
     assert torch.equal(cached, both["avg"][0])
 
 
@@ -108,16 +122,29 @@ def test_linear_probe_separates_separable_features():
     cfg = LinProbeConfig(epochs=20, batch_size=64, blr=100.0, warmup_epochs=2, optimizer="lars")
     result = train_linear_probe(x[:400], y[:400], x[400:], y[400:], cfg, progress=False)
     assert result["top1"] > 95 and result["history"][-1]["loss"] < result["history"][0]["loss"]
-    sgd = train_linear_probe(x[:400], y[:400], x[400:], y[400:], LinProbeConfig(epochs=20, batch_size=64,
-                             optimizer="sgd", warmup_epochs=2), progress=False)  # fmt: skip
+    sgd = train_linear_probe(
+        x[:400],
+        y[:400],
+        x[400:],
+        y[400:],
+        LinProbeConfig(epochs=20, batch_size=64, optimizer="sgd", warmup_epochs=2),
+        progress=False,
+    )
     assert sgd["top1"] > 95
 
 
 def test_export_loads_into_timm_with_identical_features(tmp_path, pretrained):
     weights, meta = export_encoder(pretrained, tmp_path / "enc" / "encoder.safetensors")
     args = json.loads(meta.read_text())["model_args"]
-    assert args == {"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 32, "depth": 2, "num_heads": 2,
-                    "mlp_ratio": 4.0}  # fmt: skip
+    assert args == {
+        "img_size": 32,
+        "patch_size": 8,
+        "in_chans": 3,
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 2,
+        "mlp_ratio": 4.0,
+    }
     vit = VisionTransformer(**args, num_classes=0)  # the README's plain-timm recipe
     vit.load_state_dict(load_file(str(weights)), strict=True)
     ours = load_encoder(weights).eval()
@@ -171,15 +198,31 @@ def test_knn_and_linprobe_commands(tmp_path, fmnist, pretrained, capsys):
     assert set(result["top1"]) == {"3", "10"} and 0 <= result["top1"]["10"] <= 100
     assert "k-NN" in capsys.readouterr().out
     assert main(["knn", "--pixels", "--preset", "cpu-tiny", *common, "--out", str(tmp_path / "p.json")]) == 0
-    assert main(["linprobe", "--random", *common, "--epochs", "2", "--probe-batch-size", "16",
-                 "--out", str(tmp_path / "lp.json")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "linprobe",
+                "--random",
+                *common,
+                "--epochs",
+                "2",
+                "--probe-batch-size",
+                "16",
+                "--out",
+                str(tmp_path / "lp.json"),
+            ]
+        )
+        == 0
+    )
     lp = json.loads((tmp_path / "lp.json").read_text())
     assert 0 <= lp["top1"] <= 100 and len(lp["history"]) == 2
 
 
 def test_layer_decay_groups():
-    vit = build_vit({"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 32, "depth": 4, "num_heads": 2},
-                    num_classes=10)  # fmt: skip
+    vit = build_vit(
+        {"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 32, "depth": 4, "num_heads": 2},
+        num_classes=10,
+    )
     groups = layer_decay_groups(vit, 0.05, 0.5, 4)
     scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
@@ -196,8 +239,26 @@ def test_finetune_command(tmp_path, pretrained, capsys):
     make_image_folder(data / "train", classes=("a", "b", "c"), per_class=6)
     make_image_folder(data / "val", classes=("a", "b", "c"), per_class=2, seed=1)
     out = tmp_path / "ft"
-    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--out", str(out), "--no-progress", "--set", "budget_steps=0",
-            "--set", "epochs=2", "--set", "batch_size=6", "--set", "workers=0", "--set", "val_size=3"]  # fmt: skip
+    args = [
+        "finetune",
+        "--checkpoint",
+        str(pretrained),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "budget_steps=0",
+        "--set",
+        "epochs=2",
+        "--set",
+        "batch_size=6",
+        "--set",
+        "workers=0",
+        "--set",
+        "val_size=3",
+    ]
     assert main(args) == 0
     assert "semaim finetune done: test top-1" in capsys.readouterr().out
     evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
@@ -218,9 +279,26 @@ def test_finetune_resumes_exactly(tmp_path, pretrained, monkeypatch):
     data = tmp_path / "data"
     make_image_folder(data / "train", classes=("a", "b"), per_class=8)
     make_image_folder(data / "val", classes=("a", "b"), per_class=2, seed=1)
-    base = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--no-progress", "--set", "budget_steps=0", "--set", "epochs=2",
-            "--set", "batch_size=4", "--set", "workers=0", "--set", "save_every_steps=1",
-            "--set", "val_size=0"]  # fmt: skip
+    base = [
+        "finetune",
+        "--checkpoint",
+        str(pretrained),
+        "--data",
+        str(data),
+        "--no-progress",
+        "--set",
+        "budget_steps=0",
+        "--set",
+        "epochs=2",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "workers=0",
+        "--set",
+        "save_every_steps=1",
+        "--set",
+        "val_size=0",
+    ]
     assert main([*base, "--out", str(tmp_path / "whole")]) == 0
 
     real_save, calls = sup.save_atomic, {"n": 0}

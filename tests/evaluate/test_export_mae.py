@@ -37,20 +37,41 @@ BLOCK_PARTS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
 
 def mae_keys(depth: int) -> set[str]:
     """The keys of MAE's ``mae_pretrain_vit_*.pth`` for an encoder of ``depth`` blocks."""
-    keys = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"}
-    return keys | {f"blocks.{i}.{part}.{kind}" for i in range(depth) for part in BLOCK_PARTS for kind in ("weight", "bias")}
+    keys = {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "norm.weight",
+        "norm.bias",
+    }
+    return keys | {
+        f"blocks.{i}.{part}.{kind}"
+        for i in range(depth)
+        for part in BLOCK_PARTS
+        for kind in ("weight", "bias")
+    }
 
 
 def vitdet_keys(depth: int) -> set[str]:
     """The parameters of detectron2's ViTDet ``ViT`` that an MAE checkpoint fills (all but ``rel_pos_h/w``)."""
-    blocks = {f"blocks.{i}.{part}.{kind}" for i in range(depth) for part in BLOCK_PARTS for kind in ("weight", "bias")}
+    blocks = {
+        f"blocks.{i}.{part}.{kind}"
+        for i in range(depth)
+        for part in BLOCK_PARTS
+        for kind in ("weight", "bias")
+    }
     return blocks | {"patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed"}
 
 
 def mmseg_mae_keys(depth: int) -> set[str]:
     """The parameters of mmsegmentation's ``MAE`` backbone that a converted MAE checkpoint fills."""
-    keys = {"backbone.cls_token", "backbone.pos_embed", "backbone.patch_embed.projection.weight",
-            "backbone.patch_embed.projection.bias"}  # fmt: skip
+    keys = {
+        "backbone.cls_token",
+        "backbone.pos_embed",
+        "backbone.patch_embed.projection.weight",
+        "backbone.patch_embed.projection.bias",
+    }
     for i in range(depth):
         layer = f"backbone.layers.{i}"
         keys |= {f"{layer}.attn.qkv.weight", f"{layer}.attn.proj.weight", f"{layer}.attn.proj.bias"}
@@ -89,12 +110,17 @@ def test_mae_export_has_the_keys_vitdet_and_mmseg_load(tmp_path, pretrained):
     depth, grid = args["depth"], args["img_size"] // args["patch_size"]
     assert set(state) == mae_keys(depth)
     assert vitdet_keys(depth) <= set(state)
-    assert state["pos_embed"].shape == (1, 1 + grid * grid, args["embed_dim"])  # with the cls row, square grid
+    assert state["pos_embed"].shape == (
+        1,
+        1 + grid * grid,
+        args["embed_dim"],
+    )  # with the cls row, square grid
     assert torch.equal(state["pos_embed"][0, 0], torch.zeros(args["embed_dim"]))  # MAE's zero cls position
     converted = beit2mmseg(set(state))
     assert mmseg_mae_keys(depth) <= converted
-    assert converted - mmseg_mae_keys(depth) == {f"backbone.layers.{i}.attn.qkv.bias" for i in range(depth)} | {
-        "backbone.norm.weight", "backbone.norm.bias"}  # fmt: skip
+    assert converted - mmseg_mae_keys(depth) == {
+        f"backbone.layers.{i}.attn.qkv.bias" for i in range(depth)
+    } | {"backbone.norm.weight", "backbone.norm.bias"}
     # The same tensors as the safetensors export, and they load strictly into a plain timm ViT.
     safetensors, _ = export_encoder(pretrained, tmp_path / "encoder.safetensors")
     reference = load_file(str(safetensors))
@@ -104,7 +130,9 @@ def test_mae_export_has_the_keys_vitdet_and_mmseg_load(tmp_path, pretrained):
     images = torch.randn(2, 3, 32, 32)
     expected = load_encoder(pretrained).eval().forward_features(images)
     torch.testing.assert_close(vit.forward_features(images), expected)
-    torch.testing.assert_close(load_encoder(weights).eval().forward_features(images), expected)  # semaim reads it back
+    torch.testing.assert_close(
+        load_encoder(weights).eval().forward_features(images), expected
+    )  # semaim reads it back
 
 
 def test_export_command_formats_and_default_names(tmp_path, pretrained, monkeypatch, capsys):
@@ -131,7 +159,18 @@ def test_bad_export_exits_2_and_overwrites_nothing(tmp_path, pretrained, monkeyp
         (tmp_path / name).write_text("keep me")
     assert main(["export", "--checkpoint", str(pretrained), *extra]) == 2
     assert names in capsys.readouterr().err
-    assert all((tmp_path / n).read_text() == "keep me" for n in ("encoder.pth", "encoder.safetensors", "encoder.json"))
-    missing = ["export", "--checkpoint", str(tmp_path / "missing.pt"), "--format", "mae", "--out", "encoder.pth"]
+    assert all(
+        (tmp_path / n).read_text() == "keep me"
+        for n in ("encoder.pth", "encoder.safetensors", "encoder.json")
+    )
+    missing = [
+        "export",
+        "--checkpoint",
+        str(tmp_path / "missing.pt"),
+        "--format",
+        "mae",
+        "--out",
+        "encoder.pth",
+    ]
     assert main(missing) == 2 and "missing.pt" in capsys.readouterr().err
     assert (tmp_path / "encoder.pth").read_text() == "keep me"

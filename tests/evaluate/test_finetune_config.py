@@ -22,14 +22,32 @@ def test_a_runs_config_yaml_rebuilds_it(tmp_path, pretrained):
     make_image_folder(data / "train", classes=("a", "b"), per_class=8)
     make_image_folder(data / "val", classes=("a", "b"), per_class=2, seed=1)
     first = tmp_path / "first"
-    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--no-progress", "--set", "budget_steps=0",
-            "--set", "epochs=2", "--set", "batch_size=4", "--set", "finetune.workers=0", "--set", "seed=3"]  # fmt: skip
+    args = [
+        "finetune",
+        "--checkpoint",
+        str(pretrained),
+        "--data",
+        str(data),
+        "--no-progress",
+        "--set",
+        "budget_steps=0",
+        "--set",
+        "epochs=2",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "finetune.workers=0",
+        "--set",
+        "seed=3",
+    ]
     assert main([*args, "--out", str(first)]) == 0
     saved = FinetuneRunConfig.from_dict(yaml.safe_load((first / "config.yaml").read_text()))
     assert saved.encoder.checkpoint == str(pretrained) and saved.finetune.seed == 3
     assert saved.finetune.epochs == 2 and saved.finetune.blr == 1e-2  # the cpu recipe under the --set values
     again = tmp_path / "again"
-    assert main(["finetune", "--recipe", str(first / "config.yaml"), "--out", str(again), "--no-progress"]) == 0
+    assert (
+        main(["finetune", "--recipe", str(first / "config.yaml"), "--out", str(again), "--no-progress"]) == 0
+    )
     assert losses(again) == losses(first)
 
 
@@ -45,8 +63,22 @@ def test_a_non_finite_fine_tuning_loss_stops_the_run(tmp_path, pretrained, monke
 
     monkeypatch.setattr(ft, "build_objective", exploding)
     out = tmp_path / "ft"
-    args = ["finetune", "--checkpoint", str(pretrained), "--data", str(data), "--out", str(out), "--no-progress", "--set", "budget_steps=0",
-            "--set", "batch_size=4", "--set", "finetune.workers=0"]  # fmt: skip
+    args = [
+        "finetune",
+        "--checkpoint",
+        str(pretrained),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "budget_steps=0",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "finetune.workers=0",
+    ]
     assert main(args) == 1
     assert "stopped: loss is nan at step 0" in capsys.readouterr().err
     assert not (out / "checkpoint-last.pt").exists()
@@ -69,7 +101,11 @@ def test_budget_steps_stretches_the_schedule_of_a_small_labelled_set():
 
     small = FinetuneConfig(epochs=1, budget_steps=1800, warmup_epochs=0.1)
     ft.stretch_schedule(small, steps_per_epoch=18)  # 600 images at batch 32
-    assert (small.epochs, small.warmup_epochs, small.eval_every) == (100, 10.0, 100)  # validated once, at the end
+    assert (small.epochs, small.warmup_epochs, small.eval_every) == (
+        100,
+        10.0,
+        100,
+    )  # validated once, at the end
     twice = FinetuneConfig(epochs=2, budget_steps=1800, warmup_epochs=0.1, eval_every=1)
     ft.stretch_schedule(twice, steps_per_epoch=18)
     assert (twice.epochs, twice.eval_every) == (100, 50)

@@ -21,7 +21,9 @@ from semaim.model.semaim import SemAIM
 from semaim.presets import load_preset
 from tests.conftest import make_image_folder
 
-TINY_PRESET = "model: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, decoder_depth: 2}\n"
+TINY_PRESET = (
+    "model: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, decoder_depth: 2}\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,26 @@ def folder(tmp_path_factory):
 def run(tmp_path, folder, *extra: str) -> int:
     preset = tmp_path / "tiny.yaml"
     preset.write_text(TINY_PRESET)
-    return main(["finetune", "--random", "--preset", str(preset), "--data", str(folder), "--no-progress", "--set", "budget_steps=0",
-                 "--set", "epochs=2", "--set", "batch_size=4", "--set", "finetune.workers=0", *extra])  # fmt: skip
+    return main(
+        [
+            "finetune",
+            "--random",
+            "--preset",
+            str(preset),
+            "--data",
+            str(folder),
+            "--no-progress",
+            "--set",
+            "budget_steps=0",
+            "--set",
+            "epochs=2",
+            "--set",
+            "batch_size=4",
+            "--set",
+            "finetune.workers=0",
+            *extra,
+        ]
+    )
 
 
 def test_random_is_the_pretraining_initialisation():
@@ -49,7 +69,9 @@ def test_random_is_the_pretraining_initialisation():
 def test_label_subset_validation_and_one_test_at_the_end(tmp_path, folder, monkeypatch):
     events: list[str] = []
     real_load, real_final = ImageFolder.load, sup.final_test
-    monkeypatch.setattr(ImageFolder, "load", lambda self, i: events.append(self.root.name) or real_load(self, i))
+    monkeypatch.setattr(
+        ImageFolder, "load", lambda self, i: events.append(self.root.name) or real_load(self, i)
+    )
     monkeypatch.setattr(sup, "final_test", lambda *a: events.append("final test") or real_final(*a))
     out = tmp_path / "ft"
     assert run(tmp_path, folder, "--labels-per-class", "4", "--val-size", "6", "--out", str(out)) == 0
@@ -66,7 +88,18 @@ def test_label_subset_validation_and_one_test_at_the_end(tmp_path, folder, monke
 
 def test_best_validation_weights_and_cls_pool(tmp_path, folder):
     out = tmp_path / "ft"
-    args = ["--select", "best", "--pool", "cls", "--val-size", "3", "--set", "epochs=3", "--set", "eval_every=2"]
+    args = [
+        "--select",
+        "best",
+        "--pool",
+        "cls",
+        "--val-size",
+        "3",
+        "--set",
+        "epochs=3",
+        "--set",
+        "eval_every=2",
+    ]
     assert run(tmp_path, folder, *args, "--out", str(out)) == 0
     evals = [json.loads(line)["epoch"] for line in (out / "eval.jsonl").read_text().splitlines()]
     assert evals == [2, 3]  # every second epoch, and the last
@@ -115,10 +148,42 @@ def test_knn_floor_learns_from_the_subset_fine_tuning_trains_on(tmp_path, fmnist
     expected, _ = labelled_subset(labels, 10, 0, 2, None, 0)
     assert len(train_f) == 20 and torch.equal(train_y, labels[expected]) and len(test_f) == 20
     out = tmp_path / "knn.json"
-    assert main(["knn", "--pixels", "--data", fmnist, "--workers", "0", "--no-progress", "--labels-per-class",
-                 "2", "--ks", "3", "--out", str(out)]) == 0  # fmt: skip
-    assert main(["knn", "--pixels", "--data", fmnist, "--workers", "0", "--no-progress", "--labels-per-class",
-                 "9"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "knn",
+                "--pixels",
+                "--data",
+                fmnist,
+                "--workers",
+                "0",
+                "--no-progress",
+                "--labels-per-class",
+                "2",
+                "--ks",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "knn",
+                "--pixels",
+                "--data",
+                fmnist,
+                "--workers",
+                "0",
+                "--no-progress",
+                "--labels-per-class",
+                "9",
+            ]
+        )
+        == 2
+    )
     assert "features.labels_per_class: expected 1 to" in capsys.readouterr().err
 
 

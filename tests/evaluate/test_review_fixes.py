@@ -28,8 +28,9 @@ class CountingPixels(RawPixels):
 
 
 def extract(encoder: RawPixels, data: str, cache, precision: str = "fp32") -> torch.Tensor:
-    return features.extract_features(encoder, data, "test", (8, 8), 1, "cls", 8, 0, "cpu", precision,
-                                     cache, "pixels", False)[0]  # fmt: skip
+    return features.extract_features(
+        encoder, data, "test", (8, 8), 1, "cls", 8, 0, "cpu", precision, cache, "pixels", False
+    )[0]
 
 
 # --------------------------------------------------------------------------- the feature cache
@@ -80,12 +81,27 @@ def test_a_bad_randaug_policy_names_the_field():
 def test_a_bad_randaug_policy_exits_2_before_the_run_starts(tmp_path, capsys):
     make_image_folder(tmp_path / "data" / "train", classes=("a", "b"), per_class=4)
     preset = tmp_path / "tiny.yaml"
-    preset.write_text("model: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, "
-                      "decoder_depth: 2}\n")  # fmt: skip
+    preset.write_text(
+        "model: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, decoder_depth: 2}\n"
+    )
     out = tmp_path / "ft"
-    argv = ["finetune", "--random", "--preset", str(preset), "--data", str(tmp_path / "data"), "--out", str(out),
-            "--no-progress", "--set", "finetune.workers=0", "--set", "batch_size=4",
-            "--set", "finetune.randaug=bogus"]  # fmt: skip
+    argv = [
+        "finetune",
+        "--random",
+        "--preset",
+        str(preset),
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "finetune.workers=0",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "finetune.randaug=bogus",
+    ]
     assert main(argv) == 2
     assert "finetune.randaug" in capsys.readouterr().err
     assert not out.exists()

@@ -21,7 +21,9 @@ from semaim.export import build_vit
 from tests.conftest import make_fmnist_dir
 from tests.data.test_masks import write_pair
 
-TINY_PRESET = "model: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, decoder_depth: 2}\n"
+TINY_PRESET = (
+    "model: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, decoder_depth: 2}\n"
+)
 TINY_HEAD = ["--set", "pyramid_dim=8", "--set", "head_dim=8", "--set", "segment.workers=0"]
 
 
@@ -35,8 +37,23 @@ def cluttered(tmp_path_factory):
 def run(tmp_path, data, *extra: str) -> int:
     preset = tmp_path / "tiny.yaml"
     preset.write_text(TINY_PRESET)
-    return main(["segment", "--random", "--preset", str(preset), "--data", data, "--no-progress", *TINY_HEAD,
-                 "--set", "epochs=2", "--set", "batch_size=4", *extra])  # fmt: skip
+    return main(
+        [
+            "segment",
+            "--random",
+            "--preset",
+            str(preset),
+            "--data",
+            data,
+            "--no-progress",
+            *TINY_HEAD,
+            "--set",
+            "epochs=2",
+            "--set",
+            "batch_size=4",
+            *extra,
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- the model
@@ -45,8 +62,14 @@ def run(tmp_path, data, *extra: str) -> int:
     [(32, 4, (8, 8)), (64, 8, (8, 8)), ((24, 32), 4, (6, 8)), ((48, 32), 8, (6, 4)), (28, 4, (7, 7))],
 )
 def test_pyramid_shapes(img_size, patch, grid):
-    args = {"img_size": list(img_size) if isinstance(img_size, tuple) else img_size, "patch_size": patch,
-            "in_chans": 3, "embed_dim": 32, "depth": 2, "num_heads": 2}  # fmt: skip
+    args = {
+        "img_size": list(img_size) if isinstance(img_size, tuple) else img_size,
+        "patch_size": patch,
+        "in_chans": 3,
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 2,
+    }
     model = Segmenter(build_vit(args), num_classes=5, pyramid_dim=16, head_dim=8)
     size = img_size if isinstance(img_size, tuple) else (img_size, img_size)
     images = torch.randn(2, 3, *size)
@@ -54,8 +77,12 @@ def test_pyramid_shapes(img_size, patch, grid):
     assert tokens.shape == (2, 32, *grid)
     h, w = grid
     levels = model.decoder[0](tokens)  # scales 4, 2, 1, 1/2 of the patch grid (1/2 rounds down)
-    assert [tuple(x.shape) for x in levels] == [(2, 16, 4 * h, 4 * w), (2, 16, 2 * h, 2 * w), (2, 16, h, w),
-                                               (2, 16, h // 2, w // 2)]  # fmt: skip
+    assert [tuple(x.shape) for x in levels] == [
+        (2, 16, 4 * h, 4 * w),
+        (2, 16, 2 * h, 2 * w),
+        (2, 16, h, w),
+        (2, 16, h // 2, w // 2),
+    ]
     assert model.decoder[1](levels).shape == (2, 5, 4 * h, 4 * w)  # the head predicts at the finest level
     assert model(images).shape == (2, 5, *size)
     coarse = Segmenter(build_vit(args), 5, "finetune", 16, 8, scales=(2.0, 0.5))
@@ -67,7 +94,12 @@ def test_miou_and_pixel_accuracy_by_hand():
     target = torch.tensor([[0, 0, 1], [1, 2, IGNORE_INDEX]])
     pred = torch.tensor([[0, 1, 1], [1, 1, 0]])
     conf = confusion_matrix(pred, target, num_classes=4)
-    assert conf.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]  # the ignored pixel left out
+    assert conf.tolist() == [
+        [1, 1, 0, 0],
+        [0, 2, 0, 0],
+        [0, 1, 0, 0],
+        [0, 0, 0, 0],
+    ]  # the ignored pixel left out
     scores = segmentation_scores(conf)
     # class 0: TP 1, FP 0, FN 1 -> 1/2; class 1: TP 2, FP 2, FN 0 -> 1/2; class 2: 0/1; class 3: absent
     assert scores["iou"] == [50.0, 50.0, 0.0, None]
@@ -93,8 +125,9 @@ def test_layer_decay_reaches_the_encoder_only():
     assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in frozen.decoder.parameters()}
 
 
-@pytest.mark.parametrize("mode, linear_lr, expected", [("linear", 0.3, 0.3), ("linear", None, 2e-3),
-                                                       ("finetune", 0.3, 2e-3)])  # fmt: skip
+@pytest.mark.parametrize(
+    "mode, linear_lr, expected", [("linear", 0.3, 0.3), ("linear", None, 2e-3), ("finetune", 0.3, 2e-3)]
+)
 def test_the_probe_has_its_own_lr_and_fine_tuning_ignores_it(mode, linear_lr, expected):
     sg = SegmentConfig(mode=mode, lr=2e-3, linear_lr=linear_lr).validate()
     assert sg.run_lr == expected and seg.SegmentTask().base_lr(sg) == expected
@@ -109,8 +142,9 @@ def test_a_non_positive_probe_lr_is_named():
 def test_segment_end_to_end_with_one_test_at_the_end(tmp_path, cluttered, monkeypatch, capsys):
     events: list[str] = []
     real_load, real_final = ClutteredFashionMNIST.load_pair, sup.final_test
-    monkeypatch.setattr(ClutteredFashionMNIST, "load_pair",
-                        lambda self, i: events.append(self.name) or real_load(self, i))  # fmt: skip
+    monkeypatch.setattr(
+        ClutteredFashionMNIST, "load_pair", lambda self, i: events.append(self.name) or real_load(self, i)
+    )
     monkeypatch.setattr(sup, "final_test", lambda *a: events.append("final test") or real_final(*a))
     out = tmp_path / "seg"
     assert run(tmp_path, cluttered, "--val-size", "8", "--limit", "16", "--out", str(out)) == 0
@@ -132,8 +166,24 @@ def test_segment_end_to_end_with_one_test_at_the_end(tmp_path, cluttered, monkey
 
 def test_frozen_probe_does_not_change_the_backbone(tmp_path, cluttered):
     out = tmp_path / "probe"
-    assert run(tmp_path, cluttered, "--linear", "--val-size", "8", "--select", "best", "--out", str(out),
-               "--set", "lr=1e-3", "--set", "linear_lr=0.1") == 0  # fmt: skip
+    assert (
+        run(
+            tmp_path,
+            cluttered,
+            "--linear",
+            "--val-size",
+            "8",
+            "--select",
+            "best",
+            "--out",
+            str(out),
+            "--set",
+            "lr=1e-3",
+            "--set",
+            "linear_lr=0.1",
+        )
+        == 0
+    )
     lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert 1e-3 < max(lrs) <= 0.1  # the probe's own lr, not the fine-tuning's
     preset = str(tmp_path / "tiny.yaml")
@@ -144,8 +194,13 @@ def test_frozen_probe_does_not_change_the_backbone(tmp_path, cluttered):
         assert encoder.keys() == start.keys()  # the final norm is kept for the probe
         assert all(torch.equal(encoder[k], start[k]) for k in start)
     torch.manual_seed(0)
-    fresh = Segmenter(build_vit({"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 32, "depth": 2,
-                                 "num_heads": 2}), 11, "linear")  # fmt: skip
+    fresh = Segmenter(
+        build_vit(
+            {"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 32, "depth": 2, "num_heads": 2}
+        ),
+        11,
+        "linear",
+    )
     trained = torch.load(out / "checkpoint-last.pt", weights_only=False)["model"]
     assert not torch.equal(trained["decoder.classifier.weight"], fresh.decoder.classifier.weight)
     assert json.loads((out / "result.json").read_text())["mode"] == "linear"
@@ -155,11 +210,25 @@ def test_from_a_pretraining_checkpoint_and_its_mae_export(tmp_path, cluttered, p
     from semaim.export import export_encoder
 
     weights, _ = export_encoder(pretrained, tmp_path / "enc" / "encoder.pth", "mae")
-    common = ["--data", cluttered, "--no-progress", *TINY_HEAD, "--set", "epochs=1", "--set", "batch_size=4",
-              "--val-size", "8", "--limit", "8"]  # fmt: skip
+    common = [
+        "--data",
+        cluttered,
+        "--no-progress",
+        *TINY_HEAD,
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=4",
+        "--val-size",
+        "8",
+        "--limit",
+        "8",
+    ]
     for source, out in ((pretrained, "from-ckpt"), (weights, "from-mae")):
         assert main(["segment", "--checkpoint", str(source), *common, "--out", str(tmp_path / out)]) == 0
-    first, second = (json.loads((tmp_path / o / "result.json").read_text()) for o in ("from-ckpt", "from-mae"))
+    first, second = (
+        json.loads((tmp_path / o / "result.json").read_text()) for o in ("from-ckpt", "from-mae")
+    )
     assert first["test_miou"] == second["test_miou"]  # the same encoder either way
 
 
@@ -177,7 +246,9 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path, cluttered, monkeypatch):
     monkeypatch.setattr(sup, "save_atomic", save_then_die)
     assert run(tmp_path, cluttered, *extra, "--out", str(tmp_path / "cut")) == 130
     monkeypatch.setattr(sup, "save_atomic", real_save)
-    assert main(["segment", "--out", str(tmp_path / "cut"), "--resume", "--no-progress"]) == 0  # its own config
+    assert (
+        main(["segment", "--out", str(tmp_path / "cut"), "--resume", "--no-progress"]) == 0
+    )  # its own config
 
     def records(run_dir, name):
         return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
@@ -204,7 +275,11 @@ def test_a_mask_folder_runs(tmp_path, folder):
     out = tmp_path / "run"
     assert run(tmp_path, str(folder), "--num-classes", "3", "--val-size", "2", "--out", str(out)) == 0
     result = json.loads((out / "result.json").read_text())
-    assert result["train_images"] == 8 and result["test_images"] == 3 and list(result["test_iou"]) == ["0", "1", "2"]
+    assert (
+        result["train_images"] == 8
+        and result["test_images"] == 3
+        and list(result["test_iou"]) == ["0", "1", "2"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -213,10 +288,12 @@ def test_a_mask_folder_runs(tmp_path, folder):
         (lambda r: write_pair(r / "train", "t0", mask_size=(8, 16)), "t0.png: size 8x16 differs"),
         (lambda r: write_pair(r / "val", "v1", values=(0, 5)), "v1.png: class id 5 >= num_classes 3"),
         (lambda r: (r / "train" / "masks" / "t4.png").unlink(), "t4.jpg has no mask"),
-        (lambda r: [p.unlink() for p in (r / "val" / "masks").iterdir()] and (r / "val" / "masks").rmdir(),
-         "has images but there is no"),
+        (
+            lambda r: [p.unlink() for p in (r / "val" / "masks").iterdir()] and (r / "val" / "masks").rmdir(),
+            "has images but there is no",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_masks_exit_2_naming_the_file_and_overwrite_nothing(tmp_path, folder, capsys, break_it, message):
     break_it(folder)
     out = tmp_path / "old-run"
@@ -247,8 +324,15 @@ def test_segment_presets():
     assert set(preset_names(SegmentRunConfig)) == {"cpu", "paper"}
     paper = load_preset("paper", SegmentRunConfig).segment.validate()
     assert (paper.lr, paper.layer_decay, paper.batch_size, paper.weight_decay, paper.drop_path) == (
-        1e-4, 0.65, 16, 0.05, 0.1)  # fmt: skip
-    assert paper.epochs * 20210 / paper.batch_size == pytest.approx(160_000, rel=0.005)  # 160k iterations on ADE20k
+        1e-4,
+        0.65,
+        16,
+        0.05,
+        0.1,
+    )
+    assert paper.epochs * 20210 / paper.batch_size == pytest.approx(
+        160_000, rel=0.005
+    )  # 160k iterations on ADE20k
     assert paper.warmup_epochs * 20210 / paper.batch_size == pytest.approx(1500, rel=0.005)
     assert paper.scales == (4.0, 2.0, 1.0, 0.5) and paper.pyramid_dim == 256
     cpu = load_preset("cpu", SegmentRunConfig).segment.validate()

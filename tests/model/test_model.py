@@ -112,7 +112,9 @@ def test_encoder_loads_into_timm_strict_and_gives_the_same_features():
     torch.testing.assert_close(
         vit.forward_features(images), model.forward_features(images), atol=1e-5, rtol=0
     )
-    vit2 = timm.create_model("vit_tiny_patch16_224", pretrained=False, **model_args(model.config), num_classes=0)
+    vit2 = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, **model_args(model.config), num_classes=0
+    )
     vit2.load_state_dict(state, strict=True)
 
 

@@ -27,7 +27,9 @@ def test_official_variant_takes_the_raw_argmax_with_a_small_noise():
     s = blob_map(grid, centers=[(5, 5)], spike=(1, 1), spike_value=1.0, blob_value=0.9)[None]
     g = torch.Generator().manual_seed(0)
     paper = orders.centerness("semantic", 1, grid, similarity=s, lam=0.01, generator=g)
-    official = orders.centerness("semantic", 1, grid, similarity=s, lam=1e-3, center_filter="none", generator=g)
+    official = orders.centerness(
+        "semantic", 1, grid, similarity=s, lam=1e-3, center_filter="none", generator=g
+    )
     assert paper.argmin().item() == 5 * 8 + 5  # the paper: the 3x3-filtered peak (the blob)
     assert official.argmin().item() == 1 * 8 + 1  # the official code: the raw argmax (the spike)
     noise = official - orders.distance_to_centers(torch.tensor([[1, 1]]), grid)
@@ -41,14 +43,20 @@ def test_unknown_center_filter_and_map_are_config_errors():
     with pytest.raises(ConfigError, match="center_map"):
         tiny_model(center_map="gradcam")
     with pytest.raises(ConfigError, match="center_map"):  # a teacher orders by its own similarity map
-        tiny_model(center_map="attention", target="features", teacher_arch="vit_tiny_patch16_224",
-                   teacher_path="t.pth")  # fmt: skip
+        tiny_model(
+            center_map="attention",
+            target="features",
+            teacher_arch="vit_tiny_patch16_224",
+            teacher_path="t.pth",
+        )
 
 
 @torch.no_grad()
 def test_attention_centre_reads_the_last_blocks_cls_attention():
     model = tiny_model(order="semantic", center_map="attention", depth=2, decoder_depth=1).eval()
-    vit = build_vit({"img_size": 32, "patch_size": 4, "in_chans": 3, "embed_dim": 32, "depth": 2, "num_heads": 2})
+    vit = build_vit(
+        {"img_size": 32, "patch_size": 4, "in_chans": 3, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    )
     vit.load_state_dict(model.encoder_state_dict(), strict=True)
     vit.eval()
     images = torch.randn(3, 3, 32, 32)
@@ -81,8 +89,14 @@ def test_order_maps_stay_fp32_under_bf16_autocast():
 
 def test_decoder_depth_ablation_starts_from_the_same_encoder():
     def initial(decoder_depth, init_depth=None):
-        model = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
-                 "decoder_depth": decoder_depth}  # fmt: skip
+        model = {
+            "img_size": 32,
+            "patch_size": 8,
+            "embed_dim": 32,
+            "depth": 2,
+            "num_heads": 2,
+            "decoder_depth": decoder_depth,
+        }
         train = {"seed": 5, "device": "cpu", "encoder_init_depth": init_depth}
         cfg = PretrainConfig.from_dict({"model": model, "train": train}).validate()
         return build_state(cfg, torch.device("cpu"), DistInfo()).model.state_dict()
@@ -96,7 +110,19 @@ def test_decoder_depth_ablation_starts_from_the_same_encoder():
 
 
 def pretrain_args(out, *extra):
-    return ["pretrain", "--out", str(out), "--limit", "16", "--batch-size", "8", "--epochs", "1", *TINY_RUN, *extra]
+    return [
+        "pretrain",
+        "--out",
+        str(out),
+        "--limit",
+        "16",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        *TINY_RUN,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +138,17 @@ def test_order_source_gives_the_order_and_nothing_else(tmp_path, source):
     assert main(pretrain_args(tmp_path / "run", "--set", f"train.order_source={source}")) == 0
     assert hashlib.sha256(source.read_bytes()).hexdigest() == digest  # the source is only read
     cfg = PretrainConfig.from_dict(
-        {"model": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
-                   "decoder_depth": 2}, "train": {"order_source": str(source), "device": "cpu",
-                                                        "precision": "fp32"}}  # as the check below recomputes it  # fmt: skip
+        {
+            "model": {
+                "img_size": 32,
+                "patch_size": 8,
+                "embed_dim": 32,
+                "depth": 2,
+                "num_heads": 2,
+                "decoder_depth": 2,
+            },
+            "train": {"order_source": str(source), "device": "cpu", "precision": "fp32"},
+        }  # as the check below recomputes it
     ).validate()
     state = build_state(cfg, torch.device("cpu"), DistInfo())
     images = torch.randn(4, 3, 32, 32)
@@ -124,8 +158,9 @@ def test_order_source_gives_the_order_and_nothing_else(tmp_path, source):
     torch.testing.assert_close(from_source, state.model.compute_centerness(images, g2, source_map))
     assert not torch.equal(from_source.argmin(1), state.model.compute_centerness(images, g3).argmin(1))
     # Targets and gradients: the model's own, for the order the source gave; the source gets none.
-    forward_backward(cfg, state, [(images, None, None)], torch.Generator(), torch.device("cpu"), DistInfo(),
-                     tmp_path)  # fmt: skip
+    forward_backward(
+        cfg, state, [(images, None, None)], torch.Generator(), torch.device("cpu"), DistInfo(), tmp_path
+    )
     grads = {n: p.grad.clone() for n, p in state.model.named_parameters() if p.grad is not None}
     assert all(p.grad is None and not p.requires_grad for p in state.order_source.parameters())
     state.model.zero_grad()
@@ -146,8 +181,14 @@ def test_order_source_gives_the_order_and_nothing_else(tmp_path, source):
         (["--set", "model.lam=-0.01"], "model.lam"),
         (["--set", "train.order_source=/no/such.pt"], "/no/such.pt"),
         (["--set", "train.ema_decay=0.99", "--set", "train.order_source=x.pt"], "train.order_source"),
-        (["--set", "model.order=raster", "--set", "train.order_source=x.pt"], "train.order_source: expected unset"),
-        (["--set", "train.encoder_init_depth=3"], "train.encoder_init_depth: expected a decoder depth that divides"),
+        (
+            ["--set", "model.order=raster", "--set", "train.order_source=x.pt"],
+            "train.order_source: expected unset",
+        ),
+        (
+            ["--set", "train.encoder_init_depth=3"],
+            "train.encoder_init_depth: expected a decoder depth that divides",
+        ),
         (["--set", "train.encoder_init_depth=0"], "train.encoder_init_depth: expected a positive int"),
     ],
 )
@@ -157,10 +198,19 @@ def test_bad_order_settings_exit_2_and_write_nothing(tmp_path, capsys, extra, me
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--set", "model.patch_size=4"], "a 4x4 patch grid; the model reads 32x32 px, 3 channels, a 8x8 grid"),
-    (["--set", "model.img_size=64", "--set", "model.patch_size=16"], "is an encoder of 32x32 px"),  # same grid
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--set", "model.patch_size=4"],
+            "a 4x4 patch grid; the model reads 32x32 px, 3 channels, a 8x8 grid",
+        ),
+        (
+            ["--set", "model.img_size=64", "--set", "model.patch_size=16"],
+            "is an encoder of 32x32 px",
+        ),  # same grid
+    ],
+)
 def test_order_source_for_another_input_exits_2(tmp_path, capsys, source, extra, message):
     assert main(pretrain_args(tmp_path / "run", *extra, "--set", f"train.order_source={source}")) == 2
     err = capsys.readouterr().err

@@ -15,16 +15,40 @@ from tests.conftest import make_fmnist_dir
 def test_quick_study_end_to_end_then_resume_recomputes_only_the_missing_run(tmp_path, capsys):
     make_fmnist_dir(tmp_path, n_train=300, n_test=50)
     out, reports = tmp_path / "study", tmp_path / "reports"
-    argv = ["study", "payoff", "--quick", "--seeds", "1", "--data", f"fashion-mnist:{tmp_path}", "--out", str(out),
-            "--report-dir", str(reports), "--no-progress", "--set", "study.orders=[semantic]",
-            "--set", "study.labels_per_class=[2]", "--set", "study.val_size=30",
-            "--set", "study.finetune=[batch_size=10,limit=200,budget_steps=0]", "--set", "study.epochs=[1]",
-            "--set", "study.curve_steps=[]"]  # fmt: skip
+    argv = [
+        "study",
+        "payoff",
+        "--quick",
+        "--seeds",
+        "1",
+        "--data",
+        f"fashion-mnist:{tmp_path}",
+        "--out",
+        str(out),
+        "--report-dir",
+        str(reports),
+        "--no-progress",
+        "--set",
+        "study.orders=[semantic]",
+        "--set",
+        "study.labels_per_class=[2]",
+        "--set",
+        "study.val_size=30",
+        "--set",
+        "study.finetune=[batch_size=10,limit=200,budget_steps=0]",
+        "--set",
+        "study.epochs=[1]",
+        "--set",
+        "study.curve_steps=[]",
+    ]
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["encoder"]) for r in rows] == [
-        ("floor", "pixels"), ("finetune", "scratch"), ("pretrain", "semantic"), ("finetune", "semantic"),
-    ]  # encoder by encoder: an encoder's runs before the next pretraining  # fmt: skip
+        ("floor", "pixels"),
+        ("finetune", "scratch"),
+        ("pretrain", "semantic"),
+        ("finetune", "semantic"),
+    ]  # encoder by encoder: an encoder's runs before the next pretraining
     assert rows[0]["train_images"] == rows[1]["train_images"] == 20  # floors learn from fine-tuning's images
     import yaml
 
@@ -43,7 +67,9 @@ def test_quick_study_end_to_end_then_resume_recomputes_only_the_missing_run(tmp_
     assert len(images) == 20 and int(images.max()) < 200 + 30  # drawn from the limited pool, as fine-tuning
     report = (reports / "payoff-fashion-mnist.md").read_text()
     assert "fine-tuned from semantic" in report and "`semantic` − scratch" in report
-    assert (reports / "payoff-fashion-mnist.png").stat().st_size > 0 and (reports / "payoff-fashion-mnist.jsonl").is_file()
+    assert (reports / "payoff-fashion-mnist.png").stat().st_size > 0 and (
+        reports / "payoff-fashion-mnist.jsonl"
+    ).is_file()
 
     pretrained = out / "runs" / "pretrain-semantic-seed0" / "checkpoint-last.pt"
     before = pretrained.stat().st_mtime_ns
@@ -64,18 +90,45 @@ def test_quick_study_end_to_end_then_resume_recomputes_only_the_missing_run(tmp_
     capsys.readouterr()
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "[again] ('pretrain', 'semantic', -1, 0): its files were gone; done again, it reproduces its row" in printed
+    assert (
+        "[again] ('pretrain', 'semantic', -1, 0): its files were gone; done again, it reproduces its row"
+        in printed
+    )
     again = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(again) == 4 and again[-1]["test_top1"] == rows[-1]["test_top1"]  # the same encoder, the same score
+    assert (
+        len(again) == 4 and again[-1]["test_top1"] == rows[-1]["test_top1"]
+    )  # the same encoder, the same score
 
 
 def test_curve_scores_the_initialisation_every_kept_checkpoint_and_the_last(tmp_path):
     make_fmnist_dir(tmp_path, n_train=300, n_test=50)
     out = tmp_path / "study"
-    argv = ["study", "payoff", "--quick", "--seeds", "1", "--data", f"fashion-mnist:{tmp_path}", "--out", str(out),
-            "--report-dir", str(tmp_path / "reports"), "--no-progress", "--set", "study.orders=[semantic]",
-            "--set", "study.labels_per_class=[2]", "--set", "study.epochs=[1]", "--set", "study.val_size=30",
-            "--set", "study.finetune=[batch_size=10,limit=100,budget_steps=0]", "--set", "study.curve_labels=2"]  # fmt: skip
+    argv = [
+        "study",
+        "payoff",
+        "--quick",
+        "--seeds",
+        "1",
+        "--data",
+        f"fashion-mnist:{tmp_path}",
+        "--out",
+        str(out),
+        "--report-dir",
+        str(tmp_path / "reports"),
+        "--no-progress",
+        "--set",
+        "study.orders=[semantic]",
+        "--set",
+        "study.labels_per_class=[2]",
+        "--set",
+        "study.epochs=[1]",
+        "--set",
+        "study.val_size=30",
+        "--set",
+        "study.finetune=[batch_size=10,limit=100,budget_steps=0]",
+        "--set",
+        "study.curve_labels=2",
+    ]
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     curve = [r for r in rows if r["kind"] == "curve"]
@@ -85,7 +138,10 @@ def test_curve_scores_the_initialisation_every_kept_checkpoint_and_the_last(tmp_
     minutes = [r["pretrain_minutes"] for r in curve]
     assert minutes[0] == 0 < minutes[1] < minutes[2]
     tuned = {r["encoder"]: r["test_top1"] for r in rows if r["kind"] == "finetune"}
-    assert (curve[0]["test_top1"], curve[-1]["test_top1"]) == (tuned["scratch"], tuned["semantic"])  # reused runs
+    assert (curve[0]["test_top1"], curve[-1]["test_top1"]) == (
+        tuned["scratch"],
+        tuned["semantic"],
+    )  # reused runs
     assert not (out / "runs" / "curve-finetune-step8").exists()
     report = (tmp_path / "reports" / "payoff-fashion-mnist.md").read_text()
     assert "Quality against pretraining compute" in report and "| 4 |" in report
@@ -94,10 +150,28 @@ def test_curve_scores_the_initialisation_every_kept_checkpoint_and_the_last(tmp_
 def test_only_seeds_runs_one_seed_now_and_the_rest_on_a_rerun(tmp_path):
     make_fmnist_dir(tmp_path, n_train=200, n_test=20)
     out = tmp_path / "study"
-    argv = ["study", "payoff", "--quick", "--data", f"fashion-mnist:{tmp_path}", "--out", str(out), "--no-progress",
-            "--set", "study.orders=[]", "--set", "study.labels_per_class=[2]", "--set", "study.epochs=[1]",
-            "--set", "study.val_size=30", "--set", "study.finetune=[batch_size=10,limit=50,budget_steps=0]",
-            "--set", "study.curve_steps=[]"]  # fmt: skip
+    argv = [
+        "study",
+        "payoff",
+        "--quick",
+        "--data",
+        f"fashion-mnist:{tmp_path}",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "study.orders=[]",
+        "--set",
+        "study.labels_per_class=[2]",
+        "--set",
+        "study.epochs=[1]",
+        "--set",
+        "study.val_size=30",
+        "--set",
+        "study.finetune=[batch_size=10,limit=50,budget_steps=0]",
+        "--set",
+        "study.curve_steps=[]",
+    ]
     assert main([*argv, "--only-seeds", "1"]) == 0
     seeds = [json.loads(line)["seed"] for line in (out / "results.jsonl").read_text().splitlines()]
     assert seeds == [1, 1]  # its floor and its scratch fine-tuning
@@ -106,12 +180,20 @@ def test_only_seeds_runs_one_seed_now_and_the_rest_on_a_rerun(tmp_path):
     assert main(argv) == 0
     assert "over 2 seeds;" in report.read_text()
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert sorted((r["kind"], r["seed"]) for r in rows) == [("finetune", 0), ("finetune", 1), ("floor", 0),
-                                                           ("floor", 1)]  # fmt: skip
+    assert sorted((r["kind"], r["seed"]) for r in rows) == [
+        ("finetune", 0),
+        ("finetune", 1),
+        ("floor", 0),
+        ("floor", 1),
+    ]
 
 
 def test_plans_are_checked():
-    assert payoff_plan("cluttered-fashion-mnist").pretrain[:3] == ("train.epochs=2", "model.img_size=64", "model.patch_size=8")
+    assert payoff_plan("cluttered-fashion-mnist").pretrain[:3] == (
+        "train.epochs=2",
+        "model.img_size=64",
+        "model.patch_size=8",
+    )
     with pytest.raises(ConfigError, match="study.orders"):
         PayoffPlan(orders=("spiral",)).validate()
     with pytest.raises(ConfigError, match="study.labels_per_class"):
@@ -141,7 +223,9 @@ def test_the_plan_settles_one_precision_for_every_run_of_the_study(tmp_path, mon
     with pytest.raises(ConfigError, match="study.precision"):
         PayoffPlan(precision="fp8").validate()
     for native, expected in ((True, "bf16"), (False, "fp32")):  # a new study: this machine's native choice
-        monkeypatch.setattr(study, "resolve_precision", lambda p, d, native=native: "bf16" if native else "fp32")
+        monkeypatch.setattr(
+            study, "resolve_precision", lambda p, d, native=native: "bf16" if native else "fp32"
+        )
         assert settle_precision(PayoffPlan(), tmp_path).precision == expected
     plan = PayoffPlan(data="cluttered-fashion-mnist", segment=("finetune",), precision="fp32")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(PayoffConfig(plan).to_dict()))

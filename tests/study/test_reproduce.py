@@ -87,12 +87,31 @@ def test_reproduce_quick_command(tmp_path, capsys):
     # The --quick smoke test at its smallest: one seed on a small fake Fashion-MNIST.
     make_fmnist_dir(tmp_path, n_train=1024, n_test=500)
     out, reports = tmp_path / "study", tmp_path / "reports"
-    argv = ["reproduce", "--quick", "--seeds", "1", "--data", f"fashion-mnist:{tmp_path}", "--out", str(out),
-            "--report-dir", str(reports), "--no-progress"]  # fmt: skip
+    argv = [
+        "reproduce",
+        "--quick",
+        "--seeds",
+        "1",
+        "--data",
+        f"fashion-mnist:{tmp_path}",
+        "--out",
+        str(out),
+        "--report-dir",
+        str(reports),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert {r["order"] for r in rows} == {"pixels", "random", "raster", "stochastic", "similarity", "semantic",
-                                          "center", "multi-center"}  # fmt: skip
+    assert {r["order"] for r in rows} == {
+        "pixels",
+        "random",
+        "raster",
+        "stochastic",
+        "similarity",
+        "semantic",
+        "center",
+        "multi-center",
+    }
     name = "fashion-mnist"
     assert (reports / f"reproduce-{name}.md").is_file() and (reports / f"reproduce-{name}.png").is_file()
     assert (reports / f"reproduce-{name}.jsonl").read_text() == (out / "results.jsonl").read_text()
@@ -103,8 +122,13 @@ def test_paired_difference_is_taken_seed_by_seed():
     def row(order, seed, value):
         return {"order": order, "decoder_depth": 4, "seed": seed, "knn_cls": value}
 
-    rows = [row("raster", 0, 60.0), row("raster", 1, 70.0), row("semantic", 0, 61.0), row("semantic", 1, 72.0),
-            row("semantic", 2, 99.0)]  # fmt: skip
+    rows = [
+        row("raster", 0, 60.0),
+        row("raster", 1, 70.0),
+        row("semantic", 0, 61.0),
+        row("semantic", 1, 72.0),
+        row("semantic", 2, 99.0),
+    ]
     mean, std, n = paired_difference(rows, ("semantic", 4), ("raster", 4))["knn_cls"]
     assert n == 2 and mean == pytest.approx(1.5) and std == pytest.approx(0.5**0.5)
     assert summarise(rows, "semantic", 4)["knn_cls"][2] == 3  # the unpaired mean uses every seed

@@ -34,7 +34,9 @@ def plan_of_runs(runner: StudyRunner, log: list, lock: threading.Lock, who: int)
         runner.run(("pretrain", name, 0), work(name, 0.3))
     runner.run(("curve", "a-1", 0), work("a-1"), needs=[("pretrain", "pre-a", 0)])
     for name in ("a", "b"):
-        runner.run(("finetune", name, 0), work(name), needs=[("pretrain", "pre-a", 0), ("pretrain", "pre-b", 0)])
+        runner.run(
+            ("finetune", name, 0), work(name), needs=[("pretrain", "pre-a", 0), ("pretrain", "pre-b", 0)]
+        )
     runner.finish()
 
 
@@ -59,11 +61,19 @@ def test_a_run_another_process_holds_is_taken_up_when_that_process_dies(tmp_path
     runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.05)
     claim = runner.claim(("pretrain", "a", 0)).path
     claim.parent.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time\n"
-        f"fd = os.open({str(claim)!r}, os.O_CREAT | os.O_RDWR)\n"
-        "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(1.0)\nos._exit(9)  # killed mid-run\n"
-    )], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time\n"
+                f"fd = os.open({str(claim)!r}, os.O_CREAT | os.O_RDWR)\n"
+                "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(1.0)\nos._exit(9)  # killed mid-run\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     done = []
     runner.run(("pretrain", "a", 0), lambda: done.append(("a", holder.poll())) or {})
@@ -135,8 +145,11 @@ def test_a_finished_run_whose_files_are_gone_is_done_again_when_needed_and_must_
         runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01)
         runner.run(("pretrain", "a", 0), pretrain, kept=checkpoint.is_file)
         for name in finetunes:
-            runner.run(("finetune", name, 0), lambda n=name: calls.append(n) or {"read": checkpoint.read_text()},
-                       needs=[("pretrain", "a", 0)])  # fmt: skip
+            runner.run(
+                ("finetune", name, 0),
+                lambda n=name: calls.append(n) or {"read": checkpoint.read_text()},
+                needs=[("pretrain", "a", 0)],
+            )
         return runner
 
     study("x").finish()
@@ -174,9 +187,11 @@ def test_a_lost_run_is_done_again_just_before_the_first_run_that_needs_it(tmp_pa
 
 
 def test_a_deadline_starts_only_the_runs_expected_to_end_before_it(tmp_path, capsys):
-    finished = [{"kind": "pretrain", "name": "old", "seed": 1, "wall_s": 3000.0},  # how long each kind took
-                {"kind": "finetune", "name": "old", "seed": 1, "wall_s": 500.0},
-                {"kind": "finetune", "name": "old", "seed": 2, "wall_s": 700.0}]  # fmt: skip
+    finished = [
+        {"kind": "pretrain", "name": "old", "seed": 1, "wall_s": 3000.0},  # how long each kind took
+        {"kind": "finetune", "name": "old", "seed": 1, "wall_s": 500.0},
+        {"kind": "finetune", "name": "old", "seed": 2, "wall_s": 700.0},
+    ]
     for row in finished:
         append_record(tmp_path / "results.jsonl", {**row, "machine": "here"})
     calls = []
@@ -193,13 +208,17 @@ def test_a_deadline_starts_only_the_runs_expected_to_end_before_it(tmp_path, cap
     assert len(study(time.time() + 3300).finish()) == 3 + 2  # the pretraining alone fits, not with its reader
     assert calls == ["ft", "eval"]
     assert "2 runs left for a rerun; none is expected to end before the deadline" in capsys.readouterr().out
-    study(time.time() + 3700).finish()  # both fit (the fine-tunings here: 500, 700 and ~0 s): the pretraining, then its reader
+    study(
+        time.time() + 3700
+    ).finish()  # both fit (the fine-tunings here: 500, 700 and ~0 s): the pretraining, then its reader
     assert calls == ["ft", "eval", "pre", "ft-pre"]
 
 
 def test_a_deadline_counts_a_lost_run_done_again_with_the_run_that_needs_it(tmp_path):
-    finished = [{"kind": "pretrain", "name": "pre", "seed": 0, "wall_s": 3000.0},
-                {"kind": "finetune", "name": "ft", "seed": 0, "wall_s": 600.0}]  # fmt: skip
+    finished = [
+        {"kind": "pretrain", "name": "pre", "seed": 0, "wall_s": 3000.0},
+        {"kind": "finetune", "name": "ft", "seed": 0, "wall_s": 600.0},
+    ]
     for row in finished:
         append_record(tmp_path / "results.jsonl", row)
     calls, kept = [], {"pre": False, "src": False}  # its checkpoint gone, and a new pretraining reads it
@@ -210,7 +229,9 @@ def test_a_deadline_counts_a_lost_run_done_again_with_the_run_that_needs_it(tmp_
     def study(deadline: float) -> StudyRunner:
         runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01, deadline=deadline)
         runner.run(("pretrain", "pre", 0), work("pre"), kept=lambda: kept["pre"])
-        runner.run(("pretrain", "src", 0), work("src"), needs=[("pretrain", "pre", 0)], kept=lambda: kept["src"])
+        runner.run(
+            ("pretrain", "src", 0), work("src"), needs=[("pretrain", "pre", 0)], kept=lambda: kept["src"]
+        )
         runner.run(("finetune", "late", 0), work("late"), needs=[("pretrain", "src", 0)])
         return runner
 
@@ -224,8 +245,11 @@ def test_deadlines_are_read_as_durations_times_of_day_or_dates_and_a_past_date_i
     now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
     assert parse_deadline("+90m", now) == (now + timedelta(minutes=90)).timestamp()
     assert parse_deadline("+2h30m", now) == (now + timedelta(hours=2, minutes=30)).timestamp()
-    assert parse_deadline("13:15", now) == parse_deadline("2026-12-02T13:15", now) == datetime(
-        2026, 12, 2, 13, 15, tzinfo=UTC).timestamp()  # fmt: skip
+    assert (
+        parse_deadline("13:15", now)
+        == parse_deadline("2026-12-02T13:15", now)
+        == datetime(2026, 12, 2, 13, 15, tzinfo=UTC).timestamp()
+    )
     assert parse_deadline("11:59", now) == datetime(2026, 12, 3, 11, 59, tzinfo=UTC).timestamp()  # tomorrow's
     with pytest.raises(ConfigError, match="already past"):
         parse_deadline("2026-12-02T11:59", now)
@@ -235,14 +259,18 @@ def test_deadlines_are_read_as_durations_times_of_day_or_dates_and_a_past_date_i
 
 
 def test_a_deadline_goes_by_the_runs_alike_on_this_machine_where_some_ran_here(tmp_path):
-    finished = [{"kind": "pretrain", "name": "a", "seed": 0, "wall_s": 3000.0, "machine": "slow"},
-                {"kind": "pretrain", "name": "b", "seed": 0, "wall_s": 3200.0},  # written before rows named one
-                {"kind": "pretrain", "name": "c", "seed": 0, "wall_s": 1000.0, "machine": "fast"}]  # fmt: skip
+    finished = [
+        {"kind": "pretrain", "name": "a", "seed": 0, "wall_s": 3000.0, "machine": "slow"},
+        {"kind": "pretrain", "name": "b", "seed": 0, "wall_s": 3200.0},  # written before rows named one
+        {"kind": "pretrain", "name": "c", "seed": 0, "wall_s": 1000.0, "machine": "fast"},
+    ]
     for row in finished:
         append_record(tmp_path / "results.jsonl", row)
 
     def study(machine: str) -> StudyRunner:
-        runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01, deadline=time.time() + 1500, machine=machine)
+        runner = StudyRunner(
+            tmp_path, {"plan": 1}, KEYS, poll_s=0.01, deadline=time.time() + 1500, machine=machine
+        )
         runner.run(("pretrain", "d", 0), lambda: {})
         return runner
 

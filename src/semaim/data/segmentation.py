@@ -51,8 +51,11 @@ class MaskFolder(Dataset):
         images_dir, masks_dir = root / "images", root / "masks"
         if not images_dir.is_dir():
             raise MissingFileError(f"data: {images_dir} not found (expected {root}/images and {root}/masks)")
-        images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
-                        and not p.name.startswith("."))  # fmt: skip
+        images = sorted(
+            p
+            for p in images_dir.iterdir()
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        )
         if not images:
             raise DataError(f"data: no images in {images_dir} (looked for {', '.join(IMAGE_EXTENSIONS)})")
         if not masks_dir.is_dir():
@@ -88,20 +91,26 @@ class MaskFolder(Dataset):
         try:
             with Image.open(path) as mask:
                 if mask.mode not in MASK_MODES:
-                    raise DataError(f"mask {path}: expected a single-channel PNG of class ids (mode L, P or I), "
-                                    f"got mode {mask.mode}")  # fmt: skip
+                    raise DataError(
+                        f"mask {path}: expected a single-channel PNG of class ids (mode L, P or I), "
+                        f"got mode {mask.mode}"
+                    )
                 values = np.asarray(mask).astype(np.int64)
         except DataError:
             raise
         except Exception as err:  # PIL raises many types for a broken file
             raise BadImageError(f"corrupt or unreadable mask: {path} ({type(err).__name__}: {err})") from err
         if values.shape != image_size:
-            raise DataError(f"mask {path}: size {values.shape[1]}x{values.shape[0]} differs from its image {image} "
-                            f"({image_size[1]}x{image_size[0]}, width x height)")  # fmt: skip
+            raise DataError(
+                f"mask {path}: size {values.shape[1]}x{values.shape[0]} differs from its image {image} "
+                f"({image_size[1]}x{image_size[0]}, width x height)"
+            )
         bad = (values >= self.num_classes) & (values != IGNORE_INDEX)
         if bad.any():
-            raise DataError(f"mask {path}: class id {int(values[bad].max())} >= num_classes {self.num_classes} "
-                            f"(ids are 0..{self.num_classes - 1}, {IGNORE_INDEX} = ignore)")  # fmt: skip
+            raise DataError(
+                f"mask {path}: class id {int(values[bad].max())} >= num_classes {self.num_classes} "
+                f"(ids are 0..{self.num_classes - 1}, {IGNORE_INDEX} = ignore)"
+            )
         return values
 
     def _image(self, index: int) -> Image.Image:
@@ -168,8 +177,15 @@ class SegmentTransform:
     Returns ``(image (in_chans, H, W) float32, mask (H, W) int64)``.
     """
 
-    def __init__(self, img_size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...],
-                 in_chans: int = 3, train: bool = True, hflip: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        img_size: tuple[int, int],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        in_chans: int = 3,
+        train: bool = True,
+        hflip: bool = True,
+    ) -> None:
         self.img_size, self.in_chans, self.train, self.hflip = tuple(img_size), in_chans, train, hflip
         self.mean, self.std = channel_stats(mean, in_chans), channel_stats(std, in_chans)
 

@@ -31,8 +31,9 @@ def _quotas(sizes: dict[int, int], total: int) -> dict[int, int]:
     return quota
 
 
-def train_val_split(labels: torch.Tensor, val_size: int, seed: int,
-                    prefix: str = "finetune.") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def train_val_split(
+    labels: torch.Tensor, val_size: int, seed: int, prefix: str = "finetune."
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(train indices, validation indices)``: ``val_size`` images, every class in proportion; sorted."""
     pool = torch.arange(len(labels))
     if not 0 <= val_size < len(labels):
@@ -47,8 +48,14 @@ def train_val_split(labels: torch.Tensor, val_size: int, seed: int,
     return pool[keep], val.sort().values
 
 
-def label_subset(labels: torch.Tensor, pool: torch.Tensor, per_class: int | None = None,
-                 fraction: float | None = None, seed: int = 0, prefix: str = "finetune.") -> torch.Tensor:  # fmt: skip
+def label_subset(
+    labels: torch.Tensor,
+    pool: torch.Tensor,
+    per_class: int | None = None,
+    fraction: float | None = None,
+    seed: int = 0,
+    prefix: str = "finetune.",
+) -> torch.Tensor:
     """The indices of ``pool`` kept for training: ``per_class`` images of every class, or ``fraction`` of
     each class (at least one), drawn with ``seed``; all of ``pool`` when both are ``None``. Sorted."""
     if per_class is None and fraction is None:
@@ -70,9 +77,16 @@ def default_val_size(num_images: int) -> int:
     return min(5000, num_images // 10)
 
 
-def labelled_subset(labels: torch.Tensor, val_size: int | None, split_seed: int, per_class: int | None,
-                    fraction: float | None, seed: int, limit: int | None = None,
-                    prefix: str = "finetune.") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def labelled_subset(
+    labels: torch.Tensor,
+    val_size: int | None,
+    split_seed: int,
+    per_class: int | None,
+    fraction: float | None,
+    seed: int,
+    limit: int | None = None,
+    prefix: str = "finetune.",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(training indices, validation indices)`` as fine-tuning and the label-efficiency floors draw them:
     the validation split carved out first (``val_size``, default :func:`default_val_size`), then the first
     ``limit`` of the rest, then the label subset. The same arguments give the same images everywhere."""

@@ -43,7 +43,11 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
             device = torch.device("cuda", local_rank)
         count = torch.cuda.device_count()
         if device.index >= count:  # else a traceback at the first tensor moved there
-            here = f"the CUDA devices here are cuda:0 to cuda:{count - 1}" if count > 1 else "this machine has only cuda:0"
+            here = (
+                f"the CUDA devices here are cuda:0 to cuda:{count - 1}"
+                if count > 1
+                else "this machine has only cuda:0"
+            )
             raise ConfigError(f"device: {spec!r} asked for, but {here}")
     return device
 

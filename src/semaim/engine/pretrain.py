@@ -107,7 +107,9 @@ def pretrain(
 
 
 @contextlib.contextmanager
-def run_folder(out: Path, resume: bool, force: bool, info: DistInfo, device: torch.device) -> Iterator[RunFolder]:
+def run_folder(
+    out: Path, resume: bool, force: bool, info: DistInfo, device: torch.device
+) -> Iterator[RunFolder]:
     """The run folder on every rank: rank 0 locks it, every rank checks it, and all ranks go on or stop
     together (a rank left alone in DDP set-up would fail with a traceback or hang)."""
     folder, error = RunFolder(out, resume, force, lock=info.is_main), None
@@ -126,8 +128,9 @@ def run_folder(out: Path, resume: bool, force: bool, info: DistInfo, device: tor
         folder.__exit__()
 
 
-def _pretrain(cfg: PretrainConfig, folder: RunFolder, progress: bool, device: torch.device,
-              info: DistInfo) -> dict[str, Any]:  # fmt: skip
+def _pretrain(
+    cfg: PretrainConfig, folder: RunFolder, progress: bool, device: torch.device, info: DistInfo
+) -> dict[str, Any]:
     t = cfg.train
     micro = micro_batch_size(cfg, device, info)
     ckpt = resume_checkpoint(folder.path, cfg) if folder.resume else None
@@ -141,8 +144,9 @@ def _pretrain(cfg: PretrainConfig, folder: RunFolder, progress: bool, device: to
     log = None
     if info.is_main:
         folder.start(cfg.to_dict(), inputs=[cfg.model.teacher_path, t.order_source])
-        log = RunLog(folder.path, "pretrain", sampler.steps_per_epoch * t.epochs, state.step, folder.resume,
-                     progress)  # fmt: skip
+        log = RunLog(
+            folder.path, "pretrain", sampler.steps_per_epoch * t.epochs, state.step, folder.resume, progress
+        )
         print(
             f"semaim pretrain: {num_images} images from {cfg.data.data}, {sampler.steps_per_epoch} steps/epoch "
             f"× {t.epochs} epochs, batch {t.batch_size} (micro {micro} × {info.world} ranks × {t.accum_steps} "
@@ -157,8 +161,16 @@ def _pretrain(cfg: PretrainConfig, folder: RunFolder, progress: bool, device: to
         if log is not None:
             log.close()
     bad_images = all_reduce_sum(bad_images, info, device)
-    summary = summarise(cfg, state.step, first_step, time.perf_counter() - start, losses, bad_images,
-                        folder.path / LAST, info.is_main)  # fmt: skip
+    summary = summarise(
+        cfg,
+        state.step,
+        first_step,
+        time.perf_counter() - start,
+        losses,
+        bad_images,
+        folder.path / LAST,
+        info.is_main,
+    )
     if info.is_main:  # written last: a folder with result.json holds a finished run (a study relies on it)
         write_text_atomic(folder.path / "result.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -199,7 +211,9 @@ def build_state(cfg: PretrainConfig, device: torch.device, info: DistInfo) -> Tr
     if t.encoder_init_depth not in (None, cfg.model.decoder_depth):  # pair a decoder-depth ablation's init
         like = ModelConfig.from_dict({**cfg.model.to_dict(), "decoder_depth": t.encoder_init_depth})
         keys = model.load_state_dict(random_encoder(like, t.seed).state_dict(), strict=False)
-        assert not keys.unexpected_keys and all(k.split(".")[0] not in ENCODER_KEYS for k in keys.missing_keys)
+        assert not keys.unexpected_keys and all(
+            k.split(".")[0] not in ENCODER_KEYS for k in keys.missing_keys
+        )
     ema = None
     if t.ema_decay is not None and cfg.model.target == "pixels":  # with a teacher, the teacher orders
         ema = copy.deepcopy(model).requires_grad_(False).eval()
@@ -211,7 +225,9 @@ def build_state(cfg: PretrainConfig, device: torch.device, info: DistInfo) -> Tr
     forward_model = torch.compile(model) if t.compile else model
     if info.enabled:
         forward_model = DistributedDataParallel(
-            forward_model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            forward_model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
         )
     order_source = load_order_source(t.order_source, cfg.model, device) if t.order_source else None
     return TrainState(model, forward_model, ema, order_source, optimizer, scaler, base_lr, precision)
@@ -221,7 +237,11 @@ def load_order_source(path: str, model: ModelConfig, device: torch.device) -> to
     """``train.order_source``: a frozen encoder that reads the model's input (size, channels, patch grid);
     it gives the order only."""
     vit = load_encoder(path)
-    source = (tuple(vit.patch_embed.img_size), vit.patch_embed.proj.in_channels, tuple(vit.patch_embed.grid_size))
+    source = (
+        tuple(vit.patch_embed.img_size),
+        vit.patch_embed.proj.in_channels,
+        tuple(vit.patch_embed.grid_size),
+    )
     wanted = (to_2tuple(model.img_size, "img_size"), model.in_chans, tuple(model.grid))
     if source != wanted or not vit.has_class_token:
         raise ConfigError(
@@ -248,8 +268,14 @@ def restore_state(state: TrainState, ckpt: dict[str, Any], steps_per_epoch: int)
     state.step = int(ckpt["step"])
 
 
-def build_loader(cfg: PretrainConfig, base: Any, sampler: EpochSampler, micro: int, device: torch.device,
-                 img_size: tuple[int, int]) -> DataLoader:  # fmt: skip
+def build_loader(
+    cfg: PretrainConfig,
+    base: Any,
+    sampler: EpochSampler,
+    micro: int,
+    device: torch.device,
+    img_size: tuple[int, int],
+) -> DataLoader:
     """Table S1's augmentation over the sampler's shard, seeded per sample."""
     d = cfg.data
     transform = PretrainTransform(
@@ -296,8 +322,15 @@ def optimiser_steps(loader: Iterable, accum_steps: int) -> Iterator[list]:
             group = []
 
 
-def forward_backward(cfg: PretrainConfig, state: TrainState, micro_batches: list, generator: torch.Generator,
-                     device: torch.device, info: DistInfo, out: Path) -> float:  # fmt: skip
+def forward_backward(
+    cfg: PretrainConfig,
+    state: TrainState,
+    micro_batches: list,
+    generator: torch.Generator,
+    device: torch.device,
+    info: DistInfo,
+    out: Path,
+) -> float:
     """Order (Eq. 2-6), both streams (Eq. 7-11), Eq. 12 loss and backward for one step's micro-batches.
 
     Gradients of the micro-batches add up (each loss divided by their number); DDP synchronises only on
@@ -322,13 +355,16 @@ def forward_backward(cfg: PretrainConfig, state: TrainState, micro_batches: list
     return step_loss
 
 
-def order_from_source(cfg: PretrainConfig, state: TrainState, images: torch.Tensor,
-                      generator: torch.Generator) -> torch.Tensor | None:  # fmt: skip
+def order_from_source(
+    cfg: PretrainConfig, state: TrainState, images: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor | None:
     """Centerness from the EMA copy's or the order source's map; ``None``: the model orders itself."""
     source = state.ema if state.ema is not None else state.order_source
     if source is None or cfg.model.order not in NEEDS_SIMILARITY:
         return None
-    return state.model.compute_centerness(images, generator, encoder_map(source, images, cfg.model.center_map))
+    return state.model.compute_centerness(
+        images, generator, encoder_map(source, images, cfg.model.center_map)
+    )
 
 
 def optimiser_step(cfg: PretrainConfig, state: TrainState) -> float:
@@ -348,8 +384,16 @@ def optimiser_step(cfg: PretrainConfig, state: TrainState) -> float:
     return grad_norm
 
 
-def train(cfg: PretrainConfig, state: TrainState, loader: DataLoader, sampler: EpochSampler, out: Path,
-          log: RunLog | None, device: torch.device, info: DistInfo) -> tuple[list[float], int]:  # fmt: skip
+def train(
+    cfg: PretrainConfig,
+    state: TrainState,
+    loader: DataLoader,
+    sampler: EpochSampler,
+    out: Path,
+    log: RunLog | None,
+    device: torch.device,
+    info: DistInfo,
+) -> tuple[list[float], int]:
     """Algorithm 1 from ``state.step`` to the last step; saves as configured. ``-> (losses, bad images)``."""
     t = cfg.train
     steps_per_epoch = sampler.steps_per_epoch
@@ -371,10 +415,22 @@ def train(cfg: PretrainConfig, state: TrainState, loader: DataLoader, sampler: E
             losses.append(loss)
             images_per_s = t.batch_size / (time.perf_counter() - step_start)
             if log is not None:
-                record = {"step": state.step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                          "images_per_s": images_per_s, "time": time.time()}  # fmt: skip
-                log.log(record, f"epoch {epoch + 1}/{t.epochs}", loss=f"{loss:.4f}", lr=f"{lr:.2e}",
-                        img_s=f"{images_per_s:.0f}")  # fmt: skip
+                record = {
+                    "step": state.step,
+                    "epoch": epoch,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "images_per_s": images_per_s,
+                    "time": time.time(),
+                }
+                log.log(
+                    record,
+                    f"epoch {epoch + 1}/{t.epochs}",
+                    loss=f"{loss:.4f}",
+                    lr=f"{lr:.2e}",
+                    img_s=f"{images_per_s:.0f}",
+                )
             if info.is_main:
                 save_when_due(cfg, state, steps_per_epoch, out)
             barrier(info)
@@ -395,8 +451,16 @@ def save_when_due(cfg: PretrainConfig, state: TrainState, steps_per_epoch: int, 
         save_checkpoint(out / f"checkpoint-step{state.step}.pt", cfg, state, steps_per_epoch)
 
 
-def summarise(cfg: PretrainConfig, step: int, first_step: int, wall: float, losses: list[float],
-              bad_images: int, checkpoint: Path, verbose: bool) -> dict[str, Any]:  # fmt: skip
+def summarise(
+    cfg: PretrainConfig,
+    step: int,
+    first_step: int,
+    wall: float,
+    losses: list[float],
+    bad_images: int,
+    checkpoint: Path,
+    verbose: bool,
+) -> dict[str, Any]:
     """The run's summary (returned by :func:`pretrain`), printed on rank 0."""
     summary = {
         "steps": step,

@@ -32,8 +32,16 @@ LOCK = ".semaim.lock"
 ``lockf`` rather than ``flock``: a POSIX lock belongs to the process, so the data loader's forked
 workers do not inherit it and a killed run's folder is free at once, not when its orphaned workers
 notice (up to seconds later)."""
-RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "result.json", "checkpoint-*.pt", ".checkpoint-*.tmp",
-             ".*.tmp", "tb")  # fmt: skip
+RUN_FILES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "eval.jsonl",
+    "result.json",
+    "checkpoint-*.pt",
+    ".checkpoint-*.tmp",
+    ".*.tmp",
+    "tb",
+)
 """What a run writes into its folder: ``--force`` removes exactly these, nothing a user put there."""
 
 
@@ -86,7 +94,9 @@ class RunFolder:
     def _acquire(self) -> None:
         key = self.path.resolve()
         if key in RunFolder._held:
-            raise RunDirError(f"--out: {self.path} is in use by this process (another run into it has not ended)")
+            raise RunDirError(
+                f"--out: {self.path} is in use by this process (another run into it has not ended)"
+            )
         self._created = [p for p in (self.path, *self.path.parents) if not p.exists()]
         while True:
             try:
@@ -114,7 +124,9 @@ class RunFolder:
         except OSError as err:
             raise write_error(self.path / LOCK, err) from err
 
-    def start(self, config: dict[str, Any], inputs: Iterable[str | None] = (), name: str = "config.yaml") -> None:
+    def start(
+        self, config: dict[str, Any], inputs: Iterable[str | None] = (), name: str = "config.yaml"
+    ) -> None:
         """Clear the old run's files (``force``, not resuming), drop stale temporaries, write the config.
 
         ``inputs`` are files the run reads (a checkpoint to fine-tune, a teacher): ``force`` refuses to
@@ -132,7 +144,9 @@ class RunFolder:
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         for stale in self.path.glob(".*.tmp"):  # a save that a kill interrupted
             stale.unlink()
-        (self.path / "result.json").unlink(missing_ok=True)  # a resumed run is unfinished until it writes it again
+        (self.path / "result.json").unlink(
+            missing_ok=True
+        )  # a resumed run is unfinished until it writes it again
         write_text_atomic(self.path / name, yaml.safe_dump(config, sort_keys=False))
         self._created = []
 
@@ -194,7 +208,9 @@ def native_bf16(device: torch.device) -> bool:
     (measured on an AVX2-only CPU: 0.3 GFLOP/s against 63 GFLOP/s in fp32)."""
     if device.type == "cuda":  # Ampere and later; is_bf16_supported() also says yes where it is emulated
         return torch.cuda.get_device_capability(device) >= (8, 0)
-    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return device.type == "cpu" and (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    )
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -44,8 +44,12 @@ SCALES = (4.0, 2.0, 1.0, 0.5)
 def _resample(dim: int, scale: float) -> tuple[list[nn.Module], int]:
     """ViTDet's resampling of the ``dim``-wide patch map to ``scale`` × its size: ``(layers, out width)``."""
     if scale == 4.0:
-        return [nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2), nn.GELU(),
-                nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)], dim // 4  # fmt: skip
+        return [
+            nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),
+            LayerNorm2d(dim // 2),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2),
+        ], dim // 4
     if scale == 2.0:
         return [nn.ConvTranspose2d(dim, dim // 2, 2, stride=2)], dim // 2
     if scale == 1.0:
@@ -65,11 +69,15 @@ class SimpleFeaturePyramid(nn.Module):
         stages = []
         for scale in self.scales:
             layers, width = _resample(dim, scale)
-            stages.append(nn.Sequential(
-                *layers,
-                nn.Conv2d(width, out_dim, 1, bias=False), LayerNorm2d(out_dim),
-                nn.Conv2d(out_dim, out_dim, 3, padding=1, bias=False), LayerNorm2d(out_dim),
-            ))  # fmt: skip
+            stages.append(
+                nn.Sequential(
+                    *layers,
+                    nn.Conv2d(width, out_dim, 1, bias=False),
+                    LayerNorm2d(out_dim),
+                    nn.Conv2d(out_dim, out_dim, 3, padding=1, bias=False),
+                    LayerNorm2d(out_dim),
+                )
+            )
         self.stages = nn.ModuleList(stages)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -78,15 +86,24 @@ class SimpleFeaturePyramid(nn.Module):
 
 def _conv_gn_relu(in_dim: int, dim: int) -> nn.Sequential:
     """Panoptic FPN's 3×3 conv + GroupNorm (32 groups, or fewer when ``dim`` has fewer channels) + ReLU."""
-    return nn.Sequential(nn.Conv2d(in_dim, dim, 3, padding=1, bias=False), nn.GroupNorm(math.gcd(32, dim), dim),
-                         nn.ReLU(inplace=True))  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(in_dim, dim, 3, padding=1, bias=False),
+        nn.GroupNorm(math.gcd(32, dim), dim),
+        nn.ReLU(inplace=True),
+    )
 
 
 class SemanticFPNHead(nn.Module):
     """Panoptic FPN's semantic branch over pyramid maps of ``scales``: logits at the finest map's size."""
 
-    def __init__(self, in_dim: int, dim: int, num_classes: int, scales: tuple[float, ...] = SCALES,
-                 dropout: float = 0.1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        num_classes: int,
+        scales: tuple[float, ...] = SCALES,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.scales = tuple(scales)
         self.finest = self.scales.index(max(self.scales))
@@ -130,8 +147,15 @@ class Segmenter(nn.Module):
     to end (``mode="finetune"``), or a linear head on the frozen encoder (``mode="linear"``).
     ``forward(images) -> logits (B, num_classes, H, W)`` at the input's size."""
 
-    def __init__(self, encoder: VisionTransformer, num_classes: int, mode: str = "finetune", pyramid_dim: int = 256,
-                 head_dim: int = 128, scales: tuple[float, ...] = SCALES) -> None:  # fmt: skip
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        num_classes: int,
+        mode: str = "finetune",
+        pyramid_dim: int = 256,
+        head_dim: int = 128,
+        scales: tuple[float, ...] = SCALES,
+    ) -> None:
         super().__init__()
         self.encoder, self.mode = encoder, mode
         dim = encoder.embed_dim
@@ -140,13 +164,16 @@ class Segmenter(nn.Module):
             self.decoder = LinearHead(dim, num_classes)
         else:
             encoder.norm = nn.Identity()  # ViTDet's pyramid reads the last block as it leaves it
-            self.decoder = nn.Sequential(SimpleFeaturePyramid(dim, pyramid_dim, scales),
-                                         SemanticFPNHead(pyramid_dim, head_dim, num_classes, scales))  # fmt: skip
+            self.decoder = nn.Sequential(
+                SimpleFeaturePyramid(dim, pyramid_dim, scales),
+                SemanticFPNHead(pyramid_dim, head_dim, num_classes, scales),
+            )
 
     def patch_map(self, images: torch.Tensor) -> torch.Tensor:
         """The last block's patch tokens as ``(B, D, h, w)`` (final LayerNorm applied only when frozen)."""
-        return self.encoder.forward_intermediates(images, indices=1, norm=self.mode == "linear",
-                                                  intermediates_only=True)[0]  # fmt: skip
+        return self.encoder.forward_intermediates(
+            images, indices=1, norm=self.mode == "linear", intermediates_only=True
+        )[0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.mode == "linear":

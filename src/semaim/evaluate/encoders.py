@@ -70,12 +70,31 @@ def split_features(cfg: FeaturesConfig, enc: EncoderChoice, progress: bool = Tru
     out = []
     for split in ("train", "test"):
         f, y = extract_features(
-            enc.module, cfg.data, split, enc.img_size, enc.in_chans, cfg.pool, cfg.batch_size,
-            cfg.workers, device, precision, cfg.cache, enc.cache_key, progress,
-        )  # fmt: skip
+            enc.module,
+            cfg.data,
+            split,
+            enc.img_size,
+            enc.in_chans,
+            cfg.pool,
+            cfg.batch_size,
+            cfg.workers,
+            device,
+            precision,
+            cfg.cache,
+            enc.cache_key,
+            progress,
+        )
         out += [f, y]
     if cfg.draws_subset:  # a label-efficiency floor
-        subset, _ = labelled_subset(out[1], cfg.val_size, cfg.split_seed, cfg.labels_per_class,
-                                    cfg.label_fraction, cfg.subset_seed, cfg.limit, prefix="features.")  # fmt: skip
+        subset, _ = labelled_subset(
+            out[1],
+            cfg.val_size,
+            cfg.split_seed,
+            cfg.labels_per_class,
+            cfg.label_fraction,
+            cfg.subset_seed,
+            cfg.limit,
+            prefix="features.",
+        )
         out[0], out[1] = out[0][subset], out[1][subset]
     return tuple(out)

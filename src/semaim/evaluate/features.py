@@ -63,9 +63,21 @@ def extract_features(
     pool, the input size, the precision and the normalisation; an unreadable cache file is recomputed.
     """
     return extract_pooled_features(
-        encoder, data, split, img_size, in_chans, (pool,), batch_size, workers, device, precision,
-        cache, cache_key, progress, limit,
-    )[pool]  # fmt: skip
+        encoder,
+        data,
+        split,
+        img_size,
+        in_chans,
+        (pool,),
+        batch_size,
+        workers,
+        device,
+        precision,
+        cache,
+        cache_key,
+        progress,
+        limit,
+    )[pool]
 
 
 def cache_file(folder: Path, key: list[Any]) -> Path:
@@ -110,8 +122,17 @@ def extract_pooled_features(
     base = open_dataset(data, split, in_chans)
     paths: dict[str, Path] = {}
     if cache is not None:
-        key = [cache_key, data, base.fingerprint(), split, list(img_size), in_chans, precision,
-               list(base.mean), list(base.std)] + ([limit] if limit else [])  # fmt: skip
+        key = [
+            cache_key,
+            data,
+            base.fingerprint(),
+            split,
+            list(img_size),
+            in_chans,
+            precision,
+            list(base.mean),
+            list(base.std),
+        ] + ([limit] if limit else [])
         paths = {pool: cache_file(Path(cache), [*key, pool]) for pool in pools}
         stored = load_cached(paths)
         if stored is not None:

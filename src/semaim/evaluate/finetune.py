@@ -60,10 +60,16 @@ def train_transform(ft: FinetuneConfig, in_chans: int, img_size: tuple[int, int]
     """timm's training transform for Table S2, its posterize ops (only these) clamped to ≥ 1 bit."""
     try:  # timm parses the policy string with asserts
         transform = create_transform(
-            input_size=(in_chans, *img_size), is_training=True, auto_augment=ft.randaug or None,
-            scale=tuple(ft.crop_scale), re_prob=ft.reprob, re_mode="pixel", interpolation="bicubic",
-            mean=mean, std=std,
-        )  # fmt: skip
+            input_size=(in_chans, *img_size),
+            is_training=True,
+            auto_augment=ft.randaug or None,
+            scale=tuple(ft.crop_scale),
+            re_prob=ft.reprob,
+            re_mode="pixel",
+            interpolation="bicubic",
+            mean=mean,
+            std=std,
+        )
     except (AssertionError, ValueError) as err:
         raise ConfigError(
             f"finetune.randaug: {ft.randaug!r} is not a timm augmentation policy such as "
@@ -101,12 +107,24 @@ class FinetuneDataset(Dataset):
         return self.transform(img.convert(self.mode)), int(self.base.labels[index])
 
 
-def eval_loader(base: Dataset, indices: list[int] | None, img_size: tuple[int, int], in_chans: int,
-                workers: int, mean: tuple[float, ...], std: tuple[float, ...]) -> DataLoader:  # fmt: skip
+def eval_loader(
+    base: Dataset,
+    indices: list[int] | None,
+    img_size: tuple[int, int],
+    in_chans: int,
+    workers: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> DataLoader:
     """Resize + normalise, no augmentation, over ``indices`` of ``base`` (all of it when ``None``)."""
     transform = PretrainTransform(img_size, mean, std, in_chans, train=False)
-    return DataLoader(AugmentedDataset(base, transform), batch_size=256, sampler=indices, num_workers=workers,
-                      collate_fn=collate)  # fmt: skip
+    return DataLoader(
+        AugmentedDataset(base, transform),
+        batch_size=256,
+        sampler=indices,
+        num_workers=workers,
+        collate_fn=collate,
+    )
 
 
 def open_splits(ft: FinetuneConfig, args: dict[str, Any]) -> Splits:
@@ -115,25 +133,39 @@ def open_splits(ft: FinetuneConfig, args: dict[str, Any]) -> Splits:
     base = open_dataset(ft.data, "train", in_chans)
     if (base.labels < 0).any():
         raise DataError(f"data: {ft.data} has unlabeled images; fine-tuning needs class sub-folders")
-    subset, val = labelled_subset(base.labels, ft.val_size, ft.split_seed, ft.labels_per_class, ft.label_fraction,
-                                  ft.seed, ft.limit)  # fmt: skip
+    subset, val = labelled_subset(
+        base.labels, ft.val_size, ft.split_seed, ft.labels_per_class, ft.label_fraction, ft.seed, ft.limit
+    )
     sampler = EpochSampler(len(subset), ft.batch_size, 1, ft.seed)
     mean, std = channel_stats(base.mean, in_chans), channel_stats(base.std, in_chans)
     train = DataLoader(
         FinetuneDataset(base, subset, train_transform(ft, in_chans, img_size, mean, std), in_chans),
-        batch_size=ft.batch_size, sampler=sampler, num_workers=ft.workers, collate_fn=collate, drop_last=True,
+        batch_size=ft.batch_size,
+        sampler=sampler,
+        num_workers=ft.workers,
+        collate_fn=collate,
+        drop_last=True,
         persistent_workers=ft.workers > 0,
-    )  # fmt: skip
+    )
     val_loader = None
     if len(val):
         val_loader = eval_loader(base, val.tolist(), img_size, in_chans, ft.workers, base.mean, base.std)
-    return Splits(train, val_loader, sampler, len(subset), len(val), int(base.labels.max()) + 1, img_size,
-                  (base.mean, base.std))  # fmt: skip
+    return Splits(
+        train,
+        val_loader,
+        sampler,
+        len(subset),
+        len(val),
+        int(base.labels.max()) + 1,
+        img_size,
+        (base.mean, base.std),
+    )
 
 
 # --------------------------------------------------------------------------- model and objective
-def build_classifier(args: dict[str, Any], state: dict[str, torch.Tensor], num_classes: int,
-                     ft: FinetuneConfig, source: str) -> VisionTransformer:  # fmt: skip
+def build_classifier(
+    args: dict[str, Any], state: dict[str, torch.Tensor], num_classes: int, ft: FinetuneConfig, source: str
+) -> VisionTransformer:
     """The encoder with a new head (MAE's init: N(0, 2e-5)) and Table S2's drop path.
 
     ``pool="avg"`` is the official fine-tuning's head: the mean of the patch tokens through a new
@@ -156,8 +188,12 @@ def build_classifier(args: dict[str, Any], state: dict[str, torch.Tensor], num_c
 def build_objective(ft: FinetuneConfig, num_classes: int) -> tuple[Mixup | None, nn.Module]:
     """Mixup / cutmix with soft-target cross-entropy, or label smoothing, or plain cross-entropy."""
     if ft.mixup > 0 or ft.cutmix > 0:
-        mixup = Mixup(mixup_alpha=ft.mixup, cutmix_alpha=ft.cutmix, label_smoothing=ft.smoothing,
-                      num_classes=num_classes)  # fmt: skip
+        mixup = Mixup(
+            mixup_alpha=ft.mixup,
+            cutmix_alpha=ft.cutmix,
+            label_smoothing=ft.smoothing,
+            num_classes=num_classes,
+        )
         return mixup, SoftTargetCrossEntropy()
     if ft.smoothing > 0:
         return None, LabelSmoothingCrossEntropy(ft.smoothing)
@@ -188,8 +224,14 @@ class FinetuneTask(SupervisedTask):
     name, kind, metric = "finetune", KIND_FINETUNE, "top1"
     recorded, plotted = ("top1", "top5"), ("top1",)
 
-    def prepare(self, ft: FinetuneConfig, args: dict[str, Any], weights: dict[str, torch.Tensor], source: str,
-                device: torch.device) -> tuple[Splits, nn.Module, torch.optim.Optimizer]:  # fmt: skip
+    def prepare(
+        self,
+        ft: FinetuneConfig,
+        args: dict[str, Any],
+        weights: dict[str, torch.Tensor],
+        source: str,
+        device: torch.device,
+    ) -> tuple[Splits, nn.Module, torch.optim.Optimizer]:
         """The splits (the schedule stretched to ``budget_steps``), the classifier, AdamW with layer decay, and
         the objective :meth:`train_step` uses."""
         splits = open_splits(ft, args)
@@ -206,8 +248,14 @@ class FinetuneTask(SupervisedTask):
     def header_notes(self, ft: FinetuneConfig) -> tuple[str, str]:
         return "", f"{ft.pool} pool, "
 
-    def train_step(self, state: SupervisedState, batch: tuple[torch.Tensor, torch.Tensor, Any], lr: float,
-                   device: torch.device, out: Path) -> tuple[float, float]:  # fmt: skip
+    def train_step(
+        self,
+        state: SupervisedState,
+        batch: tuple[torch.Tensor, torch.Tensor, Any],
+        lr: float,
+        device: torch.device,
+        out: Path,
+    ) -> tuple[float, float]:
         """One AdamW step with layer-wise lr: ``-> (loss, grad norm)``. Drop path and mixup are seeded per step."""
         ft = state.cfg.finetune
         step_seed = sample_seed(ft.seed, state.step, 0)
@@ -224,8 +272,9 @@ class FinetuneTask(SupervisedTask):
             loss = criterion(state.model(images).float(), targets)
         return optimizer_step(state, loss, state.model.parameters(), ft.clip_grad, out)
 
-    def score(self, state: SupervisedState, model: nn.Module, loader: DataLoader,
-              device: torch.device) -> dict[str, float]:  # fmt: skip
+    def score(
+        self, state: SupervisedState, model: nn.Module, loader: DataLoader, device: torch.device
+    ) -> dict[str, float]:
         return evaluate(model, loader, device, state.precision)
 
     def test_loader(self, state: SupervisedState, splits: Splits) -> DataLoader:
@@ -233,18 +282,29 @@ class FinetuneTask(SupervisedTask):
         test = open_dataset(ft.data, "test", in_chans)
         return eval_loader(test, None, splits.img_size, in_chans, ft.workers, *splits.stats)
 
-    def result(self, state: SupervisedState, splits: Splits, scores: dict[str, float],
-               test: DataLoader) -> dict[str, Any]:  # fmt: skip
-        return {"test_top1": scores["top1"], "test_top5": scores["top5"], "selected": state.cfg.finetune.select,
-                "best_val_top1": best_val(state, splits), "train_images": splits.num_images,
-                "val_images": splits.num_val}  # fmt: skip
+    def result(
+        self, state: SupervisedState, splits: Splits, scores: dict[str, float], test: DataLoader
+    ) -> dict[str, Any]:
+        return {
+            "test_top1": scores["top1"],
+            "test_top5": scores["top5"],
+            "selected": state.cfg.finetune.select,
+            "best_val_top1": best_val(state, splits),
+            "train_images": splits.num_images,
+            "val_images": splits.num_val,
+        }
 
     def model_args(self, state: SupervisedState) -> dict[str, Any]:
         return {**state.args, "global_pool": state.model.global_pool}
 
 
-def finetune(cfg: FinetuneRunConfig, out_dir: str | Path, resume: bool = False, force: bool = False,
-             progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def finetune(
+    cfg: FinetuneRunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Fine-tune ``cfg.encoder`` (a checkpoint, or the random initialisation: the scratch baseline) on a
     labelled subset of ``cfg.finetune.data``'s training split, validate after every epoch on a split
     carved from it, and score the test split once, at the end, with the last or the best-validation

@@ -58,8 +58,14 @@ class SegmentSplits(Splits):
     classes: tuple[str, ...]
 
 
-def eval_loader(base: Any, indices: list[int], img_size: tuple[int, int], in_chans: int, workers: int,
-                stats: tuple[tuple[float, ...], tuple[float, ...]]) -> DataLoader:  # fmt: skip
+def eval_loader(
+    base: Any,
+    indices: list[int],
+    img_size: tuple[int, int],
+    in_chans: int,
+    workers: int,
+    stats: tuple[tuple[float, ...], tuple[float, ...]],
+) -> DataLoader:
     """Resize + normalise, no flip, over ``indices`` of ``base``."""
     transform = SegmentTransform(img_size, *stats, in_chans, train=False)
     return DataLoader(SegmentDataset(base, indices, transform), batch_size=EVAL_BATCH, num_workers=workers)
@@ -79,16 +85,32 @@ def open_splits(sg: SegmentConfig, args: dict[str, Any]) -> SegmentSplits:
     sampler = EpochSampler(len(subset), sg.batch_size, 1, sg.seed)
     stats = (tuple(channel_stats(base.mean, in_chans)), tuple(channel_stats(base.std, in_chans)))
     transform = SegmentTransform(img_size, *stats, in_chans, train=True, hflip=sg.hflip)
-    train = DataLoader(SegmentDataset(base, subset, transform), batch_size=sg.batch_size, sampler=sampler,
-                       num_workers=sg.workers, drop_last=True, persistent_workers=sg.workers > 0)  # fmt: skip
+    train = DataLoader(
+        SegmentDataset(base, subset, transform),
+        batch_size=sg.batch_size,
+        sampler=sampler,
+        num_workers=sg.workers,
+        drop_last=True,
+        persistent_workers=sg.workers > 0,
+    )
     val_loader = eval_loader(base, val.tolist(), img_size, in_chans, sg.workers, stats) if len(val) else None
-    return SegmentSplits(train, val_loader, sampler, len(subset), len(val), num_classes, img_size, stats,
-                         tuple(base.mask_classes))  # fmt: skip
+    return SegmentSplits(
+        train,
+        val_loader,
+        sampler,
+        len(subset),
+        len(val),
+        num_classes,
+        img_size,
+        stats,
+        tuple(base.mask_classes),
+    )
 
 
 # --------------------------------------------------------------------------- model and optimiser
-def build_segmenter(args: dict[str, Any], state: dict[str, torch.Tensor], num_classes: int, sg: SegmentConfig,
-                    source: str) -> Segmenter:  # fmt: skip
+def build_segmenter(
+    args: dict[str, Any], state: dict[str, torch.Tensor], num_classes: int, sg: SegmentConfig, source: str
+) -> Segmenter:
     """The encoder (strictly loaded, with the recipe's drop path) under a new pyramid + head or linear head."""
     torch.manual_seed(sg.seed)  # the new layers' initialisation
     vit = build_vit(args, drop_path_rate=sg.drop_path if sg.mode == "finetune" else 0.0)
@@ -99,15 +121,19 @@ def build_segmenter(args: dict[str, Any], state: dict[str, torch.Tensor], num_cl
 def optimizer_groups(model: Segmenter, sg: SegmentConfig) -> list[dict]:
     """Layer-wise lr decay over the encoder (:func:`~semaim.engine.optim.layer_decay_groups`; nothing when
     frozen), the full lr for the decoder; no weight decay on norms, biases, cls and position."""
-    groups = [] if sg.mode == "linear" else layer_decay_groups(
-        model.encoder, sg.weight_decay, sg.layer_decay, len(model.encoder.blocks))  # fmt: skip
+    groups = (
+        []
+        if sg.mode == "linear"
+        else layer_decay_groups(model.encoder, sg.weight_decay, sg.layer_decay, len(model.encoder.blocks))
+    )
     groups += [{**g, "lr_scale": 1.0} for g in param_groups(model.decoder, sg.weight_decay)]
     return [g for g in groups if g["params"]]
 
 
 @torch.no_grad()
-def evaluate(model: Segmenter, loader: DataLoader, num_classes: int, device: torch.device,
-             precision: str) -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    model: Segmenter, loader: DataLoader, num_classes: int, device: torch.device, precision: str
+) -> dict[str, Any]:
     """mIoU, pixel accuracy and per-class IoU over the whole loader, in eval mode (restored afterwards)."""
     was_training = model.training
     model.eval()
@@ -129,12 +155,22 @@ class SegmentTask(SupervisedTask):
     name, kind, metric = "segment", KIND_SEGMENT, "miou"
     recorded = plotted = ("miou", "pixel_acc")
 
-    def prepare(self, sg: SegmentConfig, args: dict[str, Any], weights: dict[str, torch.Tensor], source: str,
-                device: torch.device) -> tuple[SegmentSplits, Segmenter, torch.optim.Optimizer]:  # fmt: skip
+    def prepare(
+        self,
+        sg: SegmentConfig,
+        args: dict[str, Any],
+        weights: dict[str, torch.Tensor],
+        source: str,
+        device: torch.device,
+    ) -> tuple[SegmentSplits, Segmenter, torch.optim.Optimizer]:
         """The splits, the segmenter and AdamW (layer decay over the encoder, the full lr for the decoder)."""
         splits = open_splits(sg, args)
         model = build_segmenter(args, weights, splits.num_classes, sg, source).to(device)
-        return splits, model, torch.optim.AdamW(optimizer_groups(model, sg), lr=self.base_lr(sg), betas=sg.betas)
+        return (
+            splits,
+            model,
+            torch.optim.AdamW(optimizer_groups(model, sg), lr=self.base_lr(sg), betas=sg.betas),
+        )
 
     def base_lr(self, sg: SegmentConfig) -> float:
         return sg.run_lr
@@ -142,8 +178,14 @@ class SegmentTask(SupervisedTask):
     def header_notes(self, sg: SegmentConfig) -> tuple[str, str]:
         return f"{sg.mode}, ", ""
 
-    def train_step(self, state: SupervisedState, batch: tuple[torch.Tensor, torch.Tensor], lr: float,
-                   device: torch.device, out: Path) -> tuple[float, float]:  # fmt: skip
+    def train_step(
+        self,
+        state: SupervisedState,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        lr: float,
+        device: torch.device,
+        out: Path,
+    ) -> tuple[float, float]:
         """One AdamW step with layer-wise lr: ``-> (loss, grad norm)``. Drop path and dropout seeded per step."""
         sg = state.cfg.segment
         torch.manual_seed(sample_seed(sg.seed, state.step, 0))
@@ -155,8 +197,9 @@ class SegmentTask(SupervisedTask):
         params = [p for g in state.optimizer.param_groups for p in g["params"]]  # not a frozen encoder's
         return optimizer_step(state, loss, params, sg.clip_grad, out)
 
-    def score(self, state: SupervisedState, model: nn.Module, loader: DataLoader,
-              device: torch.device) -> dict[str, Any]:  # fmt: skip
+    def score(
+        self, state: SupervisedState, model: nn.Module, loader: DataLoader, device: torch.device
+    ) -> dict[str, Any]:
         return evaluate(model, loader, state.num_classes, device, state.precision)
 
     def test_loader(self, state: SupervisedState, splits: SegmentSplits) -> DataLoader:
@@ -164,19 +207,30 @@ class SegmentTask(SupervisedTask):
         test = open_segmentation(sg.data, "test", in_chans, splits.num_classes)
         return eval_loader(test, list(range(len(test))), splits.img_size, in_chans, sg.workers, splits.stats)
 
-    def result(self, state: SupervisedState, splits: SegmentSplits, scores: dict[str, Any],
-               test: DataLoader) -> dict[str, Any]:  # fmt: skip
+    def result(
+        self, state: SupervisedState, splits: SegmentSplits, scores: dict[str, Any], test: DataLoader
+    ) -> dict[str, Any]:
         sg = state.cfg.segment
         return {
-            "test_miou": scores["miou"], "test_pixel_acc": scores["pixel_acc"],
-            "test_iou": dict(zip(splits.classes, scores["iou"], strict=True)), "selected": sg.select, "mode": sg.mode,
-            "best_val_miou": best_val(state, splits), "train_images": splits.num_images, "val_images": splits.num_val,
+            "test_miou": scores["miou"],
+            "test_pixel_acc": scores["pixel_acc"],
+            "test_iou": dict(zip(splits.classes, scores["iou"], strict=True)),
+            "selected": sg.select,
+            "mode": sg.mode,
+            "best_val_miou": best_val(state, splits),
+            "train_images": splits.num_images,
+            "val_images": splits.num_val,
             "test_images": len(test.dataset),
-        }  # fmt: skip
+        }
 
 
-def segment(cfg: SegmentRunConfig, out_dir: str | Path, resume: bool = False, force: bool = False,
-            progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def segment(
+    cfg: SegmentRunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train ``cfg.encoder`` with a segmentation head on ``cfg.segment.data``'s training split, validate on
     a split carved from it, score the test split once at the end (``segment.select``: the last or the
     best-validation weights). Returns the test scores, the best validation mIoU and the wall time."""
@@ -195,7 +249,9 @@ def predict_masks(run_dir: str | Path, indices: list[int]) -> tuple[torch.Tensor
     ``select: last``): ``(images (N, C, H, W) in [0, 1], true masks (N, H, W), predicted masks (N, H, W))``."""
     ckpt = load_checkpoint(Path(run_dir) / LAST, KIND_SEGMENT)
     sg, args = SegmentRunConfig.from_dict(ckpt["config"]).segment, ckpt["model_args"]
-    model = Segmenter(build_vit(args), ckpt["num_classes"], sg.mode, sg.pyramid_dim, sg.head_dim, tuple(sg.scales))
+    model = Segmenter(
+        build_vit(args), ckpt["num_classes"], sg.mode, sg.pyramid_dim, sg.head_dim, tuple(sg.scales)
+    )
     model.load_state_dict(ckpt["model"])
     model.eval()
     in_chans, num_classes = args["in_chans"], ckpt["num_classes"]

@@ -71,8 +71,14 @@ class SupervisedTask(ABC):
     plotted: tuple[str, ...]  # ... and in TensorBoard
 
     @abstractmethod
-    def prepare(self, section: Any, args: dict[str, Any], weights: dict[str, torch.Tensor], source: str,
-                device: torch.device) -> tuple[Splits, nn.Module, torch.optim.Optimizer]:  # fmt: skip
+    def prepare(
+        self,
+        section: Any,
+        args: dict[str, Any],
+        weights: dict[str, torch.Tensor],
+        source: str,
+        device: torch.device,
+    ) -> tuple[Splits, nn.Module, torch.optim.Optimizer]:
         """Open the splits, build the model (on ``device``) and its optimizer."""
 
     @abstractmethod
@@ -84,13 +90,15 @@ class SupervisedTask(ABC):
         """The run's own settings in the opening line: after the source, and before the precision."""
 
     @abstractmethod
-    def train_step(self, state: SupervisedState, batch: Any, lr: float, device: torch.device,
-                   out: Path) -> tuple[float, float]:  # fmt: skip
+    def train_step(
+        self, state: SupervisedState, batch: Any, lr: float, device: torch.device, out: Path
+    ) -> tuple[float, float]:
         """One optimizer step on a training batch: ``-> (loss, grad norm)``."""
 
     @abstractmethod
-    def score(self, state: SupervisedState, model: nn.Module, loader: DataLoader,
-              device: torch.device) -> dict[str, Any]:  # fmt: skip
+    def score(
+        self, state: SupervisedState, model: nn.Module, loader: DataLoader, device: torch.device
+    ) -> dict[str, Any]:
         """``model``'s scores over ``loader`` (eval mode, restored afterwards), keyed by score name."""
 
     @abstractmethod
@@ -98,8 +106,9 @@ class SupervisedTask(ABC):
         """The test split, opened only now, with the evaluation transform and the training split's stats."""
 
     @abstractmethod
-    def result(self, state: SupervisedState, splits: Splits, scores: dict[str, Any],
-               test: DataLoader) -> dict[str, Any]:  # fmt: skip
+    def result(
+        self, state: SupervisedState, splits: Splits, scores: dict[str, Any], test: DataLoader
+    ) -> dict[str, Any]:
         """The fields of ``result.json`` from the test scores."""
 
     def model_args(self, state: SupervisedState) -> dict[str, Any]:
@@ -131,11 +140,19 @@ class SupervisedState:
         return f"best_val_{self.task.metric}"
 
     def save(self, path: Path) -> None:
-        save_atomic({
-            "kind": self.task.kind, "model": self.model.state_dict(), "model_args": self.task.model_args(self),
-            "num_classes": self.num_classes, "config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
-            "step": self.step, self.best_key: self.best,
-        }, path)  # fmt: skip
+        save_atomic(
+            {
+                "kind": self.task.kind,
+                "model": self.model.state_dict(),
+                "model_args": self.task.model_args(self),
+                "num_classes": self.num_classes,
+                "config": self.cfg.to_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "step": self.step,
+                self.best_key: self.best,
+            },
+            path,
+        )
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -143,8 +160,14 @@ class SupervisedState:
         self.step, self.best = ckpt["step"], ckpt[self.best_key]
 
 
-def run(task: SupervisedTask, cfg: RunConfig, out_dir: str | Path, resume: bool = False, force: bool = False,
-        progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def run(
+    task: SupervisedTask,
+    cfg: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train ``cfg.encoder`` on ``task`` in the run folder ``out_dir``, validating as configured, and score
     the test split once at the end. Returns ``result.json``'s fields, the steps run and the wall time."""
     cfg.validate()
@@ -167,8 +190,11 @@ def run(task: SupervisedTask, cfg: RunConfig, out_dir: str | Path, resume: bool 
             train(state, splits, folder.path, log, device)
         finally:
             log.close()
-        return {**final_test(state, splits, folder.path, device), "steps": state.step,
-                "wall_s": time.perf_counter() - start}  # fmt: skip
+        return {
+            **final_test(state, splits, folder.path, device),
+            "steps": state.step,
+            "wall_s": time.perf_counter() - start,
+        }
 
 
 def header(state: SupervisedState, splits: Splits, source: str, device: torch.device) -> str:
@@ -188,8 +214,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group["lr_scale"]
 
 
-def optimizer_step(state: SupervisedState, loss: torch.Tensor, params: Any, clip_grad: float | None,
-                   out: Path) -> tuple[float, float]:  # fmt: skip
+def optimizer_step(
+    state: SupervisedState, loss: torch.Tensor, params: Any, clip_grad: float | None, out: Path
+) -> tuple[float, float]:
     """Backward ``loss`` (a non-finite one stops the run) and step, the gradients of ``params`` clipped to
     ``clip_grad`` (``None``: only measured): ``-> (loss, grad norm)``."""
     check_finite(loss.item(), state.step, out / LAST)
@@ -214,8 +241,15 @@ def train(state: SupervisedState, splits: Splits, out: Path, log: RunLog, device
         for batch in splits.train:
             t0, lr = time.perf_counter(), lr_at(state.step, total, warmup, base_lr, section.min_lr)
             loss, grad_norm = state.task.train_step(state, batch, lr, device, out)
-            record = {"step": state.step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                      "images_per_s": section.batch_size / (time.perf_counter() - t0), "time": time.time()}  # fmt: skip
+            record = {
+                "step": state.step,
+                "epoch": epoch,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "images_per_s": section.batch_size / (time.perf_counter() - t0),
+                "time": time.time(),
+            }
             log.log(record, f"epoch {epoch + 1}/{section.epochs}", loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             if state.step % steps_per_epoch == 0:
                 end_of_epoch(state, splits, out, log, device, epoch)
@@ -223,8 +257,9 @@ def train(state: SupervisedState, splits: Splits, out: Path, log: RunLog, device
                 state.save(out / LAST)
 
 
-def end_of_epoch(state: SupervisedState, splits: Splits, out: Path, log: RunLog, device: torch.device,
-                 epoch: int) -> None:  # fmt: skip
+def end_of_epoch(
+    state: SupervisedState, splits: Splits, out: Path, log: RunLog, device: torch.device, epoch: int
+) -> None:
     """Validate every ``eval_every`` epochs and after the last (append to ``eval.jsonl``; a new best of the
     selection metric is saved as ``checkpoint-best.pt``), then save ``checkpoint-last.pt``."""
     task, section = state.task, state.section
@@ -233,8 +268,14 @@ def end_of_epoch(state: SupervisedState, splits: Splits, out: Path, log: RunLog,
         scores = task.score(state, state.model, splits.val, device)
         for name in task.plotted:
             log.scalar(f"val_{name}", scores[name], state.step)
-        append_record(out / "eval.jsonl", {"step": state.step, "epoch": epoch + 1,
-                                           **{f"val_{name}": scores[name] for name in task.recorded}})  # fmt: skip
+        append_record(
+            out / "eval.jsonl",
+            {
+                "step": state.step,
+                "epoch": epoch + 1,
+                **{f"val_{name}": scores[name] for name in task.recorded},
+            },
+        )
         if scores[task.metric] > state.best:
             state.best = scores[task.metric]
             state.save(out / BEST)

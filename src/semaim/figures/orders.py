@@ -150,8 +150,9 @@ def order_figure(
                 continue
             if name in ORDERS:
                 values = ranks[name][r].float().numpy() / (n_patches - 1)
-                order_im = ax.imshow(values, cmap="jet_r", vmin=0, vmax=1, alpha=0.6, extent=extent,
-                                     interpolation="nearest")  # fmt: skip
+                order_im = ax.imshow(
+                    values, cmap="jet_r", vmin=0, vmax=1, alpha=0.6, extent=extent, interpolation="nearest"
+                )
             else:
                 m = (attention if name == "cls attention" else similarity)[r].reshape(grid).numpy()
                 m = (m - m.min()) / (m.max() - m.min() + 1e-12)

@@ -66,7 +66,9 @@ def cls_attention(block: nn.Module, tokens: torch.Tensor, num_prefix_tokens: int
     qkv = attn.qkv(block.norm1(tokens)).reshape(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k = attn.q_norm(qkv[0][:, :, :1]), attn.k_norm(qkv[1])
     with torch.autocast(tokens.device.type, enabled=False):  # fp32 under autocast, as in similarity_map
-        weights = (q.float() @ k.float().transpose(-2, -1) * attn.scale).softmax(-1)[:, :, 0, num_prefix_tokens:]
+        weights = (q.float() @ k.float().transpose(-2, -1) * attn.scale).softmax(-1)[
+            :, :, 0, num_prefix_tokens:
+        ]
     weights = weights.mean(1)
     return weights / weights.sum(-1, keepdim=True)
 
@@ -96,7 +98,9 @@ def encoder_map(encoder: nn.Module, images: torch.Tensor, kind: str = "similarit
     return similarity_map(torch.cat([tokens[:, :1], tokens[:, prefix:]], dim=1))
 
 
-def smooth_map(similarity: torch.Tensor, grid: tuple[int, int], center_filter: str = "mean3x3") -> torch.Tensor:
+def smooth_map(
+    similarity: torch.Tensor, grid: tuple[int, int], center_filter: str = "mean3x3"
+) -> torch.Tensor:
     """The 3×3 mean filter of Eq. 3 (stride 1, borders averaged over the cells that exist): ``(B, h, w)``.
 
     ``center_filter="none"`` returns the map unfiltered, as the official code takes its argmax.

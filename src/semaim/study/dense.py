@@ -25,8 +25,11 @@ SHOWN = (0, 1, 2, 3)  # test images in the figure
 
 def columns(plan: PayoffPlan) -> list[tuple[str, str, str]]:
     names = {"finetune": "fine-tuned", "linear": "linear head (frozen)"}
-    return [(f"{names[m]}: {t}", f"segment-{m}", metric) for m in plan.segment
-            for t, metric in (("mIoU", "test_miou"), ("pixel acc.", "test_pixel_acc"))]  # fmt: skip
+    return [
+        (f"{names[m]}: {t}", f"segment-{m}", metric)
+        for m in plan.segment
+        for t, metric in (("mIoU", "test_miou"), ("pixel acc.", "test_pixel_acc"))
+    ]
 
 
 def lines_for(rows: list[dict[str, Any]], plan: PayoffPlan, pairs: list[tuple[str, str | None]]) -> list[str]:
@@ -37,8 +40,11 @@ def lines_for(rows: list[dict[str, Any]], plan: PayoffPlan, pairs: list[tuple[st
         cells = []
         for _, kind, metric in cols:
             mine = by_seed(rows, kind, encoder, 0)
-            stats = paired(mine, by_seed(rows, kind, base, 0), [metric]) if base else mean_std(
-                {metric: [r[metric] for r in mine.values()]})  # fmt: skip
+            stats = (
+                paired(mine, by_seed(rows, kind, base, 0), [metric])
+                if base
+                else mean_std({metric: [r[metric] for r in mine.values()]})
+            )
             cells.append(cell(stats, metric, signed=base is not None))
         out.append(f"| {f'`{encoder}` − `{base}`' if base else f'`{encoder}`'} | " + " | ".join(cells) + " |")
     return out
@@ -48,16 +54,23 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's targets, read from the rows: +3 mIoU over scratch, one fine-tuned run within 10 minutes."""
     lines = []
     for encoder in ENCODERS[1:]:
-        stats = paired(by_seed(rows, "segment-finetune", encoder, 0), by_seed(rows, "segment-finetune", "scratch", 0),
-                       ["test_miou"])  # fmt: skip
+        stats = paired(
+            by_seed(rows, "segment-finetune", encoder, 0),
+            by_seed(rows, "segment-finetune", "scratch", 0),
+            ["test_miou"],
+        )
         if "test_miou" in stats:
             met = "met" if stats["test_miou"][0] >= TARGET_GAIN else "not met"
-            lines.append(f"- `{encoder}` − scratch, fine-tuned mIoU: {cell(stats, 'test_miou', True)} "
-                         f"(target +{TARGET_GAIN:.0f}: {met})")  # fmt: skip
+            lines.append(
+                f"- `{encoder}` − scratch, fine-tuned mIoU: {cell(stats, 'test_miou', True)} "
+                f"(target +{TARGET_GAIN:.0f}: {met})"
+            )
     walls = [r["wall_s"] / 60 for r in rows if r["kind"] == "segment-finetune" and "wall_s" in r]
     if walls:
-        lines.append(f"- one fine-tuned segmentation run: {min(walls):.1f}–{max(walls):.1f} min over {len(walls)} "
-                     f"runs (target ≤ {TARGET_MINUTES:.0f} min; wall time on a shared 2-core CPU)")  # fmt: skip
+        lines.append(
+            f"- one fine-tuned segmentation run: {min(walls):.1f}–{max(walls):.1f} min over {len(walls)} "
+            f"runs (target ≤ {TARGET_MINUTES:.0f} min; wall time on a shared 2-core CPU)"
+        )
     return lines
 
 
@@ -70,9 +83,13 @@ def run_lrs(rows: list[dict[str, Any]], plan: PayoffPlan) -> str:
         if "lr" in row:
             found.setdefault(mode, set()).add(row["lr"])
         elif saved.is_file():
-            found.setdefault(mode, set()).add(SegmentRunConfig.from_dict(yaml.safe_load(saved.read_text())).segment.run_lr)
+            found.setdefault(mode, set()).add(
+                SegmentRunConfig.from_dict(yaml.safe_load(saved.read_text())).segment.run_lr
+            )
     if not found:
-        recipe = {mode: segment_config(plan, EncoderConfig(random=True), mode, 0).segment for mode in plan.segment}
+        recipe = {
+            mode: segment_config(plan, EncoderConfig(random=True), mode, 0).segment for mode in plan.segment
+        }
         return "; ".join(f"{mode} {sg.run_lr:g}" for mode, sg in recipe.items()) + ", the recipe's"
     listed = []
     for mode in (m for m in plan.segment if m in found):
@@ -82,12 +99,18 @@ def run_lrs(rows: list[dict[str, Any]], plan: PayoffPlan) -> str:
     return "; ".join(listed) + ", as the runs used it"
 
 
-def write_dense_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: str, path: str | Path,
-                       chart: str | Path | None, study: str) -> None:  # fmt: skip
+def write_dense_report(
+    rows: list[dict[str, Any]],
+    plan: PayoffPlan,
+    command: str,
+    path: str | Path,
+    chart: str | Path | None,
+    study: str,
+) -> None:
     """Markdown: mIoU and pixel accuracy of scratch / semantic / raster (mean ± std), paired differences.
     ``study``: the name of the rows' copy beside the study's main report (``<study>-<data>.jsonl``)."""
     pairs = [(e, "scratch") for e in ENCODERS[1:]] + [("semantic", "raster")]
-    seeds = seeds_counted(rows, plan.seeds, ('segment-finetune',))  # the seeds the ± stands on
+    seeds = seeds_counted(rows, plan.seeds, ("segment-finetune",))  # the seeds the ± stands on
     lines = [
         f"# Dense prediction: semantic segmentation on `{plan.data}`",
         "",
@@ -106,7 +129,9 @@ def write_dense_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: st
         "",
         *targets(rows),
         "",
-        *how_it_was_run(command, rows, {"segment": list(plan.segment), "segment_recipe": plan.segment_recipe}, study),
+        *how_it_was_run(
+            command, rows, {"segment": list(plan.segment), "segment_recipe": plan.segment_recipe}, study
+        ),
     ]
     write_markdown(path, lines, chart, "dense")
 
@@ -115,7 +140,9 @@ def plot_dense(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, d
     """A few test images: the image, the true mask, and the masks the fine-tuned scratch, semantic and raster
     models of the first seed whose runs are all on disk predict. Without such a seed (the run folders are
     gone) the figure drawn before is kept: ``True`` when there is one at ``path``."""
-    seed, runs = next(((s, r) for s in plan.seeds if len(r := seed_runs(rows, s)) == len(ENCODERS)), (None, {}))
+    seed, runs = next(
+        ((s, r) for s in plan.seeds if len(r := seed_runs(rows, s)) == len(ENCODERS)), (None, {})
+    )
     if not runs:
         return Path(path).is_file()
     import matplotlib
@@ -130,8 +157,13 @@ def plot_dense(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, d
     images, truth, _ = next(iter(predictions.values()))
     colours = ListedColormap(["black", *plt.get_cmap("tab10").colors])  # background + ten item classes
     titles = ["image", "true mask", *(f"{e} (fine-tuned)" for e in predictions)]
-    fig, axes = plt.subplots(len(SHOWN), len(titles), figsize=(1.6 * len(titles), 1.6 * len(SHOWN)),
-                             squeeze=False, constrained_layout=True)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(SHOWN),
+        len(titles),
+        figsize=(1.6 * len(titles), 1.6 * len(SHOWN)),
+        squeeze=False,
+        constrained_layout=True,
+    )
     for row in range(len(SHOWN)):
         panels = [images[row].permute(1, 2, 0), truth[row], *(p[2][row] for p in predictions.values())]
         for col, panel in enumerate(panels):

@@ -30,14 +30,30 @@ from .payoff import (
 )
 from .stats import Stats, cell, how_it_was_run, mean_std, paired, t_interval, write_markdown
 
-ORDER_STUDY = ("semantic", "raster", "stochastic", "similarity", "center", "semantic-official",
-               "semantic-attention", "semantic-source", "semantic-dec1", "semantic-dec-half")  # fmt: skip
+ORDER_STUDY = (
+    "semantic",
+    "raster",
+    "stochastic",
+    "similarity",
+    "center",
+    "semantic-official",
+    "semantic-attention",
+    "semantic-source",
+    "semantic-dec1",
+    "semantic-dec-half",
+)
 """The pretrained encoders: ``semantic`` first (the others' shape comes from it), ``raster`` second (the paired
 baseline), then Table 1's other orders, the control and the variants."""
 
-REPORT = "orders-v2"  # the report's name: REPORT-<data>.md (v1, on barely trained encoders: `semaim reproduce`)
+REPORT = (
+    "orders-v2"  # the report's name: REPORT-<data>.md (v1, on barely trained encoders: `semaim reproduce`)
+)
 GAIN_TARGET = 5.0  # points an encoder must gain over its initialisation for the budget to count as enough
-TABLE1_CLAIMS = (("semantic", "stochastic", ">"), ("stochastic", "raster", "≥"), ("raster", "similarity", ">"))
+TABLE1_CLAIMS = (
+    ("semantic", "stochastic", ">"),
+    ("stochastic", "raster", "≥"),
+    ("raster", "similarity", ">"),
+)
 TABLE3_CLAIMS = (("semantic", "semantic-dec-half", ">"), ("semantic-dec-half", "semantic-dec1", ">"))
 QUICK_TABLE3_CLAIMS = (("semantic", "semantic-dec1", ">"),)  # --quick: a 2-block ViT has no half depth
 """The paper's rankings as pairs, read from its fine-tuning columns (Table 1: 83.5 > 83.0 ≥ 82.9 > 82.4;
@@ -57,8 +73,9 @@ def orders_plan(data: str, quick: bool = False, seeds: int | None = None) -> Pay
     orders = ORDER_STUDY
     if quick:  # the smoke test's tiny ViT has 2 blocks: half the depth is 1, the same as dec1
         orders = tuple(o for o in orders if o != "semantic-dec-half")
-    return replace(plan, orders=orders, every_budget=("scratch", "semantic", "raster"), frozen=True,
-                   segment=segment)  # fmt: skip
+    return replace(
+        plan, orders=orders, every_budget=("scratch", "semantic", "raster"), frozen=True, segment=segment
+    )
 
 
 def metrics(plan: PayoffPlan) -> list[tuple[str, str, str, int]]:
@@ -66,12 +83,17 @@ def metrics(plan: PayoffPlan) -> list[tuple[str, str, str, int]]:
     first = plan.labels_per_class[0]
     columns = [(f"fine-tuned, {first or 'all'} labels/class: test top-1", "finetune", "test_top1", first)]
     if plan.frozen:
-        columns += [("frozen k-NN@20", "frozen", "knn_top1", 0), ("frozen linear", "frozen", "linear_top1", 0)]
+        columns += [
+            ("frozen k-NN@20", "frozen", "knn_top1", 0),
+            ("frozen linear", "frozen", "linear_top1", 0),
+        ]
     names = {"finetune": "segmentation mIoU (fine-tuned)", "linear": "segmentation mIoU (linear head)"}
     return columns + [(names[mode], f"segment-{mode}", "test_miou", 0) for mode in plan.segment]
 
 
-def table(rows: list[dict[str, Any]], plan: PayoffPlan, encoders: tuple[str, ...], base: str | None) -> list[str]:
+def table(
+    rows: list[dict[str, Any]], plan: PayoffPlan, encoders: tuple[str, ...], base: str | None
+) -> list[str]:
     """One line per encoder, one column per metric: mean ± std, or the paired difference against ``base``, over
     the plan's seeds; a cell on fewer of them says how many."""
     columns = metrics(plan)
@@ -101,8 +123,10 @@ def gains(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
     gains on the other metrics (the budget is meant to move at least one of them by that much)."""
     lines = []
     for encoder in plan.orders:
-        diffs = [(c[0], c[2], paired(planned(rows, plan, encoder, c), planned(rows, plan, "scratch", c), [c[2]]))
-                 for c in metrics(plan)]  # fmt: skip
+        diffs = [
+            (c[0], c[2], paired(planned(rows, plan, encoder, c), planned(rows, plan, "scratch", c), [c[2]]))
+            for c in metrics(plan)
+        ]
         (_, metric, tuned), *others = diffs
         if metric not in tuned:
             continue
@@ -110,8 +134,10 @@ def gains(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
         verdict = "enough" if mean >= GAIN_TARGET else "too small a budget"
         rest = [f"{title} {cell(stats, m, signed=True)}" for title, m, stats in others if m in stats]
         also = f"; other metrics: {', '.join(rest)}" if rest else ""
-        lines.append(f"- `{encoder}` − its initialisation: {cell(tuned, metric, signed=True)} ({verdict}, "
-                     f"{seeds} seed{'s' * (seeds != 1)}){also}")  # fmt: skip
+        lines.append(
+            f"- `{encoder}` − its initialisation: {cell(tuned, metric, signed=True)} ({verdict}, "
+            f"{seeds} seed{'s' * (seeds != 1)}){also}"
+        )
     return lines
 
 
@@ -126,13 +152,20 @@ def budget_trend(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
     before, last = points[-2:]
     if before["step"] <= 0:  # a repeated step-0 row: no growth to read
         return []
-    return ["", f"Along seed {plan.seeds[0]}'s `{plan.curve_order}` pretraining (the payoff report's curve), the "
-            f"validation fine-tuning gain over the initialisation is {growth}: its last "
-            f"{last['step'] / before['step']:.1f}× more steps added {last['best_val_top1'] - before['best_val_top1']:+.2f}."]
+    return [
+        "",
+        f"Along seed {plan.seeds[0]}'s `{plan.curve_order}` pretraining (the payoff report's curve), the "
+        f"validation fine-tuning gain over the initialisation is {growth}: its last "
+        f"{last['step'] / before['step']:.1f}× more steps added {last['best_val_top1'] - before['best_val_top1']:+.2f}.",
+    ]
 
 
-def planned(rows: list[dict[str, Any]], plan: PayoffPlan, encoder: str,
-            column: tuple[str, str, str, int] | None = None) -> dict[int, dict[str, Any]]:  # fmt: skip
+def planned(
+    rows: list[dict[str, Any]],
+    plan: PayoffPlan,
+    encoder: str,
+    column: tuple[str, str, str, int] | None = None,
+) -> dict[int, dict[str, Any]]:
     """``{seed: row}`` of ``encoder``'s runs for one of :func:`metrics`' columns (by default fine-tuning at the
     first label budget), the plan's seeds only: rows of other seeds in the folder are not this report's."""
     _, kind, _, labels = column or metrics(plan)[0]
@@ -149,8 +182,10 @@ def ranking(rows: list[dict[str, Any]], plan: PayoffPlan, orders: tuple[str, ...
         if scores:
             means[order], counts[order] = mean_std({metric: scores})[metric][0], len(scores)
     uneven = len(set(counts.values())) > 1
-    return " > ".join(f"`{o}` {m:.2f}" + (f" ({counts[o]} seed{'s' * (counts[o] > 1)})" if uneven else "")
-                      for o, m in sorted(means.items(), key=lambda item: -item[1]))
+    return " > ".join(
+        f"`{o}` {m:.2f}" + (f" ({counts[o]} seed{'s' * (counts[o] > 1)})" if uneven else "")
+        for o, m in sorted(means.items(), key=lambda item: -item[1])
+    )
 
 
 def order_source(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
@@ -159,10 +194,16 @@ def order_source(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
     twins, semantic = (by_seed(rows, "pretrain", name, -1) for name in (ORDER_SOURCE, "semantic"))
     if "semantic-source" not in plan.orders or not twins:
         return []
-    losses = [f"seed {s} {r['final_loss']:.4f}" + (f" (`semantic` {semantic[s]['final_loss']:.4f})" if s in semantic
-                                                  else "") for s, r in sorted(twins.items())]  # fmt: skip
-    return ["", f"`semantic-source`'s order source is `semantic` pretrained once more for the seed (`{ORDER_SOURCE}`"
-            f"), just before it; final pretraining loss: {', '.join(losses)}."]
+    losses = [
+        f"seed {s} {r['final_loss']:.4f}"
+        + (f" (`semantic` {semantic[s]['final_loss']:.4f})" if s in semantic else "")
+        for s, r in sorted(twins.items())
+    ]
+    return [
+        "",
+        f"`semantic-source`'s order source is `semantic` pretrained once more for the seed (`{ORDER_SOURCE}`"
+        f"), just before it; final pretraining loss: {', '.join(losses)}.",
+    ]
 
 
 def depths(rows: list[dict[str, Any]], plan: PayoffPlan, decoders: tuple[str, ...]) -> list[str]:
@@ -171,8 +212,12 @@ def depths(rows: list[dict[str, Any]], plan: PayoffPlan, decoders: tuple[str, ..
     shallower = tuple(d for d in decoders if d != "semantic")
     if not shallower or "semantic" not in decoders:
         return []
-    return ["Each shallower decoder against `semantic`, paired seed by seed, every metric:", "",
-            *table(rows, plan, shallower, "semantic"), ""]  # fmt: skip
+    return [
+        "Each shallower decoder against `semantic`, paired seed by seed, every metric:",
+        "",
+        *table(rows, plan, shallower, "semantic"),
+        "",
+    ]
 
 
 def variants(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
@@ -182,16 +227,24 @@ def variants(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
     if not names or "semantic" not in plan.orders:
         return []
     metric = metrics(plan)[0][2]
-    lines = ["## The semantic order's variants (paired against `semantic`)", "",
-             *table(rows, plan, names, "semantic"), ""]  # fmt: skip
+    lines = [
+        "## The semantic order's variants (paired against `semantic`)",
+        "",
+        *table(rows, plan, names, "semantic"),
+        "",
+    ]
     for name in names:
         diff = paired(planned(rows, plan, name), planned(rows, plan, "semantic"), [metric])
         result = "not run yet"
         if metric in diff:
             outcome, interval = claim_outcome(*diff[metric], ">")
-            reading = {"held": "ahead of `semantic`", "contradicted": "behind `semantic`"}.get(outcome, "unresolved")
+            reading = {"held": "ahead of `semantic`", "contradicted": "behind `semantic`"}.get(
+                outcome, "unresolved"
+            )
             seeds = diff[metric][2]
-            so_far = f", so far: {seeds} of {len(plan.seeds)} planned seeds" if seeds < len(plan.seeds) else ""
+            so_far = (
+                f", so far: {seeds} of {len(plan.seeds)} planned seeds" if seeds < len(plan.seeds) else ""
+            )
             result = f"{cell(diff, metric, signed=True)} ({interval}): {reading}{so_far}"
         lines.append(f"- `{name}` ({VARIANT_QUESTIONS[name]}) − `semantic`, fine-tuning: {result}")
     return [*lines, *order_source(rows, plan), ""]
@@ -214,7 +267,9 @@ def claim_outcome(mean: float, std: float, n: int, relation: str) -> tuple[str, 
     return ("held" if low > 0 else "unresolved"), interval
 
 
-def verdict(rows: list[dict[str, Any]], plan: PayoffPlan, claims: tuple[tuple[str, str, str], ...]) -> list[str]:
+def verdict(
+    rows: list[dict[str, Any]], plan: PayoffPlan, claims: tuple[tuple[str, str, str], ...]
+) -> list[str]:
     """The paper's pairwise claims read from the paired fine-tuning differences over the plan's seeds, one line
     each, then the verdict in one sentence, given only once every claim stands on all the planned seeds:
     reproduced, not reproduced (a claim contradicted) or not resolved; before that, not decided yet."""
@@ -238,22 +293,32 @@ def verdict(rows: list[dict[str, Any]], plan: PayoffPlan, claims: tuple[tuple[st
     unresolved = [n for n, o in outcomes.items() if o == "unresolved"]
     if partway:
         sentence = f"**Not decided yet**: {', '.join(partway)} still without every planned seed" + (
-            f"; contradicted so far: {', '.join(against)}." if against else ".")
+            f"; contradicted so far: {', '.join(against)}." if against else "."
+        )
     elif against:
         sentence = f"**Not reproduced**: the data contradict {', '.join(against)}."
     elif unresolved:
-        sentence = (f"**Not resolved at this scale**: {', '.join(unresolved)} within the spread of the seeds; "
-                    "nothing contradicts the paper's ranking, nothing confirms it.")
+        sentence = (
+            f"**Not resolved at this scale**: {', '.join(unresolved)} within the spread of the seeds; "
+            "nothing contradicts the paper's ranking, nothing confirms it."
+        )
     else:
-        sentence = "**Reproduced**: every \">\" lies above 0 and no \"≥\" below it."
+        sentence = '**Reproduced**: every ">" lies above 0 and no "≥" below it.'
     return [*lines, "", sentence, ""]
 
 
-def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: str, path: str | Path,
-                        chart: str | Path | None = None) -> None:  # fmt: skip
+def write_orders_report(
+    rows: list[dict[str, Any]],
+    plan: PayoffPlan,
+    command: str,
+    path: str | Path,
+    chart: str | Path | None = None,
+) -> None:
     """``orders-v2-<data>.md`` (Tables 1 and 3, every metric, paired against raster), and beside it the payoff
     report of the same folder's scratch / semantic / raster runs and, with segmentation, the dense report."""
-    table1 = tuple(o for o in ("semantic", "stochastic", "raster", "similarity", "center") if o in plan.orders)
+    table1 = tuple(
+        o for o in ("semantic", "stochastic", "raster", "similarity", "center") if o in plan.orders
+    )
     decoders = tuple(o for o in ("semantic-dec1", "semantic-dec-half", "semantic") if o in plan.orders)
     encoders = ("scratch", *plan.orders)
     lines = [
@@ -307,7 +372,9 @@ def write_orders_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
     if plan.segment:
         dense = path.with_name(path.name.replace(f"{REPORT}-", "dense-", 1))
         chart = dense.with_suffix(".png")
-        write_dense_report(rows, plan, command, dense, chart if plot_dense(rows, plan, chart) else None, REPORT)
+        write_dense_report(
+            rows, plan, command, dense, chart if plot_dense(rows, plan, chart) else None, REPORT
+        )
 
 
 def plot_orders(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, dpi: int = 100) -> None:
@@ -319,17 +386,22 @@ def plot_orders(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, 
 
     columns = metrics(plan)
     encoders = [e for e in ("scratch", *plan.orders) if e != "raster"]
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.8), constrained_layout=True,
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(columns), figsize=(3.2 * len(columns), 3.8), constrained_layout=True, squeeze=False
+    )
     for ax, column in zip(axes[0], columns, strict=True):
         title, metric = column[0], column[2]
-        stats = [paired(planned(rows, plan, e, column), planned(rows, plan, "raster", column), [metric])
-                 for e in encoders]  # fmt: skip
+        stats = [
+            paired(planned(rows, plan, e, column), planned(rows, plan, "raster", column), [metric])
+            for e in encoders
+        ]
         means = [s[metric][0] if metric in s else float("nan") for s in stats]
         stds = [s[metric][1] if metric in s else 0.0 for s in stats]
         ax.barh(range(len(encoders)), means, xerr=stds, capsize=2, color="C0")
         ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(range(len(encoders)), encoders if ax is axes[0][0] else [""] * len(encoders), fontsize=7)
+        ax.set_yticks(
+            range(len(encoders)), encoders if ax is axes[0][0] else [""] * len(encoders), fontsize=7
+        )
         ax.invert_yaxis()
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("− raster (points)", fontsize=8)

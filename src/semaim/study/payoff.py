@@ -99,7 +99,9 @@ class PayoffPlan:
     seeds: tuple[int, ...] = (0, 1, 2)
     recipe: str = "cpu"  # the fine-tuning recipe, the same for scratch and pretrained
     finetune: tuple[str, ...] = ()  # --set overrides of the fine-tuning recipe
-    epochs: tuple[int, ...] = ()  # fine-tuning epochs per label budget (as labels_per_class; warmup scaled alike)
+    epochs: tuple[
+        int, ...
+    ] = ()  # fine-tuning epochs per label budget (as labels_per_class; warmup scaled alike)
     val_size: int = 5000
     workers: int = 1
     # Curve (b), quality against pretraining compute: the first seed's pretraining with `curve_order`
@@ -108,9 +110,13 @@ class PayoffPlan:
     curve_steps: tuple[int, ...] = (117, 468)  # a quarter and one epoch of cpu-tiny; (): no curve
     curve_labels: int = 60  # the label budget of the curve's fine-tuning
     # The order study (semaim study orders): more encoders, more metrics.
-    every_budget: tuple[str, ...] = ()  # encoders fine-tuned at every label budget (others: the first); (): all
+    every_budget: tuple[
+        str, ...
+    ] = ()  # encoders fine-tuned at every label budget (others: the first); (): all
     frozen: bool = False  # k-NN@20 and linear probe of every encoder (and of the initialisation)
-    segment: tuple[str, ...] = ()  # segmentation of every encoder: "finetune" and/or "linear" (data with masks)
+    segment: tuple[
+        str, ...
+    ] = ()  # segmentation of every encoder: "finetune" and/or "linear" (data with masks)
     segment_recipe: str = "cpu"
     segment_set: tuple[str, ...] = ()  # --set overrides of the segmentation recipe
     # Every pretraining, fine-tuning and segmentation run of the study (frozen features: fp32 always). `auto`
@@ -122,26 +128,45 @@ class PayoffPlan:
             require_choice(order, f"{prefix}orders", (*ORDERS, *VARIANTS))
         for encoder in self.every_budget:
             require_choice(encoder, f"{prefix}every_budget", ("scratch", *self.orders))
-        ok = not self.every_budget or "scratch" in self.every_budget and (
-            not self.curve_steps or self.curve_order in self.every_budget)  # fmt: skip
-        require(ok, f"{prefix}every_budget", "empty, or with 'scratch' (every gain is over it) and curve_order",
-                list(self.every_budget))  # fmt: skip
+        ok = (
+            not self.every_budget
+            or "scratch" in self.every_budget
+            and (not self.curve_steps or self.curve_order in self.every_budget)
+        )
+        require(
+            ok,
+            f"{prefix}every_budget",
+            "empty, or with 'scratch' (every gain is over it) and curve_order",
+            list(self.every_budget),
+        )
         for mode in self.segment:
             require_choice(mode, f"{prefix}segment", SEGMENT_MODES)
         ok = not self.segment or self.data != "fashion-mnist"
-        require(ok, f"{prefix}segment", "empty for fashion-mnist (no masks; cluttered-fashion-mnist has them)",
-                list(self.segment))  # fmt: skip
+        require(
+            ok,
+            f"{prefix}segment",
+            "empty for fashion-mnist (no masks; cluttered-fashion-mnist has them)",
+            list(self.segment),
+        )
         require_choice(self.precision, f"{prefix}precision", ("auto", "fp32", "bf16"))
         require(len(self.seeds) > 0, f"{prefix}seeds", "at least one seed", list(self.seeds))
         ok = all(k >= 0 for k in self.labels_per_class) and self.labels_per_class
-        require(bool(ok), f"{prefix}labels_per_class", "ints >= 0 (0: every label)", list(self.labels_per_class))
+        require(
+            bool(ok), f"{prefix}labels_per_class", "ints >= 0 (0: every label)", list(self.labels_per_class)
+        )
         ok = not self.epochs or (len(self.epochs) == len(self.labels_per_class) and min(self.epochs) >= 1)
         require(ok, f"{prefix}epochs", "one positive int per label budget (or empty)", list(self.epochs))
         ok = not self.curve_steps or self.curve_order in self.orders
-        require(ok, f"{prefix}curve_order", f"one of the study's orders {list(self.orders)}", self.curve_order)
+        require(
+            ok, f"{prefix}curve_order", f"one of the study's orders {list(self.orders)}", self.curve_order
+        )
         ok = not self.curve_steps or self.curve_labels in self.labels_per_class
-        require(ok, f"{prefix}curve_labels", f"one of the label budgets {list(self.labels_per_class)}",
-                self.curve_labels)  # fmt: skip
+        require(
+            ok,
+            f"{prefix}curve_labels",
+            f"one of the label budgets {list(self.labels_per_class)}",
+            self.curve_labels,
+        )
         require(self.curve_labels >= 0, f"{prefix}curve_labels", "an int >= 0", self.curve_labels)
         for order in self.orders:
             pretrain_config(self, order, self.seeds[0], Path("study"))
@@ -164,13 +189,34 @@ def payoff_plan(data: str, quick: bool = False, seeds: int | None = None) -> Pay
     if data.startswith("cluttered"):
         plan = replace(plan, pretrain=(*plan.pretrain, "model.img_size=64", "model.patch_size=8"))
     if quick:
-        tiny = ("model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_depth=2",
-                "data.limit=512", "train.batch_size=64")  # fmt: skip
-        plan = replace(plan, pretrain=plan.pretrain + tiny, labels_per_class=(4, 0),
-                       seeds=(0, 1), val_size=100, finetune=("batch_size=32", "limit=400", "budget_steps=0"), epochs=(3, 1),
-                       workers=0, curve_steps=(4,), curve_labels=4,
-                       segment_set=("limit=40", "val_size=10", "epochs=1", "batch_size=8", "pyramid_dim=8",
-                                    "head_dim=8"))  # fmt: skip
+        tiny = (
+            "model.embed_dim=32",
+            "model.depth=2",
+            "model.num_heads=2",
+            "model.decoder_depth=2",
+            "data.limit=512",
+            "train.batch_size=64",
+        )
+        plan = replace(
+            plan,
+            pretrain=plan.pretrain + tiny,
+            labels_per_class=(4, 0),
+            seeds=(0, 1),
+            val_size=100,
+            finetune=("batch_size=32", "limit=400", "budget_steps=0"),
+            epochs=(3, 1),
+            workers=0,
+            curve_steps=(4,),
+            curve_labels=4,
+            segment_set=(
+                "limit=40",
+                "val_size=10",
+                "epochs=1",
+                "batch_size=8",
+                "pyramid_dim=8",
+                "head_dim=8",
+            ),
+        )
     return replace(plan, seeds=tuple(range(seeds))) if seeds is not None else plan
 
 
@@ -233,8 +279,9 @@ def pretrain_run(plan: PayoffPlan, order: str, seed: int, folder: Path, progress
         summary = json.loads((out / "result.json").read_text())
         return {"steps": summary["steps"], "final_loss": summary["final_loss"]}
     resume = (out / LAST).is_file()
-    summary = pretrain(pretrain_config(plan, order, seed, folder), out, resume=resume, force=not resume,
-                       progress=progress)  # fmt: skip
+    summary = pretrain(
+        pretrain_config(plan, order, seed, folder), out, resume=resume, force=not resume, progress=progress
+    )
     return {"steps": summary["steps"], "final_loss": summary["final_loss"]}
 
 
@@ -243,33 +290,45 @@ def pretrained(out: Path) -> bool:
     return (out / LAST).is_file() and (out / "result.json").is_file()
 
 
-def finetune_run(plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed: int, out: Path,
-                 progress: bool) -> dict[str, Any]:  # fmt: skip
+def finetune_run(
+    plan: PayoffPlan, encoder: EncoderConfig, labels: int, seed: int, out: Path, progress: bool
+) -> dict[str, Any]:
     """One fine-tuning run (resumed when it was cut; read when it is done): its test and validation scores."""
     if (out / "result.json").is_file():
         result = json.loads((out / "result.json").read_text())
         return {k: result[k] for k in ("test_top1", "test_top5", "best_val_top1", "train_images")}
     resume = (out / LAST).is_file()
-    result = finetune(finetune_config(plan, encoder, labels, seed), out, resume=resume, force=not resume,
-                      progress=progress)  # fmt: skip
+    result = finetune(
+        finetune_config(plan, encoder, labels, seed), out, resume=resume, force=not resume, progress=progress
+    )
     return {k: result[k] for k in ("test_top1", "test_top5", "best_val_top1", "train_images")}
 
 
-def segment_run(plan: PayoffPlan, encoder: EncoderConfig, mode: str, seed: int, out: Path,
-                progress: bool) -> dict[str, Any]:  # fmt: skip
+def segment_run(
+    plan: PayoffPlan, encoder: EncoderConfig, mode: str, seed: int, out: Path, progress: bool
+) -> dict[str, Any]:
     """One segmentation run (resumed when it was cut): test mIoU / pixel accuracy, best validation mIoU."""
     resume, cfg = (out / LAST).is_file(), segment_config(plan, encoder, mode, seed)
     result = segment(cfg, out, resume=resume, force=not resume, progress=progress)
-    return {**{k: result[k] for k in ("test_miou", "test_pixel_acc", "best_val_miou", "train_images")},
-            "lr": cfg.segment.run_lr, "run": str(out)}  # the dense report's figure reads its checkpoint
+    return {
+        **{k: result[k] for k in ("test_miou", "test_pixel_acc", "best_val_miou", "train_images")},
+        "lr": cfg.segment.run_lr,
+        "run": str(out),
+    }  # the dense report's figure reads its checkpoint
 
 
 def labelled_features(plan: PayoffPlan, labels: int, seed: int) -> FeaturesConfig:
     """Frozen features that learn from exactly the images the fine-tuning at ``labels`` trains on."""
     ft = finetune_config(plan, EncoderConfig(random=True), labels, seed).finetune  # its labelled images
-    return FeaturesConfig(data=plan.data, workers=plan.workers, labels_per_class=ft.labels_per_class,
-                          val_size=ft.val_size, split_seed=ft.split_seed, subset_seed=ft.seed,
-                          limit=ft.limit)  # fmt: skip
+    return FeaturesConfig(
+        data=plan.data,
+        workers=plan.workers,
+        labels_per_class=ft.labels_per_class,
+        val_size=ft.val_size,
+        split_seed=ft.split_seed,
+        subset_seed=ft.seed,
+        limit=ft.limit,
+    )
 
 
 def pixel_floors(plan: PayoffPlan, labels: int, seed: int, folder: Path, progress: bool) -> dict[str, Any]:
@@ -282,8 +341,9 @@ def frozen_scores(encoder: EncoderConfig, features: FeaturesConfig, progress: bo
     """k-NN@20 and the ``cpu`` linear probe on frozen features (test split)."""
     train_f, train_y, test_f, test_y = split_features(features, choose_encoder(encoder), progress)
     knn = knn_accuracy(train_f, train_y, test_f, test_y, ks=(20,))["top1"]["20"]
-    probe = train_linear_probe(train_f, train_y, test_f, test_y, load_preset("cpu", LinprobeRunConfig).probe,
-                               progress=False)  # fmt: skip
+    probe = train_linear_probe(
+        train_f, train_y, test_f, test_y, load_preset("cpu", LinprobeRunConfig).probe, progress=False
+    )
     return {"knn_top1": knn, "linear_top1": probe["top1"], "train_images": len(train_y)}
 
 
@@ -294,28 +354,65 @@ def curve_run(plan: PayoffPlan, folder: Path) -> Path:
 def curve_points(plan: PayoffPlan, folder: Path) -> list[tuple[int, EncoderConfig, str]]:
     """``(pretraining step, encoder, fine-tuning folder)`` of curve (b): the initialisation (scratch), every
     kept checkpoint and the last; the first and the last fine-tunings are the main table's own runs."""
-    cfg, run, seed = pretrain_config(plan, plan.curve_order, plan.seeds[0]), curve_run(plan, folder), plan.seeds[0]
+    cfg, run, seed = (
+        pretrain_config(plan, plan.curve_order, plan.seeds[0]),
+        curve_run(plan, folder),
+        plan.seeds[0],
+    )
     images = len(open_dataset(cfg.data.data, "train", cfg.model.in_chans))
     last = cfg.train.epochs * (min(images, cfg.data.limit or images) // cfg.train.batch_size)
-    points = [(0, encoder_source(plan, "scratch", seed, folder), f"finetune-scratch-K{plan.curve_labels}-seed{seed}")]
-    points += [(step, EncoderConfig(checkpoint=str(run / f"checkpoint-step{step}.pt")), f"curve-finetune-step{step}")
-               for step in plan.curve_steps if step < last]  # fmt: skip
-    return [*points, (last, encoder_source(plan, plan.curve_order, seed, folder),
-                      f"finetune-{plan.curve_order}-K{plan.curve_labels}-seed{seed}")]  # fmt: skip
+    points = [
+        (
+            0,
+            encoder_source(plan, "scratch", seed, folder),
+            f"finetune-scratch-K{plan.curve_labels}-seed{seed}",
+        )
+    ]
+    points += [
+        (step, EncoderConfig(checkpoint=str(run / f"checkpoint-step{step}.pt")), f"curve-finetune-step{step}")
+        for step in plan.curve_steps
+        if step < last
+    ]
+    return [
+        *points,
+        (
+            last,
+            encoder_source(plan, plan.curve_order, seed, folder),
+            f"finetune-{plan.curve_order}-K{plan.curve_labels}-seed{seed}",
+        ),
+    ]
 
 
-def curve_point(plan: PayoffPlan, step: int, encoder: EncoderConfig, finetuned: str, folder: Path,
-                progress: bool, frozen: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def curve_point(
+    plan: PayoffPlan,
+    step: int,
+    encoder: EncoderConfig,
+    finetuned: str,
+    folder: Path,
+    progress: bool,
+    frozen: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One point of curve (b): pretraining minutes so far, frozen k-NN / linear, fine-tuning at ``curve_labels``.
     ``frozen``: the same encoder's frozen scores when the study has them already."""
-    steps = {r["step"]: r for r in read_records(curve_run(plan, folder) / "metrics.jsonl")}  # a resumed step once
+    steps = {
+        r["step"]: r for r in read_records(curve_run(plan, folder) / "metrics.jsonl")
+    }  # a resumed step once
     batch = pretrain_config(plan, plan.curve_order, plan.seeds[0]).train.batch_size
     minutes = sum(batch / r["images_per_s"] for s, r in steps.items() if s <= step) / 60
-    features = FeaturesConfig(data=plan.data, workers=plan.workers, val_size=plan.val_size)  # fine-tuning's 100 %
+    features = FeaturesConfig(
+        data=plan.data, workers=plan.workers, val_size=plan.val_size
+    )  # fine-tuning's 100 %
     frozen = frozen or frozen_scores(encoder, features, progress)
-    tuned = finetune_run(plan, encoder, plan.curve_labels, plan.seeds[0], folder / "runs" / finetuned, progress)
-    return {"pretrain_minutes": minutes, "knn_top1": frozen["knn_top1"], "linear_top1": frozen["linear_top1"],
-            "test_top1": tuned["test_top1"], "best_val_top1": tuned["best_val_top1"]}  # fmt: skip
+    tuned = finetune_run(
+        plan, encoder, plan.curve_labels, plan.seeds[0], folder / "runs" / finetuned, progress
+    )
+    return {
+        "pretrain_minutes": minutes,
+        "knn_top1": frozen["knn_top1"],
+        "linear_top1": frozen["linear_top1"],
+        "test_top1": tuned["test_top1"],
+        "best_val_top1": tuned["best_val_top1"],
+    }
 
 
 def settle_precision(plan: PayoffPlan, folder: str | Path) -> PayoffPlan:
@@ -329,12 +426,19 @@ def settle_precision(plan: PayoffPlan, folder: str | Path) -> PayoffPlan:
     if saved.is_file():  # a study from before `precision` existed records none: it keeps `auto`, as it ran
         recorded = (yaml.safe_load(saved.read_text()) or {}).get("study", {}).get("precision", "auto")
         return replace(plan, precision=recorded)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the runs' device "auto" lands
+    device = torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )  # where the runs' device "auto" lands
     return replace(plan, precision=resolve_precision("auto", device))
 
 
-def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True,
-               only_seeds: tuple[int, ...] | None = None, deadline: float | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def run_payoff(
+    plan: PayoffPlan,
+    folder: str | Path,
+    progress: bool = True,
+    only_seeds: tuple[int, ...] | None = None,
+    deadline: float | None = None,
+) -> list[dict[str, Any]]:
     """Seed by seed: the pixel floors per label budget, then encoder by encoder (scratch and each order) its
     pretraining, fine-tuning per label budget and the frozen and segmentation scores the plan asks for (:func:
     `run_seed`); the first seed's ``curve_order`` run keeps the checkpoints of curve (b), scored after that
@@ -342,9 +446,15 @@ def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True,
     at the first label budget. Finished runs are kept in ``results.jsonl``; returns all rows (every process's)."""
     folder = Path(folder)
     plan = settle_precision(plan.validate(), folder)
-    runner = StudyRunner(folder, PayoffConfig(plan).to_dict(), KEY, only_seeds,
-                         normalise=lambda saved: PayoffConfig.from_dict(saved).to_dict(), deadline=deadline,
-                         like=("kind", "labels"))  # fmt: skip
+    runner = StudyRunner(
+        folder,
+        PayoffConfig(plan).to_dict(),
+        KEY,
+        only_seeds,
+        normalise=lambda saved: PayoffConfig.from_dict(saved).to_dict(),
+        deadline=deadline,
+        like=("kind", "labels"),
+    )
     first = set(plan.every_budget or ("scratch", *plan.orders))
     rest = set(plan.orders) - first
     for phase in (first, rest - set(VARIANTS), rest & set(VARIANTS)):  # then the other orders, then variants
@@ -357,39 +467,67 @@ def run_payoff(plan: PayoffPlan, folder: str | Path, progress: bool = True,
     return runner.finish()
 
 
-def run_seed(plan: PayoffPlan, runner: StudyRunner, folder: Path, seed: int, encoders: list[str],
-             budgets: tuple[int, ...], floors: bool, progress: bool) -> None:  # fmt: skip
+def run_seed(
+    plan: PayoffPlan,
+    runner: StudyRunner,
+    folder: Path,
+    seed: int,
+    encoders: list[str],
+    budgets: tuple[int, ...],
+    floors: bool,
+    progress: bool,
+) -> None:
     """One seed's runs for ``encoders``: the floors (``floors``) per label budget, then encoder by encoder its
     pretraining, its fine-tuning per label budget and the frozen and segmentation scores the plan asks for.
     Encoder by encoder: the processes take the runs in this order, so an encoder's later runs come before
     the next pretraining, and a study cut between two sessions leaves few pretrained checkpoints unused."""
     if floors:
         for labels in budgets:
-            runner.run(("floor", "pixels", labels, seed),
-                       lambda k=labels: pixel_floors(plan, k, seed, folder, progress))  # fmt: skip
+            runner.run(
+                ("floor", "pixels", labels, seed),
+                lambda k=labels: pixel_floors(plan, k, seed, folder, progress),
+            )
     for encoder in encoders:
         needs = []
         if encoder != "scratch":  # scratch: the initialisation, from model.yaml
             needs = [("pretrain", encoder, -1, seed)]
             source = [("pretrain", ORDER_SOURCE, -1, seed)] if reads_twin(encoder) else []
-            if source:  # just before its reader (a deadline counts them together); the report compares its loss
-                runner.run(source[0], lambda: pretrain_run(plan, ORDER_SOURCE, seed, folder, progress),
-                           kept=lambda: pretrained(pretrain_folder(folder, ORDER_SOURCE, seed)))  # fmt: skip
-            runner.run(needs[0], lambda o=encoder: pretrain_run(plan, o, seed, folder, progress), needs=source,
-                       kept=lambda o=encoder: pretrained(pretrain_folder(folder, o, seed)))  # fmt: skip
+            if (
+                source
+            ):  # just before its reader (a deadline counts them together); the report compares its loss
+                runner.run(
+                    source[0],
+                    lambda: pretrain_run(plan, ORDER_SOURCE, seed, folder, progress),
+                    kept=lambda: pretrained(pretrain_folder(folder, ORDER_SOURCE, seed)),
+                )
+            runner.run(
+                needs[0],
+                lambda o=encoder: pretrain_run(plan, o, seed, folder, progress),
+                needs=source,
+                kept=lambda o=encoder: pretrained(pretrain_folder(folder, o, seed)),
+            )
         enc = encoder_source(plan, encoder, seed, folder)
         for labels in budgets:
             out = folder / "runs" / f"finetune-{encoder}-K{labels}-seed{seed}"
-            runner.run(("finetune", encoder, labels, seed),
-                       lambda e=enc, k=labels, o=out: finetune_run(plan, e, k, seed, o, progress), needs=needs)  # fmt: skip
+            runner.run(
+                ("finetune", encoder, labels, seed),
+                lambda e=enc, k=labels, o=out: finetune_run(plan, e, k, seed, o, progress),
+                needs=needs,
+            )
         if plan.frozen:
             features = FeaturesConfig(data=plan.data, workers=plan.workers, val_size=plan.val_size)
-            runner.run(("frozen", encoder, 0, seed), lambda e=enc, f=features: frozen_scores(e, f, progress),
-                       needs=needs)  # fmt: skip
+            runner.run(
+                ("frozen", encoder, 0, seed),
+                lambda e=enc, f=features: frozen_scores(e, f, progress),
+                needs=needs,
+            )
         for mode in plan.segment:
             out = folder / "runs" / f"segment-{mode}-{encoder}-seed{seed}"
-            runner.run((f"segment-{mode}", encoder, 0, seed),
-                       lambda e=enc, m=mode, o=out: segment_run(plan, e, m, seed, o, progress), needs=needs)  # fmt: skip
+            runner.run(
+                (f"segment-{mode}", encoder, 0, seed),
+                lambda e=enc, m=mode, o=out: segment_run(plan, e, m, seed, o, progress),
+                needs=needs,
+            )
 
 
 def run_curve(plan: PayoffPlan, runner: StudyRunner, folder: Path, progress: bool) -> None:
@@ -399,12 +537,17 @@ def run_curve(plan: PayoffPlan, runner: StudyRunner, folder: Path, progress: boo
     reused = [("finetune", e, plan.curve_labels, seed) for e in ("scratch", plan.curve_order)]
     points = curve_points(plan, folder)
     for i, (step, encoder, finetuned) in enumerate(points):
-        end = {0: "scratch", len(points) - 1: plan.curve_order}.get(i)  # the end points' frozen rows, if scored
+        end = {0: "scratch", len(points) - 1: plan.curve_order}.get(
+            i
+        )  # the end points' frozen rows, if scored
         frozen = [("frozen", end, 0, seed)] if plan.frozen and end else []
-        runner.run(("curve", plan.curve_order, plan.curve_labels, seed, step),
-                   lambda t=step, e=encoder, f=finetuned, k=frozen: curve_point(
-                       plan, t, e, f, folder, progress, runner.row(k[0]) if k else None),
-                   needs=[curve, *reused, *frozen])  # fmt: skip
+        runner.run(
+            ("curve", plan.curve_order, plan.curve_labels, seed, step),
+            lambda t=step, e=encoder, f=finetuned, k=frozen: curve_point(
+                plan, t, e, f, folder, progress, runner.row(k[0]) if k else None
+            ),
+            needs=[curve, *reused, *frozen],
+        )
 
 
 def encoder_source(plan: PayoffPlan, encoder: str, seed: int, folder: Path) -> EncoderConfig:
@@ -442,26 +585,38 @@ def label_text(labels: int) -> str:
     return "all labels" if labels == 0 else f"{labels} per class"
 
 
-def write_payoff_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: str, path: str | Path,
-                        chart: str | Path | None = None, study: str = "payoff") -> None:  # fmt: skip
+def write_payoff_report(
+    rows: list[dict[str, Any]],
+    plan: PayoffPlan,
+    command: str,
+    path: str | Path,
+    chart: str | Path | None = None,
+    study: str = "payoff",
+) -> None:
     """Markdown: test top-1 per label budget (mean ± std over seeds), paired differences, floors, settings.
     ``study``: the name of the rows' copy beside the study's main report (``<study>-<data>.jsonl``)."""
-    header = "| | " + " | ".join(label_text(k) for k in plan.labels_per_class) + " |\n|---|" + "---|" * len(
-        plan.labels_per_class
+    header = (
+        "| | "
+        + " | ".join(label_text(k) for k in plan.labels_per_class)
+        + " |\n|---|"
+        + "---|" * len(plan.labels_per_class)
     )
 
     def line(label: str, kind: str, encoder: str, metric: str, base: str | None = None) -> str:
         cells = []
         for k in plan.labels_per_class:
             mine = by_seed(rows, kind, encoder, k)
-            stats = paired(mine, by_seed(rows, "finetune", base, k), [metric]) if base else mean_std(
-                {metric: [r[metric] for r in mine.values()]})  # fmt: skip
+            stats = (
+                paired(mine, by_seed(rows, "finetune", base, k), [metric])
+                if base
+                else mean_std({metric: [r[metric] for r in mine.values()]})
+            )
             cells.append(cell(stats, metric, signed=base is not None))
         return f"| {label} | " + " | ".join(cells) + " |"
 
     encoders = payoff_encoders(plan)
     orders = tuple(e for e in encoders if e != "scratch")
-    seeds = seeds_counted(rows, plan.seeds, ('finetune',))  # the seeds the ± stands on
+    seeds = seeds_counted(rows, plan.seeds, ("finetune",))  # the seeds the ± stands on
     lines = [
         f"# Does pretraining pay off? Fine-tuning on `{plan.data}`",
         "",
@@ -489,8 +644,10 @@ def write_payoff_report(rows: list[dict[str, Any]], plan: PayoffPlan, command: s
 
 
 def curve_rows(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[dict[str, Any]]:
-    return sorted((r for r in rows if r["kind"] == "curve" and r["encoder"] == plan.curve_order),
-                  key=lambda r: r["step"])  # fmt: skip
+    return sorted(
+        (r for r in rows if r["kind"] == "curve" and r["encoder"] == plan.curve_order),
+        key=lambda r: r["step"],
+    )
 
 
 def curve_lines(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
@@ -510,8 +667,10 @@ def curve_lines(rows: list[dict[str, Any]], plan: PayoffPlan) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for r in points:
-        lines.append(f"| {r['step']} | {r['pretrain_minutes']:.1f} | {r['knn_top1']:.2f} | {r['linear_top1']:.2f} "
-                     f"| {r['test_top1']:.2f} | {r['best_val_top1']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {r['step']} | {r['pretrain_minutes']:.1f} | {r['knn_top1']:.2f} | {r['linear_top1']:.2f} "
+            f"| {r['test_top1']:.2f} | {r['best_val_top1']:.2f} |"
+        )
     floors = by_seed(rows, "floor", "pixels", 0)
     if floors:
         knn = statistics.mean(r["knn_top1"] for r in floors.values())
@@ -529,7 +688,9 @@ def plot_payoff(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, 
     import matplotlib.pyplot as plt
 
     points = curve_rows(rows, plan)
-    fig, axes = plt.subplots(1, 2 if points else 1, figsize=(11 if points else 5.5, 3.8), constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, 2 if points else 1, figsize=(11 if points else 5.5, 3.8), constrained_layout=True
+    )
     axes = list(axes) if points else [axes]
     plot_labels(axes[0], rows, plan)
     if points:
@@ -541,11 +702,15 @@ def plot_payoff(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, 
 def plot_labels(ax: Any, rows: list[dict[str, Any]], plan: PayoffPlan) -> None:
     ticks = list(range(len(plan.labels_per_class)))
     series = [(f"fine-tuned from {e}", "finetune", e, "test_top1", "-o") for e in payoff_encoders(plan)]
-    series += [("pixels k-NN@20", "floor", "pixels", "knn_top1", "--"), ("pixels linear", "floor", "pixels",
-               "linear_top1", ":")]  # fmt: skip
+    series += [
+        ("pixels k-NN@20", "floor", "pixels", "knn_top1", "--"),
+        ("pixels linear", "floor", "pixels", "linear_top1", ":"),
+    ]
     for label, kind, encoder, metric, style in series:
-        stats = [mean_std({metric: [r[metric] for r in by_seed(rows, kind, encoder, k).values()]}).get(metric)
-                 for k in plan.labels_per_class]  # fmt: skip
+        stats = [
+            mean_std({metric: [r[metric] for r in by_seed(rows, kind, encoder, k).values()]}).get(metric)
+            for k in plan.labels_per_class
+        ]
         means = [s[0] if s else float("nan") for s in stats]
         stds = [s[1] if s else 0.0 for s in stats]
         ax.errorbar(ticks, means, yerr=stds, fmt=style, capsize=3, label=label)
@@ -558,8 +723,11 @@ def plot_labels(ax: Any, rows: list[dict[str, Any]], plan: PayoffPlan) -> None:
 def plot_curve(ax: Any, rows: list[dict[str, Any]], plan: PayoffPlan, points: list[dict[str, Any]]) -> None:
     minutes = [r["pretrain_minutes"] for r in points]
     labels = label_text(plan.curve_labels)
-    for metric, text, colour in (("knn_top1", "k-NN@20 (all labels)", "C0"), ("linear_top1", "linear (all labels)",
-                                 "C1"), ("test_top1", f"fine-tuned, {labels}", "C2")):  # fmt: skip
+    for metric, text, colour in (
+        ("knn_top1", "k-NN@20 (all labels)", "C0"),
+        ("linear_top1", "linear (all labels)", "C1"),
+        ("test_top1", f"fine-tuned, {labels}", "C2"),
+    ):
         ax.plot(minutes, [r[metric] for r in points], "-o", color=colour, label=text)
     floors = by_seed(rows, "floor", "pixels", 0)
     for metric, colour in (("knn_top1", "C0"), ("linear_top1", "C1")):

@@ -36,8 +36,11 @@ from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
 
 METRICS = ("knn_cls", "linear_cls", "knn_avg", "linear_avg")
 METRIC_NAMES = {
-    "knn_cls": "k-NN@20 cls", "linear_cls": "linear cls", "knn_avg": "k-NN@20 avg", "linear_avg": "linear avg",
-}  # fmt: skip
+    "knn_cls": "k-NN@20 cls",
+    "linear_cls": "linear cls",
+    "knn_avg": "k-NN@20 avg",
+    "linear_avg": "linear avg",
+}
 
 
 @dataclass
@@ -67,9 +70,15 @@ class StudyPlan:
         require(len(self.seeds) > 0, f"{prefix}seeds", "at least one seed", list(self.seeds))
         for order in self.orders:
             require_choice(order, f"{prefix}orders", ORDERS)
-        require(self.eval_train >= 1 and self.eval_test >= 1, f"{prefix}eval_train/eval_test", "positive ints",
-                [self.eval_train, self.eval_test])  # fmt: skip
-        pretrain_config(self, self.orders[0], self.decoder_depth, self.seeds[0])  # the model and loop validate
+        require(
+            self.eval_train >= 1 and self.eval_test >= 1,
+            f"{prefix}eval_train/eval_test",
+            "positive ints",
+            [self.eval_train, self.eval_test],
+        )
+        pretrain_config(
+            self, self.orders[0], self.decoder_depth, self.seeds[0]
+        )  # the model and loop validate
         return self
 
 
@@ -86,8 +95,19 @@ def study_plan(data: str, quick: bool = False, seeds: int | None = None) -> Stud
     img, patch = (64, 8) if cluttered else (32, 4)  # 64 tokens either way
     plan = StudyPlan(data, img, patch)
     if quick:
-        plan = replace(plan, embed_dim=32, depth=2, num_heads=2, decoder_depth=2, batch_size=64,
-                       limit=1024, eval_train=1000, eval_test=500, seeds=(0, 1), workers=0)  # fmt: skip
+        plan = replace(
+            plan,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            decoder_depth=2,
+            batch_size=64,
+            limit=1024,
+            eval_train=1000,
+            eval_test=500,
+            seeds=(0, 1),
+            workers=0,
+        )
     if seeds is not None:
         plan = replace(plan, seeds=tuple(range(seeds)))
     return plan
@@ -117,32 +137,58 @@ def evaluate_encoder(encoder: torch.nn.Module, plan: StudyPlan, progress: bool) 
     """k-NN@20 and linear-probe top-1 (%) on the cls token and the average patch token."""
     pools = ("cls",) if isinstance(encoder, RawPixels) else POOLS  # pixels have no patch tokens
     train, test = (
-        extract_pooled_features(encoder, plan.data, split, (plan.img_size, plan.img_size), 3, pools, 256,
-                                plan.workers, "cpu", "fp32", progress=progress, limit=limit)
+        extract_pooled_features(
+            encoder,
+            plan.data,
+            split,
+            (plan.img_size, plan.img_size),
+            3,
+            pools,
+            256,
+            plan.workers,
+            "cpu",
+            "fp32",
+            progress=progress,
+            limit=limit,
+        )
         for split, limit in (("train", plan.eval_train), ("test", plan.eval_test))
-    )  # fmt: skip
+    )
     scores = {}
     for pool in pools:
         (train_f, train_y), (test_f, test_y) = train[pool], test[pool]
         scores[f"knn_{pool}"] = knn_accuracy(train_f, train_y, test_f, test_y, ks=(20,))["top1"]["20"]
-        probe = train_linear_probe(train_f, train_y, test_f, test_y, load_preset("cpu", LinprobeRunConfig).probe, progress=False)
+        probe = train_linear_probe(
+            train_f, train_y, test_f, test_y, load_preset("cpu", LinprobeRunConfig).probe, progress=False
+        )
         scores[f"linear_{pool}"] = probe["top1"]
     return scores
 
 
-def pretrain_and_evaluate(plan: StudyPlan, order: str, decoder_depth: int, seed: int, folder: Path,
-                          progress: bool) -> dict[str, Any]:  # fmt: skip
+def pretrain_and_evaluate(
+    plan: StudyPlan, order: str, decoder_depth: int, seed: int, folder: Path, progress: bool
+) -> dict[str, Any]:
     run_dir = folder / "runs" / run_name(order, decoder_depth, seed)
     resume = (run_dir / LAST).is_file()
     start = time.perf_counter()
-    summary = pretrain(pretrain_config(plan, order, decoder_depth, seed), run_dir, resume=resume,
-                       force=not resume, progress=progress)  # fmt: skip
+    summary = pretrain(
+        pretrain_config(plan, order, decoder_depth, seed),
+        run_dir,
+        resume=resume,
+        force=not resume,
+        progress=progress,
+    )
     pretrain_s = time.perf_counter() - start
     encoder = load_encoder(run_dir / LAST)
     steps = int(load_checkpoint(run_dir / LAST, KIND_PRETRAIN)["step"])
-    return {"order": order, "decoder_depth": decoder_depth, "seed": seed, "steps": steps,
-            "final_loss": summary.get("final_loss"), "pretrain_s": pretrain_s,
-            **evaluate_encoder(encoder, plan, progress)}  # fmt: skip
+    return {
+        "order": order,
+        "decoder_depth": decoder_depth,
+        "seed": seed,
+        "steps": steps,
+        "final_loss": summary.get("final_loss"),
+        "pretrain_s": pretrain_s,
+        **evaluate_encoder(encoder, plan, progress),
+    }
 
 
 # --------------------------------------------------------------------------- the study
@@ -152,15 +198,27 @@ def load_results(path: Path) -> list[dict[str, Any]]:
     return read_records(path)
 
 
-def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True,
-              only_seeds: tuple[int, ...] | None = None, deadline: float | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def run_study(
+    plan: StudyPlan,
+    folder: str | Path,
+    progress: bool = True,
+    only_seeds: tuple[int, ...] | None = None,
+    deadline: float | None = None,
+) -> list[dict[str, Any]]:
     """Floors, every order × seed, then the decoder-depth ablation of the best order; returns all rows."""
     folder = Path(folder)
-    runner = StudyRunner(folder, ReproduceConfig(plan).to_dict(), ("order", "decoder_depth", "seed"),
-                         only_seeds, deadline=deadline)  # fmt: skip
+    runner = StudyRunner(
+        folder,
+        ReproduceConfig(plan).to_dict(),
+        ("order", "decoder_depth", "seed"),
+        only_seeds,
+        deadline=deadline,
+    )
 
     def run(order: str, decoder_depth: int, seed: int) -> None:
-        runner.run((order, decoder_depth, seed), lambda: one_run(plan, order, decoder_depth, seed, folder, progress))
+        runner.run(
+            (order, decoder_depth, seed), lambda: one_run(plan, order, decoder_depth, seed, folder, progress)
+        )
 
     run("pixels", 0, 0)
     for seed in plan.seeds:
@@ -180,8 +238,9 @@ def run_study(plan: StudyPlan, folder: str | Path, progress: bool = True,
     return runner.finish()
 
 
-def one_run(plan: StudyPlan, order: str, decoder_depth: int, seed: int, folder: Path,
-            progress: bool) -> dict[str, Any]:  # fmt: skip
+def one_run(
+    plan: StudyPlan, order: str, decoder_depth: int, seed: int, folder: Path, progress: bool
+) -> dict[str, Any]:
     """One row: a floor (raw pixels, the random encoder of a seed) or a pretraining and its scores."""
     if order == "pixels":
         return evaluate_encoder(RawPixels(), plan, progress)
@@ -225,8 +284,13 @@ def best_order(rows: list[dict[str, Any]], plan: StudyPlan) -> str:
 
 
 # --------------------------------------------------------------------------- report
-def write_report(rows: list[dict[str, Any]], plan: StudyPlan, command: str, path: str | Path,
-                 chart: str | Path | None = None) -> None:  # fmt: skip
+def write_report(
+    rows: list[dict[str, Any]],
+    plan: StudyPlan,
+    command: str,
+    path: str | Path,
+    chart: str | Path | None = None,
+) -> None:
     """Markdown: settings, the order table (mean ± std over seeds), floors, decoder depths, commands."""
     best = best_order(rows, plan)
     steps = next((r["steps"] for r in rows if "steps" in r), 0)

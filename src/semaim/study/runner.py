@@ -55,7 +55,10 @@ class Claim:
     _guard: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, path: Path) -> None:
-        self.path, self.fd = path.resolve(), None  # one spelling: POSIX locks do not exclude their own process
+        self.path, self.fd = (
+            path.resolve(),
+            None,
+        )  # one spelling: POSIX locks do not exclude their own process
 
     def take(self) -> bool:
         with Claim._guard:
@@ -84,10 +87,18 @@ class StudyRunner:
     """Register every run of the study with :meth:`run` (the same list in every process), then
     :meth:`finish` does this process's share and returns every finished row."""
 
-    def __init__(self, folder: Path, plan: dict[str, Any], key_fields: tuple[str, ...],
-                 only_seeds: Iterable[int] | None = None, poll_s: float = 20.0,
-                 normalise: Callable[[dict], dict] | None = None, deadline: float | None = None,
-                 like: tuple[str, ...] | None = None, machine: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        folder: Path,
+        plan: dict[str, Any],
+        key_fields: tuple[str, ...],
+        only_seeds: Iterable[int] | None = None,
+        poll_s: float = 20.0,
+        normalise: Callable[[dict], dict] | None = None,
+        deadline: float | None = None,
+        like: tuple[str, ...] | None = None,
+        machine: str | None = None,
+    ) -> None:
         """``deadline``: a POSIX time after which no run should still be going (:meth:`fits`); ``like``: the key
         fields that make two runs alike in duration (default: the first); ``machine``: what each row records it
         ran on (default :func:`machine_name`)."""
@@ -113,8 +124,13 @@ class StudyRunner:
         self.done = {self.key(r) for r in self.rows}
         return self.rows
 
-    def run(self, key: Key, work: Callable[[], dict[str, Any]], needs: Iterable[Key] = (),
-            kept: Callable[[], bool] | None = None) -> None:  # fmt: skip
+    def run(
+        self,
+        key: Key,
+        work: Callable[[], dict[str, Any]],
+        needs: Iterable[Key] = (),
+        kept: Callable[[], bool] | None = None,
+    ) -> None:
         """Add a run to the study's list (done by :meth:`finish`), unless ``--only-seeds`` leaves it out.
         ``kept``: whether the files later runs read are still there (:attr:`Run.kept`)."""
         seed = dict(zip(self.key_fields, key, strict=False)).get("seed")
@@ -135,8 +151,10 @@ class StudyRunner:
             ready = self.done - {r.key for r in todo}  # a finished run whose files are gone is not ready
             fitting = [r for r in todo if self.fits(r, todo)]
             if todo and not fitting:  # none will fit later either
-                print(f"study: {len(todo)} runs left for a rerun; none is expected to end before the deadline",
-                      flush=True)  # fmt: skip
+                print(
+                    f"study: {len(todo)} runs left for a rerun; none is expected to end before the deadline",
+                    flush=True,
+                )
             if not fitting:
                 return self.reload()
             if not any(self.try_run(r) for r in fitting if all(k in ready for k in r.needs)):
@@ -163,7 +181,9 @@ class StudyRunner:
             for key in missing:
                 seed = dict(zip(self.key_fields, key, strict=False)).get("seed")
                 if self.only_seeds is None or seed in self.only_seeds:
-                    raise ConfigError(f"study: a run needs {key}, which is not a run of this study (a bug in the plan)")
+                    raise ConfigError(
+                        f"study: a run needs {key}, which is not a run of this study (a bug in the plan)"
+                    )
             kept = [r for r in todo if not missing.intersection(r.needs)]
             if len(kept) == len(todo):
                 return todo
@@ -176,7 +196,9 @@ class StudyRunner:
         if self.deadline is None:
             return True
         todo, group = {r.key: r for r in todo}, {run.key: run}
-        while True:  # the needs not done, and the readers of kept files, of every run in the group, till none is new
+        while (
+            True
+        ):  # the needs not done, and the readers of kept files, of every run in the group, till none is new
             more = {k: todo[k] for r in group.values() for k in r.needs if k in todo}
             kept = {r.key for r in group.values() if r.kept is not None}
             more.update({r.key: r for r in todo.values() if kept.intersection(r.needs)})
@@ -204,11 +226,17 @@ class StudyRunner:
             if again and (run.kept is None or run.kept()):  # another process finished it while we looked
                 return False
             start = time.perf_counter()
-            row = {**run.work(), **dict(zip(self.key_fields, run.key, strict=False)),  # the key always wins
-                   "wall_s": time.perf_counter() - start, "machine": self.machine}  # fmt: skip
+            row = {
+                **run.work(),
+                **dict(zip(self.key_fields, run.key, strict=False)),  # the key always wins
+                "wall_s": time.perf_counter() - start,
+                "machine": self.machine,
+            }
             if again:
                 self.check_reproduced(run.key, row)
-                print(f"[again] {run.key}: its files were gone; done again, it reproduces its row", flush=True)
+                print(
+                    f"[again] {run.key}: its files were gone; done again, it reproduces its row", flush=True
+                )
                 return True
             append_record(self.results, row)
         finally:
@@ -223,12 +251,22 @@ class StudyRunner:
         """A run done again must give its recorded numbers (the later rows were computed from its first
         files); if not, it is marked, and every run that needs it stops with :meth:`check_reproducible`."""
         old = self.row(key)
-        numbers = [k for k, v in old.items() if k != "wall_s" and all(isinstance(x, (int, float)) for x in (v, row.get(k)))]
-        differ = {k: (old[k], row[k]) for k in numbers if not math.isclose(old[k], row[k], rel_tol=1e-6, abs_tol=1e-9)}
+        numbers = [
+            k
+            for k, v in old.items()
+            if k != "wall_s" and all(isinstance(x, (int, float)) for x in (v, row.get(k)))
+        ]
+        differ = {
+            k: (old[k], row[k])
+            for k in numbers
+            if not math.isclose(old[k], row[k], rel_tol=1e-6, abs_tol=1e-9)
+        }
         if differ:
-            text = (f"study: {key} was done again (its files were gone) and does not reproduce its recorded row "
-                    f"(recorded, now: {differ}); the rows that used its first files and the new files disagree: "
-                    "remove this run's row and the rows of the runs that need it from results.jsonl, then rerun")
+            text = (
+                f"study: {key} was done again (its files were gone) and does not reproduce its recorded row "
+                f"(recorded, now: {differ}); the rows that used its first files and the new files disagree: "
+                "remove this run's row and the rows of the runs that need it from results.jsonl, then rerun"
+            )
             write_text_atomic(self.unreproduced(key), text + "\n")
             raise ConfigError(text)
 
@@ -253,8 +291,9 @@ class StudyRunner:
             if not claim.take():
                 return  # another process is working
             claim.release()
-        raise ConfigError(f"study: {[r.key for r in todo]} wait for runs no process is doing (a bug in the "
-                          "study's order)")  # fmt: skip
+        raise ConfigError(
+            f"study: {[r.key for r in todo]} wait for runs no process is doing (a bug in the study's order)"
+        )
 
 
 def machine_name() -> str:
@@ -295,7 +334,9 @@ def parse_deadline(text: str, now: datetime | None = None) -> float:
         try:
             clock = datetime.strptime(text, "%H:%M").time()
         except ValueError:
-            raise ConfigError(f"--deadline {text!r}: expected +90m, +2h30m, HH:MM or YYYY-MM-DDTHH:MM") from None
+            raise ConfigError(
+                f"--deadline {text!r}: expected +90m, +2h30m, HH:MM or YYYY-MM-DDTHH:MM"
+            ) from None
         when = datetime.combine(now.date(), clock, tzinfo=now.tzinfo)
         when += timedelta(days=1) if when <= now else timedelta()  # 00:20 said at 22:00 means tonight
     when = when if when.tzinfo else when.replace(tzinfo=now.tzinfo)  # no zone given: the local one

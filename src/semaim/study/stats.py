@@ -75,7 +75,9 @@ def cpu_model() -> str:
 
 def machine() -> str:
     """CPU model, cores, threads and torch version, for the report."""
-    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
 
 
 def ran_on(rows: list[dict[str, Any]]) -> list[str]:
@@ -86,7 +88,9 @@ def ran_on(rows: list[dict[str, Any]]) -> list[str]:
     return ["- runs' machines: " + "; ".join(f"{name}: {n}" for name, n in counts.most_common())]
 
 
-def how_it_was_run(command: str, rows: list[dict[str, Any]], settings: dict[str, Any], kind: str) -> list[str]:
+def how_it_was_run(
+    command: str, rows: list[dict[str, Any]], settings: dict[str, Any], kind: str
+) -> list[str]:
     """The closing section of a study report: command, run time, machine, settings, where the rows are."""
     from ..engine.run import format_seconds
 
