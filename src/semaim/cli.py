@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import (
+    TARGETS,
     EncoderConfig,
     FeaturesConfig,
     FinetuneConfig,
@@ -30,6 +31,7 @@ from .config import (
     SegmentRunConfig,
 )
 from .errors import ConfigError, NonFiniteLossError, SemAIMError
+from .model.orders import ORDERS
 from .presets import build_config, load_preset, preset_names
 
 # flag -> config field; None values mean "not given"
@@ -84,8 +86,8 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
         help="auto: bf16 where the device computes it natively, else fp32",
     )
     g = p.add_argument_group("method")
-    g.add_argument("--order", help="raster, stochastic, similarity, semantic, center, multi-center")
-    g.add_argument("--target", help="pixels or features")
+    g.add_argument("--order", choices=tuple(ORDERS), help="the autoregression order (Eq. 2-6)")
+    g.add_argument("--target", choices=TARGETS, help="what each patch predicts (Eq. 12)")
     g.add_argument("--teacher", help="teacher checkpoint file (target=features)")
     g.add_argument("--teacher-arch", help="teacher timm architecture, e.g. vit_base_patch16_224")
     add_run_folder_arguments(p.add_argument_group("run folder"), "pretrain")
@@ -229,6 +231,8 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
+    from .export import EXPORT_FORMATS
+
     fmt = argparse.HelpFormatter  # defaults come from the config and are written into each help text
     p = sub.add_parser("knn", help="weighted k-NN accuracy of frozen features", formatter_class=fmt)
     add_encoder_arguments(p)
@@ -292,6 +296,7 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--format",
         default="safetensors",
+        choices=EXPORT_FORMATS,
         help="safetensors (timm's keys, with a .json of the shape) "
         "or mae (a {'model': state_dict} .pth, the file detectron2's ViTDet and mmsegmentation's MAE "
         "configs load) [default: safetensors]",

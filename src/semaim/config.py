@@ -14,7 +14,6 @@ what it got and what it expected, before any tensor is allocated or any file wri
 from __future__ import annotations
 
 import contextlib
-import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -22,60 +21,15 @@ from typing import Any, ClassVar
 
 import yaml
 
+from .checks import require, require_choice, require_crop_scale, require_positive, to_2tuple
 from .errors import ConfigError
-
-ORDERS = ("raster", "stochastic", "similarity", "semantic", "center", "multi-center")
-"""Every autoregression order (Table 1 of the paper, plus the `center` control and `multi-center`)."""
-
-NEEDS_SIMILARITY = frozenset({"similarity", "semantic", "multi-center"})
-"""Orders that need the similarity map ``S`` of Eq. 2 (and so an encoder pass)."""
+from .model.orders import CENTER_FILTERS, CENTER_MAPS, NEEDS_MAP, ORDERS
 
 TARGETS = ("pixels", "features")
 """Prediction targets (Eq. 12): patch pixels, or a frozen teacher's patch features."""
 
-CENTER_FILTERS = ("mean3x3", "none")
-"""Smoothing before the argmax of Eq. 3: the paper's 3×3 mean filter, or none (the official code)."""
-
-CENTER_MAPS = ("similarity", "attention")
-"""The map the semantic centre is found on: ``S`` of Eq. 2 (the paper), or the last block's cls attention."""
-
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 """``auto``: bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32."""
-
-
-def to_2tuple(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    """``32 -> (32, 32)``; ``(32, 48) -> (32, 48)``; anything else is a ``ConfigError`` naming ``name``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value, value
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return int(value[0]), int(value[1])
-    raise ConfigError(f"{name}: expected an int or a pair of ints (height, width), got {value!r}")
-
-
-# --------------------------------------------------------------------------- checks
-def require(ok: bool, name: str, expected: str, got: Any) -> None:
-    """``ConfigError("name: expected ..., got ...")`` unless ``ok``."""
-    if not ok:
-        raise ConfigError(f"{name}: expected {expected}, got {got!r}")
-
-
-def require_positive(section: Any, prefix: str, *names: str, allow_zero: bool = False) -> None:
-    """Every named field is a finite number > 0 (>= 0 with ``allow_zero``); ``None`` is allowed."""
-    for name in names:
-        value = getattr(section, name)
-        if value is None:
-            continue
-        ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-        require(ok, f"{prefix}{name}", "a number >= 0" if allow_zero else "a number > 0", value)
-
-
-def require_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
-    require(value in choices, name, f"one of {choices}", value)
-
-
-def require_crop_scale(value: tuple[float, float], name: str) -> None:
-    ok = len(value) == 2 and 0 < value[0] <= value[1] <= 1
-    require(ok, name, "[min, max] with 0 < min <= max <= 1", list(value))
 
 
 # --------------------------------------------------------------------------- sections
@@ -146,7 +100,7 @@ class ModelConfig:
             )
         require_positive(self, prefix, "mlp_ratio", "nms_radius", "blur_sigma")
         require_positive(self, prefix, "lam", allow_zero=True)
-        require_choice(self.order, f"{prefix}order", ORDERS)
+        require_choice(self.order, f"{prefix}order", tuple(ORDERS))
         require_choice(self.center_filter, f"{prefix}center_filter", CENTER_FILTERS)
         require_choice(self.center_map, f"{prefix}center_map", CENTER_MAPS)
         require_choice(self.target, f"{prefix}target", TARGETS)
@@ -626,7 +580,7 @@ class PretrainConfig(Sections):
         self.data.check_channels(self.model.in_chans)
         self.train.validate()
         if self.train.order_source is not None:  # an order source that could never act is a mistake
-            ok = self.model.order in NEEDS_SIMILARITY and self.model.target == "pixels"
+            ok = self.model.order in NEEDS_MAP and self.model.target == "pixels"
             require(
                 ok,
                 "train.order_source",

@@ -153,3 +153,26 @@ def test_bad_arguments_name_the_problem():
         orders.centerness("semantic", 2, 4)
     with pytest.raises(ValueError, match=r"similarity: expected \(2, 16\)"):
         orders.centerness("semantic", 2, 4, similarity=torch.rand(2, 15))
+
+
+def test_a_registered_order_reaches_the_config_the_model_and_the_cli(monkeypatch):
+    """A new order is one function and one registry line: config validation, the model and ``--order``
+    read the registry, nothing else lists the orders."""
+    from semaim import ModelConfig, SemAIM
+    from semaim.cli import build_parser
+    from semaim.errors import ConfigError
+
+    def reverse_raster(x: orders.OrderInputs) -> torch.Tensor:
+        return -orders.raster(x)
+
+    shape = dict(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, decoder_depth=2)
+    with pytest.raises(ConfigError, match="order"):
+        ModelConfig(**shape, order="reverse").validate()
+    monkeypatch.setitem(orders.ORDERS, "reverse", orders.Order(reverse_raster, needs_map=False))
+    model = SemAIM(ModelConfig(**shape, order="reverse").validate())
+    out = model(torch.rand(2, 3, 16, 16))
+    assert torch.isfinite(out.loss)
+    first = orders.centerness("reverse", 1, 4).argsort(dim=1)[0, 0]
+    assert int(first) == 15  # the last patch in raster order is predicted first
+    args = build_parser().parse_args(["pretrain", "--order", "reverse"])
+    assert args.order == "reverse"

@@ -36,7 +36,7 @@ from ..data.sampler import AugmentedDataset, EpochSampler, collate, sample_seed
 from ..data.transforms import PretrainTransform
 from ..errors import ConfigError, RunDirError
 from ..export import load_encoder, random_encoder
-from ..model.orders import NEEDS_SIMILARITY, encoder_map
+from ..model.orders import NEEDS_MAP, encoder_map
 from ..model.semaim import ENCODER_KEYS, SemAIM
 from .checkpoint import KIND_PRETRAIN, load_checkpoint, model_config_diff, save_atomic
 from .distributed import (
@@ -360,7 +360,7 @@ def order_from_source(
 ) -> torch.Tensor | None:
     """Centerness from the EMA copy's or the order source's map; ``None``: the model orders itself."""
     source = state.ema if state.ema is not None else state.order_source
-    if source is None or cfg.model.order not in NEEDS_SIMILARITY:
+    if source is None or cfg.model.order not in NEEDS_MAP:
         return None
     return state.model.compute_centerness(
         images, generator, encoder_map(source, images, cfg.model.center_map)

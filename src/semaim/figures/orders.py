@@ -14,11 +14,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..config import ORDERS
 from ..data.folders import IMAGE_EXTENSIONS
 from ..data.transforms import PretrainTransform
 from ..errors import BadImageError, ConfigError, DataError, MissingFileError
-from ..model.orders import centerness, encoder_map
+from ..model.orders import ORDERS, centerness, encoder_map
 
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
 

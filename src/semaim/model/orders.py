@@ -27,13 +27,21 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CENTER_FILTERS, CENTER_MAPS, NEEDS_SIMILARITY, ORDERS, to_2tuple
+from ..checks import to_2tuple
 from ..errors import ConfigError
+
+CENTER_FILTERS = ("mean3x3", "none")
+"""Smoothing before the argmax of Eq. 3: the paper's 3×3 mean filter, or none (the official code)."""
+
+CENTER_MAPS = ("similarity", "attention")
+"""The map the semantic centre is found on: ``S`` of Eq. 2 (the paper), or the last block's cls attention."""
 
 
 def similarity_map(tokens: torch.Tensor) -> torch.Tensor:
@@ -189,6 +197,99 @@ def max_safe_lambda(grid: tuple[int, int], image_center: bool = False) -> float:
     return math.sqrt(largest) - math.sqrt(largest - 1)
 
 
+@dataclass(frozen=True)
+class OrderInputs:
+    """What an order may read to rank the ``N = h·w`` patches of a batch (see :func:`centerness`)."""
+
+    batch_size: int
+    grid: tuple[int, int]
+    similarity: torch.Tensor | None  # (B, N) float, None for the orders that need no map
+    lam: float
+    generator: torch.Generator | None
+    device: torch.device | str | None
+    num_centers: int
+    nms_radius: float | None
+    center_filter: str
+
+    def uniform(self) -> torch.Tensor:
+        """``U(0, 1)`` of shape ``(B, N)``: the noise of SAIM's order and of Eq. 5."""
+        n = self.grid[0] * self.grid[1]
+        return torch.rand(self.batch_size, n, generator=self.generator, device=self.device)
+
+
+@dataclass(frozen=True)
+class Order:
+    """One autoregression order: its centerness function and whether it reads a map of the image."""
+
+    centerness: Callable[[OrderInputs], torch.Tensor]
+    needs_map: bool  # S of Eq. 2 (or the cls attention): an encoder pass before the order is known
+
+
+def raster(x: OrderInputs) -> torch.Tensor:
+    """Row-major: ``C = index``."""
+    n = x.grid[0] * x.grid[1]
+    return torch.arange(n, device=x.device, dtype=torch.float32).expand(x.batch_size, n).clone()
+
+
+def stochastic(x: OrderInputs) -> torch.Tensor:
+    """SAIM's random order: ``C ~ U(0, 1)``."""
+    return x.uniform()
+
+
+def most_similar_first(x: OrderInputs) -> torch.Tensor:
+    """The paper's "similarity" row: ``C = -S``, the most cls-similar patch first."""
+    return -x.similarity
+
+
+def with_distance_noise(distance: torch.Tensor, x: OrderInputs, image_center: bool) -> torch.Tensor:
+    """Eq. 5: ``C = distance + λ·U(0, 1)``, warning when ``λ`` can reorder patches at different distances."""
+    safe = max_safe_lambda(x.grid, image_center=image_center)
+    if x.lam >= safe:
+        h, w = x.grid
+        warnings.warn(
+            f"lam={x.lam} is not below the smallest distance gap on a {h}x{w} grid ({safe:.4g}): "
+            "the noise of Eq. 5 may reorder patches at different distances",
+            stacklevel=4,  # the caller of centerness()
+        )
+    return distance + x.lam * x.uniform()
+
+
+def semantic(x: OrderInputs) -> torch.Tensor:
+    """The paper's order (Eq. 3-5): distance from the semantic centre, plus ``λ·U(0, 1)``."""
+    center = semantic_center(x.similarity, x.grid, x.center_filter)
+    return with_distance_noise(distance_to_centers(center, x.grid), x, image_center=False)
+
+
+def image_center(x: OrderInputs) -> torch.Tensor:
+    """The control: distance from the *image* centre, plus ``λ·U(0, 1)``."""
+    h, w = x.grid
+    center = torch.tensor([(h - 1) / 2, (w - 1) / 2], device=x.device).expand(x.batch_size, 2)
+    return with_distance_noise(distance_to_centers(center, x.grid), x, image_center=True)
+
+
+def multi_center(x: OrderInputs) -> torch.Tensor:
+    """Beyond the paper: distance to the nearest of ``k`` peaks of the smoothed map, plus ``λ·U(0, 1)``."""
+    h, w = x.grid
+    radius = x.nms_radius if x.nms_radius is not None else max(1.0, min(h, w) / 4)
+    centers = find_peaks(x.similarity, x.grid, x.num_centers, radius, x.center_filter)
+    return with_distance_noise(distance_to_centers(centers, x.grid), x, image_center=False)
+
+
+ORDERS: dict[str, Order] = {
+    "raster": Order(raster, needs_map=False),
+    "stochastic": Order(stochastic, needs_map=False),
+    "similarity": Order(most_similar_first, needs_map=True),
+    "semantic": Order(semantic, needs_map=True),
+    "center": Order(image_center, needs_map=False),
+    "multi-center": Order(multi_center, needs_map=True),
+}
+"""Every autoregression order by name (Table 1 of the paper, the ``center`` control, ``multi-center``). A
+new order is a function of :class:`OrderInputs` and one line here; the config and the CLI read the names."""
+
+NEEDS_MAP = frozenset(name for name, order in ORDERS.items() if order.needs_map)
+"""Orders that need the similarity map ``S`` of Eq. 2 (and so an encoder pass)."""
+
+
 def centerness(
     kind: str,
     batch_size: int,
@@ -204,11 +305,11 @@ def centerness(
     """Centerness ``C`` of shape ``(B, N)`` for any order kind; smaller is predicted earlier (Eq. 6).
 
     Args:
-        kind: one of :data:`semaim.config.ORDERS`.
+        kind: a name of :data:`ORDERS`.
         batch_size: ``B``.
         grid: ``(h, w)`` patch grid (or one int for a square grid).
         similarity: ``S`` of Eq. 2 (or the cls attention map), ``(B, N)`` or ``(B, h, w)``; needed by
-            ``similarity``, ``semantic``, ``multi-center``.
+            the orders of :data:`NEEDS_MAP`.
         lam: ``λ`` of Eq. 5 (the paper's 0.01).
         generator: random source for the noise (``stochastic`` and the ``λ`` term).
         device: where to build ``C`` when no ``similarity`` is given.
@@ -217,7 +318,7 @@ def centerness(
             :data:`CENTER_FILTERS`.
     """
     if kind not in ORDERS:
-        raise ConfigError(f"kind: expected one of {ORDERS}, got {kind!r}")
+        raise ConfigError(f"kind: expected one of {tuple(ORDERS)}, got {kind!r}")
     grid = to_2tuple(grid, "grid")
     h, w = grid
     n = h * w
@@ -229,34 +330,11 @@ def centerness(
             )
         similarity = similarity.reshape(batch_size, n).float()
         device = similarity.device
-    elif kind in NEEDS_SIMILARITY:
+    elif ORDERS[kind].needs_map:
         raise ValueError(f"similarity: order {kind!r} needs the similarity map S of Eq. 2, got None")
     if device is None and generator is not None:
         device = generator.device
-
-    def uniform() -> torch.Tensor:
-        return torch.rand(batch_size, n, generator=generator, device=device)
-
-    if kind == "raster":
-        return torch.arange(n, device=device, dtype=torch.float32).expand(batch_size, n).clone()
-    if kind == "stochastic":
-        return uniform()
-    if kind == "similarity":
-        return -similarity
-
-    if kind == "semantic":
-        distance = distance_to_centers(semantic_center(similarity, grid, center_filter), grid)
-    elif kind == "center":
-        center = torch.tensor([(h - 1) / 2, (w - 1) / 2], device=device).expand(batch_size, 2)
-        distance = distance_to_centers(center, grid)
-    else:  # multi-center
-        radius = nms_radius if nms_radius is not None else max(1.0, min(h, w) / 4)
-        distance = distance_to_centers(find_peaks(similarity, grid, num_centers, radius, center_filter), grid)
-    safe = max_safe_lambda(grid, image_center=kind == "center")
-    if lam >= safe:
-        warnings.warn(
-            f"lam={lam} is not below the smallest distance gap on a {h}x{w} grid ({safe:.4g}): "
-            "the noise of Eq. 5 may reorder patches at different distances",
-            stacklevel=2,
-        )
-    return distance + lam * uniform()  # Eq. 5
+    inputs = OrderInputs(
+        batch_size, grid, similarity, lam, generator, device, num_centers, nms_radius, center_filter
+    )
+    return ORDERS[kind].centerness(inputs)

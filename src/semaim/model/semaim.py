@@ -29,7 +29,7 @@ from ..config import ModelConfig, to_2tuple
 from ..errors import ConfigError, DataError
 from .attention import Attention
 from .mlp import Mlp
-from .orders import NEEDS_SIMILARITY, centerness, encoder_map, similarity_map
+from .orders import NEEDS_MAP, centerness, encoder_map, similarity_map
 from .pos_embed import sincos_2d
 from .streams import DecoderBlock, decoder_mask, encoder_mask
 from .targets import feature_loss, pixel_loss, pixel_target_dim, pixel_targets
@@ -192,13 +192,13 @@ class SemAIM(nn.Module):
         order-source encoder (:func:`~semaim.model.orders.encoder_map`).
         """
         c = self.config
-        if c.order in NEEDS_SIMILARITY and order_map is None:
+        if c.order in NEEDS_MAP and order_map is None:
             order_map = self.order_map(images)
         return centerness(
             c.order,
             images.shape[0],
             self.grid,
-            similarity=order_map if c.order in NEEDS_SIMILARITY else None,
+            similarity=order_map if c.order in NEEDS_MAP else None,
             lam=c.lam,
             generator=generator,
             device=images.device,
@@ -255,7 +255,7 @@ class SemAIM(nn.Module):
         self._check_images(images)
         teacher_tokens = self.teacher(images) if self.teacher is not None else None
         if centerness is None:
-            needs_map = self.config.order in NEEDS_SIMILARITY
+            needs_map = self.config.order in NEEDS_MAP
             order_map = self.order_map(images, teacher_tokens) if needs_map else None
             centerness = self.compute_centerness(images, generator, order_map)
         else:

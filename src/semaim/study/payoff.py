@@ -26,7 +26,6 @@ import torch
 import yaml
 
 from ..config import (
-    ORDERS,
     SEGMENT_MODES,
     EncoderConfig,
     FeaturesConfig,
@@ -48,6 +47,7 @@ from ..evaluate.finetune import finetune
 from ..evaluate.knn import knn_accuracy
 from ..evaluate.linear import train_linear_probe
 from ..evaluate.segment import segment
+from ..model.orders import ORDERS
 from ..presets import load_preset
 from .runner import StudyRunner
 from .stats import cell, how_it_was_run, mean_std, paired, seeds_counted, write_markdown

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..config import ORDERS, LinprobeRunConfig, Sections, require, require_choice
+from ..config import LinprobeRunConfig, Sections, require, require_choice
 from ..engine.checkpoint import KIND_PRETRAIN, load_checkpoint
 from ..engine.pretrain import pretrain
 from ..engine.run import LAST
@@ -30,6 +30,7 @@ from ..evaluate.features import POOLS, RawPixels, extract_pooled_features
 from ..evaluate.knn import knn_accuracy
 from ..evaluate.linear import train_linear_probe
 from ..export import load_encoder, random_encoder
+from ..model.orders import ORDERS
 from ..presets import load_preset
 from .runner import StudyRunner
 from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
@@ -60,7 +61,7 @@ class StudyPlan:
     eval_train: int = 10000  # labelled training images the k-NN / probe learn from
     eval_test: int = 5000  # test images they are scored on
     seeds: tuple[int, ...] = (0, 1, 2)
-    orders: tuple[str, ...] = ORDERS
+    orders: tuple[str, ...] = tuple(ORDERS)
     workers: int = 1
 
     def decoder_depths(self) -> tuple[int, ...]:
@@ -69,7 +70,7 @@ class StudyPlan:
     def validate(self, prefix: str = "study.") -> StudyPlan:
         require(len(self.seeds) > 0, f"{prefix}seeds", "at least one seed", list(self.seeds))
         for order in self.orders:
-            require_choice(order, f"{prefix}orders", ORDERS)
+            require_choice(order, f"{prefix}orders", tuple(ORDERS))
         require(
             self.eval_train >= 1 and self.eval_test >= 1,
             f"{prefix}eval_train/eval_test",
