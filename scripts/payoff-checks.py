@@ -41,11 +41,11 @@ import yaml
 
 from semaim.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from semaim.data import open_dataset
+from semaim.encoder import encoder_from_checkpoint
 from semaim.engine.checkpoint import load_checkpoint
 from semaim.engine.runlog import read_records
 from semaim.evaluate.features import POOLS
 from semaim.evaluate.finetune import build_classifier, eval_loader
-from semaim.export import encoder_from_checkpoint
 from semaim.model.semaim import SemAIM
 from semaim.study.payoff import (
     PayoffConfig,

@@ -1,7 +1,7 @@
 """semaim: semantic-aware autoregressive image modeling (SemAIM, arXiv 2312.10457) in PyTorch."""
 
 from .config import TARGETS, ModelConfig
-from .export import load_encoder
+from .encoder import load_encoder
 from .model import orders
 from .model.orders import ORDERS
 from .model.semaim import SemAIM, SemAIMOutput

@@ -400,7 +400,7 @@ def add_figure_parsers(sub: argparse._SubParsersAction) -> None:
 def run_visualize(args: argparse.Namespace) -> int:
     from .data import open_dataset
     from .data.folders import IMAGENET_MEAN, IMAGENET_STD
-    from .export import load_encoder, random_encoder
+    from .encoder import load_encoder, random_encoder
     from .figures.orders import dataset_images, load_images, order_figure, sample_images
     from .model.teacher import load_teacher
 
@@ -793,8 +793,12 @@ def user_message(err: SemAIMError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. A :class:`~semaim.errors.SemAIMError` (something the user can fix) prints its
-    message and exits 2; a non-finite loss exits 1; any other exception is a bug and keeps its traceback."""
-    args = build_parser().parse_args(argv)
+    message and exits 2; a non-finite loss exits 1; any other exception is a bug and keeps its traceback.
+    A usage error (argparse's message) returns 2 and ``--help`` returns 0, rather than leaving the process."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as usage:
+        return usage.code if isinstance(usage.code, int) else 0
     try:
         return COMMANDS[args.command](args)
     except NonFiniteLossError as err:

@@ -12,10 +12,10 @@ from safetensors.torch import save_file
 
 from semaim.cli import main
 from semaim.config import EncoderConfig
+from semaim.encoder import build_vit, load_encoder
 from semaim.errors import CheckpointError
 from semaim.evaluate.encoders import choose_encoder
 from semaim.evaluate.features import RawPixels, extract_features
-from semaim.export import build_vit, load_encoder
 from tests.conftest import make_fmnist_dir, make_image_folder
 
 ARGS = {"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 32, "depth": 2, "num_heads": 2}

@@ -12,11 +12,12 @@ from timm.models.vision_transformer import VisionTransformer
 from semaim import SemAIM, load_encoder
 from semaim.cli import main
 from semaim.config import LinProbeConfig
+from semaim.encoder import build_vit, random_encoder
 from semaim.engine.optim import layer_decay_groups
 from semaim.evaluate.features import extract_features, extract_pooled_features
 from semaim.evaluate.knn import knn_accuracy, knn_scores
 from semaim.evaluate.linear import train_linear_probe
-from semaim.export import build_vit, export_encoder, random_encoder
+from semaim.export import export_encoder
 from tests.conftest import make_image_folder
 
 

@@ -13,10 +13,10 @@ from semaim import load_encoder
 from semaim.cli import main
 from semaim.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from semaim.data.folders import ImageFolder
+from semaim.encoder import encoder_from_checkpoint, random_encoder
 from semaim.engine.checkpoint import load_checkpoint
 from semaim.evaluate.encoders import starting_weights
 from semaim.evaluate.finetune import build_classifier
-from semaim.export import encoder_from_checkpoint, random_encoder
 from semaim.model.semaim import SemAIM
 from semaim.presets import load_preset
 from tests.conftest import make_image_folder

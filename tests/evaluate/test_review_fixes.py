@@ -8,10 +8,10 @@ import torch
 import semaim.evaluate.features as features
 from semaim.cli import main
 from semaim.config import FinetuneConfig
+from semaim.encoder import encoder_from_checkpoint
 from semaim.errors import ConfigError, MissingFileError
 from semaim.evaluate.features import RawPixels
 from semaim.evaluate.finetune import train_transform
-from semaim.export import encoder_from_checkpoint
 from tests.conftest import make_image_folder
 
 

@@ -15,9 +15,9 @@ from semaim.cli import main
 from semaim.config import EncoderConfig, SegmentConfig, SegmentRunConfig
 from semaim.data.cluttered import ClutteredFashionMNIST
 from semaim.data.segmentation import IGNORE_INDEX
+from semaim.encoder import build_vit
 from semaim.evaluate.dense import Segmenter, confusion_matrix, segmentation_scores
 from semaim.evaluate.encoders import starting_weights
-from semaim.export import build_vit
 from tests.conftest import make_fmnist_dir
 from tests.data.test_masks import write_pair
 

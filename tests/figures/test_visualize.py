@@ -10,7 +10,7 @@ from PIL import Image
 
 from semaim import orders
 from semaim.cli import main
-from semaim.export import build_vit
+from semaim.encoder import build_vit
 from semaim.figures.orders import encoder_maps, order_ranks
 from tests.conftest import make_fmnist_dir, make_image_folder
 

@@ -8,7 +8,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from semaim import ORDERS, ModelConfig, SemAIM
-from semaim.export import model_args
+from semaim.encoder import model_args
 from tests.conftest import TINY, tiny_model
 
 # (img_size, patch_size) -> grid: 4x4, 6x6, 8x8, 14x14, and a non-square 6x8.

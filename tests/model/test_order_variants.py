@@ -12,10 +12,10 @@ from semaim import orders
 from semaim.cli import main
 from semaim.config import PretrainConfig
 from semaim.data.sampler import sample_seed
+from semaim.encoder import build_vit, load_encoder
 from semaim.engine.distributed import DistInfo
 from semaim.engine.pretrain import build_state, forward_backward, order_from_source
 from semaim.errors import ConfigError
-from semaim.export import build_vit, load_encoder
 from semaim.model.semaim import ENCODER_KEYS
 from semaim.model.targets import pixel_targets
 from tests.conftest import TINY_RUN, tiny_model

@@ -34,8 +34,8 @@ from ..config import ModelConfig, PretrainConfig, to_2tuple
 from ..data import open_dataset
 from ..data.sampler import AugmentedDataset, EpochSampler, collate, sample_seed
 from ..data.transforms import PretrainTransform
+from ..encoder import load_encoder, random_encoder
 from ..errors import ConfigError, RunDirError
-from ..export import load_encoder, random_encoder
 from ..model.orders import NEEDS_MAP, encoder_map
 from ..model.semaim import ENCODER_KEYS, SemAIM
 from .checkpoint import KIND_PRETRAIN, load_checkpoint, model_config_diff, save_atomic

@@ -10,10 +10,10 @@ from torch import nn
 
 from ..config import EncoderConfig, FeaturesConfig
 from ..data.splits import labelled_subset
+from ..encoder import encoder_from_checkpoint, load_encoder, model_args, random_encoder
 from ..engine.distributed import resolve_device
 from ..engine.run import resolve_precision
 from ..errors import ConfigError
-from ..export import encoder_from_checkpoint, load_encoder, model_args, random_encoder
 from ..presets import load_preset
 from .features import RawPixels, extract_features
 

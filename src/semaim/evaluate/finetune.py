@@ -30,10 +30,10 @@ from ..data import open_dataset
 from ..data.sampler import AugmentedDataset, EpochSampler, collate, sample_seed
 from ..data.splits import labelled_subset
 from ..data.transforms import PretrainTransform, channel_stats
+from ..encoder import KIND_FINETUNE, build_vit
 from ..engine.optim import layer_decay_groups, scaled_lr
 from ..engine.run import LAST, autocast_context, format_seconds
 from ..errors import ConfigError, DataError
-from ..export import KIND_FINETUNE, build_vit
 from .linear import top_k_accuracy
 from .supervised import (
     Splits,

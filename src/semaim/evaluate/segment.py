@@ -29,10 +29,10 @@ from ..data.sampler import EpochSampler, sample_seed
 from ..data.segmentation import IGNORE_INDEX, SegmentDataset, SegmentTransform, open_segmentation
 from ..data.splits import default_val_size, train_val_split
 from ..data.transforms import channel_stats
+from ..encoder import build_vit
 from ..engine.checkpoint import load_checkpoint
 from ..engine.optim import layer_decay_groups, param_groups
 from ..engine.run import LAST, autocast_context, format_seconds
-from ..export import build_vit
 from ..weights import load_strict
 from .dense import Segmenter, confusion_matrix, segmentation_scores
 from .supervised import (

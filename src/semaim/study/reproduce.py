@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..config import LinprobeRunConfig, Sections, require, require_choice
+from ..encoder import load_encoder, random_encoder
 from ..engine.checkpoint import KIND_PRETRAIN, load_checkpoint
 from ..engine.pretrain import pretrain
 from ..engine.run import LAST
@@ -29,7 +30,6 @@ from ..engine.runlog import read_records
 from ..evaluate.features import POOLS, RawPixels, extract_pooled_features
 from ..evaluate.knn import knn_accuracy
 from ..evaluate.linear import train_linear_probe
-from ..export import load_encoder, random_encoder
 from ..model.orders import ORDERS
 from ..presets import load_preset
 from .runner import StudyRunner
