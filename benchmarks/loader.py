@@ -57,7 +57,7 @@ def _write_range(
 
 def write_jpegs(folder: Path, count: int, size: tuple[int, int], processes: int = 1) -> None:
     """``count`` JPEGs of ``size`` (width, height): random crops of the photos, resized, quality 90."""
-    from semaim.figures.orders import sample_images
+    from semaim.figures.order_maps import sample_images
 
     photos = [np.asarray(p) for p in sample_images()]
     bounds = np.linspace(0, count, processes + 1).astype(int)

@@ -90,10 +90,23 @@ def make_image_folder(root, classes=("cat", "dog"), per_class=8, size=(40, 36), 
     return paths
 
 
-TINY_RUN = (
-    "--set model.img_size=32 --set model.patch_size=8 --set model.embed_dim=32 --set model.depth=2 "
-    "--set model.num_heads=2 --set model.decoder_depth=2 --workers 0 --no-progress"
-).split()
+TINY_RUN = [
+    "--set",
+    "model.img_size=32",
+    "--set",
+    "model.patch_size=8",
+    "--set",
+    "model.embed_dim=32",
+    "--set",
+    "model.depth=2",
+    "--set",
+    "model.num_heads=2",
+    "--set",
+    "model.decoder_depth=2",
+    "--workers",
+    "0",
+    "--no-progress",
+]
 
 
 def write_idx(path, array):

@@ -401,7 +401,7 @@ def run_visualize(args: argparse.Namespace) -> int:
     from .data import open_dataset
     from .data.folders import IMAGENET_MEAN, IMAGENET_STD
     from .encoder import load_encoder, random_encoder
-    from .figures.orders import dataset_images, load_images, order_figure, sample_images
+    from .figures.order_maps import dataset_images, load_images, order_figure, sample_images
     from .model.teacher import load_teacher
 
     sources = sum(bool(x) for x in (args.images, args.samples is not None, args.data))
@@ -614,7 +614,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from .evaluate.segment import segment
+    from .evaluate.segmentation.segment import segment
 
     return run_supervised(args, SegmentRunConfig, SEGMENT_FLAGS, segment)
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from semaim.data.cluttered import MASK_THRESHOLD, ClutteredFashionMNIST
-from semaim.data.segmentation import IGNORE_INDEX, MaskFolder, SegmentTransform, open_segmentation
 from semaim.errors import ConfigError, DataError, MissingFileError
+from semaim.evaluate.segmentation.masks import IGNORE_INDEX, MaskFolder, SegmentTransform, open_segmentation
 from tests.conftest import make_fmnist_dir, write_idx
 
 

@@ -275,7 +275,7 @@ def test_finetune_command(tmp_path, pretrained, capsys):
 
 
 def test_finetune_resumes_exactly(tmp_path, pretrained, monkeypatch):
-    import semaim.evaluate.supervised as sup
+    import semaim.evaluate.trainer as sup
 
     data = tmp_path / "data"
     make_image_folder(data / "train", classes=("a", "b"), per_class=8)

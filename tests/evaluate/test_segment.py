@@ -9,15 +9,15 @@ import pytest
 import torch
 import yaml
 
-import semaim.evaluate.segment as seg
-import semaim.evaluate.supervised as sup
+import semaim.evaluate.segmentation.segment as seg
+import semaim.evaluate.trainer as sup
 from semaim.cli import main
 from semaim.config import EncoderConfig, SegmentConfig, SegmentRunConfig
 from semaim.data.cluttered import ClutteredFashionMNIST
-from semaim.data.segmentation import IGNORE_INDEX
 from semaim.encoder import build_vit
-from semaim.evaluate.dense import Segmenter, confusion_matrix, segmentation_scores
 from semaim.evaluate.encoders import starting_weights
+from semaim.evaluate.segmentation.heads import Segmenter, confusion_matrix, segmentation_scores
+from semaim.evaluate.segmentation.masks import IGNORE_INDEX
 from tests.conftest import make_fmnist_dir
 from tests.data.test_masks import write_pair
 

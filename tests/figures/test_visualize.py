@@ -11,7 +11,7 @@ from PIL import Image
 from semaim import orders
 from semaim.cli import main
 from semaim.encoder import build_vit
-from semaim.figures.orders import encoder_maps, order_ranks
+from semaim.figures.order_maps import encoder_maps, order_ranks
 from tests.conftest import make_fmnist_dir, make_image_folder
 
 ROWS, COLUMNS, DPI = 3, 9, 110  # image + 6 orders + attention + similarity
@@ -134,7 +134,7 @@ def test_plot_metrics_overlays_runs(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["astronaut", "coffee"])
 def test_samples_load_offline(name):
-    from semaim.figures.orders import sample_images
+    from semaim.figures.order_maps import sample_images
 
     (img,) = sample_images([name])
     assert img.mode == "RGB" and min(img.size) > 100

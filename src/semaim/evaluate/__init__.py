@@ -1,1 +1,2 @@
-"""Evaluation protocols: frozen features (k-NN, linear probe) and end-to-end fine-tuning."""
+"""Evaluation protocols: frozen features (``knn``, ``linear``), end-to-end fine-tuning (``finetune``) and
+segmentation (``segmentation``); both trained protocols run through the one supervised ``trainer``."""

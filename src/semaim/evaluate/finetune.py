@@ -5,7 +5,7 @@ erasing, warmup + cosine, all from timm's own implementations. Checkpoints are a
 mid-epoch; every per-sample and per-step random draw is seeded from (seed, epoch, position) or
 (seed, step), so a resumed run repeats an uninterrupted one. The run folder holds ``config.yaml`` (a
 :class:`~semaim.config.FinetuneRunConfig` that rebuilds the run), ``metrics.jsonl``, ``eval.jsonl``,
-TensorBoard events and the checkpoints (the run itself is :mod:`semaim.evaluate.supervised`'s). Single
+TensorBoard events and the checkpoints (the run itself is :mod:`semaim.evaluate.trainer`'s). Single
 process.
 """
 
@@ -35,7 +35,7 @@ from ..engine.optim import layer_decay_groups, scaled_lr
 from ..engine.run import LAST, autocast_context, format_seconds
 from ..errors import ConfigError, DataError
 from .linear import top_k_accuracy
-from .supervised import (
+from .trainer import (
     Splits,
     SupervisedState,
     SupervisedTask,

@@ -151,7 +151,7 @@ def plot_dense(rows: list[dict[str, Any]], plan: PayoffPlan, path: str | Path, d
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    from ..evaluate.segment import predict_masks
+    from ..evaluate.segmentation.segment import predict_masks
 
     predictions = {e: predict_masks(r, list(SHOWN)) for e, r in runs.items()}
     images, truth, _ = next(iter(predictions.values()))

@@ -46,7 +46,7 @@ from ..evaluate.encoders import choose_encoder, split_features
 from ..evaluate.finetune import finetune
 from ..evaluate.knn import knn_accuracy
 from ..evaluate.linear import train_linear_probe
-from ..evaluate.segment import segment
+from ..evaluate.segmentation.segment import segment
 from ..model.orders import ORDERS
 from ..presets import load_preset
 from .runner import StudyRunner

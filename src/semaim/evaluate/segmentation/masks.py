@@ -29,12 +29,12 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ..errors import BadImageError, ConfigError, DataError, MissingFileError
-from .cluttered import SPEC as CLUTTERED
-from .cluttered import ClutteredFashionMNIST
-from .folders import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, hash_files
-from .idx import FASHION_MNIST_DIR
-from .transforms import channel_stats
+from ...data.cluttered import SPEC as CLUTTERED
+from ...data.cluttered import ClutteredFashionMNIST
+from ...data.folders import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, hash_files
+from ...data.idx import FASHION_MNIST_DIR
+from ...data.transforms import channel_stats
+from ...errors import BadImageError, ConfigError, DataError, MissingFileError
 
 IGNORE_INDEX = 255
 """A mask value that takes part in neither the loss nor the scores (VOC's and mmsegmentation's convention)."""

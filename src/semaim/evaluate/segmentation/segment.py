@@ -1,7 +1,7 @@
 """``semaim segment``: semantic segmentation with the encoder as a ViTDet backbone (the model is
-:mod:`semaim.evaluate.dense`).
+:mod:`semaim.evaluate.segmentation.heads`).
 
-The same run as :mod:`semaim.evaluate.finetune` (:mod:`semaim.evaluate.supervised`): a validation split carved from the training split
+The same run as :mod:`semaim.evaluate.finetune` (:mod:`semaim.evaluate.trainer`): a validation split carved from the training split
 for every choice (epoch, recipe, ``select: best``), the test split scored once at the end into
 ``result.json``; AdamW with layer-wise lr decay (BEiT / MAE: the pyramid and head take the full lr),
 warmup + cosine; atomic ``checkpoint-last.pt`` that ``--resume`` continues mid-epoch, every random draw
@@ -24,18 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import SegmentConfig, SegmentRunConfig
-from ..data.sampler import EpochSampler, sample_seed
-from ..data.segmentation import IGNORE_INDEX, SegmentDataset, SegmentTransform, open_segmentation
-from ..data.splits import default_val_size, train_val_split
-from ..data.transforms import channel_stats
-from ..encoder import build_vit
-from ..engine.checkpoint import load_checkpoint
-from ..engine.optim import layer_decay_groups, param_groups
-from ..engine.run import LAST, autocast_context, format_seconds
-from ..weights import load_strict
-from .dense import Segmenter, confusion_matrix, segmentation_scores
-from .supervised import (
+from ...config import SegmentConfig, SegmentRunConfig
+from ...data.sampler import EpochSampler, sample_seed
+from ...data.splits import default_val_size, train_val_split
+from ...data.transforms import channel_stats
+from ...encoder import build_vit
+from ...engine.checkpoint import load_checkpoint
+from ...engine.optim import layer_decay_groups, param_groups
+from ...engine.run import LAST, autocast_context, format_seconds
+from ...weights import load_strict
+from ..trainer import (
     Splits,
     SupervisedState,
     SupervisedTask,
@@ -45,6 +43,8 @@ from .supervised import (
     run,
     set_lr,
 )
+from .heads import Segmenter, confusion_matrix, segmentation_scores
+from .masks import IGNORE_INDEX, SegmentDataset, SegmentTransform, open_segmentation
 
 KIND_SEGMENT = "semaim-segment"
 EVAL_BATCH = 128

@@ -1,4 +1,4 @@
-"""The supervised run that ``semaim finetune`` and ``semaim segment`` share.
+"""The supervised trainer that ``semaim finetune`` and ``semaim segment`` share.
 
 A :class:`SupervisedTask` says what is the task's own (data, model, loss, metric, messages); this module
 runs it the same way for both: the run folder (locked, resumable), AdamW steps under warmup + cosine with

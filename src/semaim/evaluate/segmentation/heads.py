@@ -1,5 +1,5 @@
 """Dense prediction on a plain ViT: ViTDet's simple feature pyramid, a Semantic FPN head, a linear probe
-head, and the scores (mIoU, pixel accuracy). The run itself is :mod:`semaim.evaluate.segment`.
+head, and the scores (mIoU, pixel accuracy). The run itself is :mod:`semaim.evaluate.segmentation.segment`.
 
 **Backbone → pyramid** (Li, Mao, Girshick, He, *Exploring Plain Vision Transformer Backbones for Object
 Detection*, ECCV 2022, §3 "Simple feature pyramid", Fig. 2c): only the *last* block's patch tokens, seen
@@ -35,7 +35,7 @@ from timm.layers import LayerNorm2d
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..data.segmentation import IGNORE_INDEX
+from .masks import IGNORE_INDEX
 
 SCALES = (4.0, 2.0, 1.0, 0.5)
 """ViTDet's pyramid scales relative to the patch grid (strides P/4, P/2, P, 2P); any non-empty subset works."""
