@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +124,55 @@ def make_fmnist_dir(root, n_train=12, n_test=6):
     write_idx(root / "train-labels-idx1-ubyte.gz", np.arange(n_train) % 10)
     write_idx(root / "t10k-images-idx3-ubyte.gz", rng.integers(0, 255, (n_test, 28, 28)))
     write_idx(root / "t10k-labels-idx1-ubyte.gz", np.arange(n_test) % 10)
+
+
+@dataclass
+class QuickOrderStudy:
+    """A finished quick ``semaim study orders`` run (see :func:`quick_order_study`)."""
+
+    argv: list[str]
+    out: Path
+    reports: Path
+    rows: list[dict]
+    frozen_calls: int
+
+
+@pytest.fixture(scope="session")
+def quick_order_study(tmp_path_factory: pytest.TempPathFactory) -> QuickOrderStudy:
+    """One quick order study on tiny cluttered data, shared by the tests that read it (it takes a while):
+    two orders of the payoff study, one more order, and a named variant that reads its order source."""
+    from semaim.cli import main
+    from semaim.study import payoff
+
+    root = tmp_path_factory.mktemp("order-study")
+    make_fmnist_dir(root, n_train=200, n_test=20)
+    variants = '["semantic-source: semantic train.order_source={pretrained:semantic-twin}", "semantic-twin: semantic"]'
+    argv = [
+        "study",
+        "orders",
+        "--quick",
+        "--seeds",
+        "1",
+        "--data",
+        f"cluttered-fashion-mnist:{root}",
+        "--no-progress",
+    ]
+    for assignment in (
+        "study.orders=[semantic,raster,semantic-source,stochastic]",
+        f"study.variants={variants}",
+        "study.labels_per_class=[2,0]",
+        "study.epochs=[1,1]",
+        "study.val_size=30",
+        "study.curve_steps=[2]",
+        "study.curve_labels=2",
+        "study.finetune=[batch_size=10,limit=60,budget_steps=0]",
+    ):
+        argv += ["--set", assignment]
+    out, reports = root / "study", root / "reports"
+    calls = []
+    scores = payoff.frozen_scores
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(payoff, "frozen_scores", lambda *a: calls.append(a) or scores(*a))
+        assert main([*argv, "--out", str(out), "--report-dir", str(reports)]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    return QuickOrderStudy(argv, out, reports, rows, len(calls))

@@ -619,13 +619,13 @@ def run_segment(args: argparse.Namespace) -> int:
     return run_supervised(args, SegmentRunConfig, SEGMENT_FLAGS, segment)
 
 
-def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str, report: str = "") -> None:
-    """The flags every study shares: data, quick, seeds, study folder, report folder (``report``-DATA.md, by
-    default ``kind``-DATA.md), --set."""
+def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str) -> None:
+    """The flags every study shares: data, quick, seeds, study folder, report folder (``kind``-DATA.md), --set."""
     p.add_argument(
         "--data",
         default="fashion-mnist",
-        help="fashion-mnist or cluttered-fashion-mnist (default: fashion-mnist)",
+        help="fashion-mnist, cluttered-fashion-mnist, or an image folder with train/ and val/ class "
+        "sub-folders (default: fashion-mnist)",
     )
     p.add_argument("--quick", action="store_true", help="a tiny smoke test of the whole pipeline")
     p.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; --quick: 2)")
@@ -634,9 +634,7 @@ def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str, rep
         help=f"study folder (default: runs/{kind}-DATA[-quick]); rerun to resume; several "
         "processes on one folder share its runs (one per GPU, or two single-threaded on two CPU cores)",
     )
-    p.add_argument(
-        "--report-dir", help=f"where {report or kind}-DATA.md and .png go (default: the study folder)"
-    )
+    p.add_argument("--report-dir", help=f"where {kind}-DATA.md and .png go (default: the study folder)")
     p.add_argument(
         "--only-seeds", type=int, nargs="+", help="run only these seeds' runs now (the rest on a rerun)"
     )
@@ -649,11 +647,9 @@ def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str, rep
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, background runs)")
 
 
-def run_a_study(
-    args: argparse.Namespace, kind: str, command: str, cfg, run, plot, report, stem: str = "", settle=None
-) -> int:
+def run_a_study(args: argparse.Namespace, kind: str, cfg, *, run, plot, report, settle=None) -> int:
     """Plan (with --set; ``settle(plan, folder)`` fixes what the folder's study has recorded), run (resumable),
-    chart, report (``stem``-DATA.md, by default ``kind``-DATA.md), and the per-run rows beside the report."""
+    chart, report (``kind``-DATA.md), and the per-run rows beside the report."""
     from .config import parse_assignment
     from .study.runner import parse_deadline
 
@@ -667,15 +663,12 @@ def run_a_study(
     rows = run(plan, folder, progress=not args.no_progress, only_seeds=args.only_seeds, deadline=deadline)
     report_dir = Path(args.report_dir or folder)
     report_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{stem or kind}-{name}"
+    stem = f"{kind}-{name}"
     chart, markdown = report_dir / f"{stem}.png", report_dir / f"{stem}.md"
     plot(rows, plan, chart)
-    command += (
-        f" --data {args.data}" + " --quick" * args.quick + (f" --seeds {args.seeds}" if args.seeds else "")
-    )
-    command += (f" --out {args.out}" if args.out else "") + (
-        f" --report-dir {args.report_dir}" if args.report_dir else ""
-    )
+    command = f"semaim study {kind} --data {args.data}" + " --quick" * args.quick
+    command += f" --seeds {args.seeds}" * bool(args.seeds) + f" --out {args.out}" * bool(args.out)
+    command += f" --report-dir {args.report_dir}" * bool(args.report_dir)
     report(rows, plan, command + "".join(f" --set {a}" for a in args.set), markdown, chart)
     if report_dir.resolve() != folder.resolve():  # keep the per-run rows beside the report
         (report_dir / f"{stem}.jsonl").write_text((folder / "results.jsonl").read_text())
@@ -685,12 +678,6 @@ def run_a_study(
 
 def add_study_parsers(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.HelpFormatter  # each help text states its default
-    p = sub.add_parser(
-        "reproduce",
-        help="the order study (Tables 1 and 3 at small scale): every order x seeds",
-        formatter_class=fmt,
-    )
-    add_study_arguments(p, "reproduce", "study.limit=38400")
     p = sub.add_parser("study", help="studies that answer a question with many runs and write a report")
     studies = p.add_subparsers(dest="study", required=True)
     q = studies.add_parser(
@@ -702,17 +689,11 @@ def add_study_parsers(sub: argparse._SubParsersAction) -> None:
     q = studies.add_parser(
         "orders",
         formatter_class=fmt,
-        help="Tables 1 and 3 on trained encoders: every order and variant, fine-tuned, frozen, "
-        "segmentation; also writes the payoff report of its scratch/semantic/raster runs",
+        help="which order is best on my data: every order (and the plan's variants) pretrained, then "
+        "fine-tuned, frozen and (with masks) segmented; also writes the payoff report of its "
+        "scratch/semantic/raster runs",
     )
-    add_study_arguments(q, "orders", "study.seeds=[0,1]", "orders-v2")  # v1: `semaim reproduce`
-
-
-def run_reproduce(args: argparse.Namespace) -> int:
-    from .study.reproduce import ReproduceConfig, plot_study, run_study, study_plan, write_report
-
-    cfg = ReproduceConfig(study_plan(args.data, args.quick, args.seeds))
-    return run_a_study(args, "reproduce", "semaim reproduce", cfg, run_study, plot_study, write_report)
+    add_study_arguments(q, "orders", "study.seeds=[0,1]")
 
 
 def run_study_command(args: argparse.Namespace) -> int:
@@ -726,30 +707,15 @@ def run_study_command(args: argparse.Namespace) -> int:
     )
 
     if args.study == "orders":
-        from .study.orders import REPORT, orders_plan, plot_orders, write_orders_report
+        from .study.orders import orders_plan, plot_orders, write_orders_report
 
         cfg = PayoffConfig(orders_plan(args.data, args.quick, args.seeds))
-        return run_a_study(
-            args,
-            "orders",
-            "semaim study orders",
-            cfg,
-            run_payoff,
-            plot_orders,
-            write_orders_report,
-            REPORT,
-            settle_precision,
-        )
-    cfg = PayoffConfig(payoff_plan(args.data, args.quick, args.seeds))
+        plot, report = plot_orders, write_orders_report
+    else:
+        cfg = PayoffConfig(payoff_plan(args.data, args.quick, args.seeds))
+        plot, report = plot_payoff, write_payoff_report
     return run_a_study(
-        args,
-        "payoff",
-        "semaim study payoff",
-        cfg,
-        run_payoff,
-        plot_payoff,
-        write_payoff_report,
-        settle=settle_precision,
+        args, args.study, cfg, run=run_payoff, plot=plot, report=report, settle=settle_precision
     )
 
 
@@ -777,7 +743,6 @@ COMMANDS = {
     "visualize": run_visualize,
     "plot-metrics": run_plot_metrics,
     "bench": run_bench_command,
-    "reproduce": run_reproduce,
     "study": run_study_command,
 }
 

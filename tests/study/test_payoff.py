@@ -238,3 +238,23 @@ def test_the_plan_settles_one_precision_for_every_run_of_the_study(tmp_path, mon
     assert study.pretrain_config(plan, "semantic", 0).train.precision == "fp32"
     assert study.finetune_config(plan, EncoderConfig(random=True), 60, 0).finetune.precision == "fp32"
     assert study.segment_config(plan, EncoderConfig(random=True), "finetune", 0).segment.precision == "fp32"
+
+
+def test_the_payoff_study_runs_on_an_image_folder(tmp_path):
+    """``--data PATH``: a folder of the user's own images (train/ and val/ class sub-folders)."""
+    from tests.conftest import make_image_folder
+
+    classes = ("cat", "dog", "owl")
+    make_image_folder(tmp_path / "photos" / "train", classes=classes, per_class=24)
+    make_image_folder(tmp_path / "photos" / "val", classes=classes, per_class=6, seed=1)
+    out = tmp_path / "study"
+    argv = ["study", "payoff", "--quick", "--seeds", "1", "--data", str(tmp_path / "photos")]
+    argv += ["--out", str(out), "--no-progress", "--set", "study.val_size=9"]
+    assert main([*argv, "--set", "study.finetune=[batch_size=8,budget_steps=0]"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    tuned = {(r["encoder"], r["labels"]): r for r in rows if r["kind"] == "finetune"}
+    assert set(tuned) == {(e, k) for e in ("scratch", "semantic", "raster") for k in (4, 0)}
+    assert tuned["semantic", 4]["train_images"] == 4 * len(classes)  # 4 labelled images per class
+    assert tuned["semantic", 0]["train_images"] == 3 * 24 - 9  # every label but the validation split
+    report = (out / "payoff-photos.md").read_text()
+    assert "Fine-tuning on `" in report and "fine-tuned from semantic" in report

@@ -9,7 +9,7 @@ the validation split fine-tuning carves from the training split; each run scores
 Every finished run is a line of ``results.jsonl``; a rerun skips them and resumes a cut run.
 
 The same plan runs the order study (:mod:`semaim.study.orders`): more pretrained encoders (every order and
-the named ``VARIANTS`` of the semantic order), each also scored frozen (``frozen``) and by segmentation
+the plan's named :class:`Variant` pretrainings), each also scored frozen (``frozen``) and by segmentation
 (``segment``). The encoders of ``every_budget`` are fine-tuned at every label budget and run first, seed
 by seed; then the other orders, then the variants, at the first label budget.
 """
@@ -17,6 +17,7 @@ by seed; then the other orders, then the variants, at the first label budget.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,39 +53,36 @@ from ..presets import load_preset
 from .runner import StudyRunner
 from .stats import cell, how_it_was_run, mean_std, paired, seeds_counted, write_markdown
 
-VARIANTS: dict[str, tuple[str, ...]] = {
-    # The official code's centre rule: argmax of the raw map, λ = 1e-3 (docs/design.md §3).
-    "semantic-official": ("model.center_filter=none", "model.lam=0.001"),
-    # Beyond the paper (the official code's --attention_type self): the centre from the last block's cls
-    # attention (docs/design.md §4).
-    "semantic-attention": ("model.center_map=attention",),
-    # The order from a finished `semantic` encoder of the seed, frozen: a mature order from the first step.
-    "semantic-source": ("train.order_source={twin}",),
-    # `semantic` once more: semantic-source's order source (ORDER_SOURCE), not an encoder of the study.
-    "semantic-twin": (),
-    # Table 3: decoder depth 1 and half the encoder's depth (the full depth is `semantic` itself), the encoder
-    # started from `semantic`'s initialisation of the seed (paired).
-    "semantic-dec1": ("model.decoder_depth=1", "train.encoder_init_depth={full}"),
-    "semantic-dec-half": ("model.decoder_depth={half}", "train.encoder_init_depth={full}"),
-}
-"""Named pretraining variants of the semantic order: ``--set`` assignments on top of the plan's pretraining;
-``{twin}`` is this seed's :data:`ORDER_SOURCE` checkpoint, ``{half}`` half the encoder's depth, ``{full}`` the
-plan's decoder depth."""
-
-ORDER_SOURCE = "semantic-twin"
-"""``semantic-source``'s order source: ``semantic`` pretrained again for the seed, just before its reader. Not
-``semantic``'s own checkpoint: a later session has lost that file, and a redone run must reproduce its row,
-which fp32 on another CPU does not do bit for bit (its sums run in another order)."""
+PLACEHOLDER = re.compile(r"\{(pretrained:[\w.-]+|half_depth|decoder_depth)\}")
+"""What a variant's assignment may name: ``{pretrained:NAME}`` (encoder ``NAME``'s checkpoint for the same seed,
+pretrained just before the variant), ``{half_depth}`` (half the encoder's depth, at least 1) and
+``{decoder_depth}`` (the plan's decoder depth, before the variant's own assignments)."""
 
 
-def reads_twin(name: str) -> bool:
-    """Whether the variant ``name`` pretrains with this seed's :data:`ORDER_SOURCE` encoder as its order source."""
-    return any("{twin}" in a for a in VARIANTS.get(name, ()))
+@dataclass(frozen=True)
+class Variant:
+    """A named pretraining beside the registry's orders, written ``"NAME: ORDER [ASSIGNMENT ...]"`` in the
+    plan's ``variants``: ``ORDER`` with ``--set`` assignments on top of the plan's pretraining."""
 
+    name: str
+    order: str
+    assignments: tuple[str, ...] = ()
 
-def variant_order(name: str) -> str:
-    """The order a pretrained encoder's name stands for: itself, or the base order of a variant."""
-    return name.split("-")[0] if name in VARIANTS else name
+    @classmethod
+    def parse(cls, text: str, field_name: str = "study.variants") -> Variant:
+        name, colon, rest = text.partition(":")
+        words = rest.split()
+        ok = bool(colon and name.strip() and words and words[0] in ORDERS)
+        require(ok, field_name, f"'NAME: ORDER [ASSIGNMENT ...]' with ORDER one of {tuple(ORDERS)}", text)
+        for assignment in words[1:]:
+            parse_assignment(PLACEHOLDER.sub("0", assignment))  # a bad key or value fails here, by name
+        return cls(name.strip(), words[0], tuple(words[1:]))
+
+    @property
+    def source(self) -> str | None:
+        """The encoder whose checkpoint this variant reads (``{pretrained:NAME}``), pretrained first."""
+        keys = [key for a in self.assignments for key in PLACEHOLDER.findall(a)]
+        return next((k[len("pretrained:") :] for k in keys if k.startswith("pretrained:")), None)
 
 
 @dataclass
@@ -122,10 +120,23 @@ class PayoffPlan:
     # Every pretraining, fine-tuning and segmentation run of the study (frozen features: fp32 always). `auto`
     # is settled when the study starts (settle_precision) and recorded, so all its runs compute alike.
     precision: str = "auto"
+    # Named pretrainings beside the registry's orders, "NAME: ORDER [ASSIGNMENT ...]" (Variant): an encoder of
+    # `orders` by its NAME, or another variant's order source ({pretrained:NAME}).
+    variants: tuple[str, ...] = ()
+
+    def variant(self, name: str) -> Variant | None:
+        """The named variant ``name``, or ``None`` for an order of the registry."""
+        return next((v for v in map(Variant.parse, self.variants) if v.name == name), None)
 
     def validate(self, prefix: str = "study.") -> PayoffPlan:
+        named = [Variant.parse(text, f"{prefix}variants") for text in self.variants]
+        names = [v.name for v in named]
+        require(len(set(names)) == len(names), f"{prefix}variants", "distinct names", names)
+        for variant in named:
+            ok = variant.source is None or variant.source in (*ORDERS, *names)
+            require(ok, f"{prefix}variants", "{pretrained:NAME} naming an order or a variant", variant.source)
         for order in self.orders:
-            require_choice(order, f"{prefix}orders", (*ORDERS, *VARIANTS))
+            require_choice(order, f"{prefix}orders", (*ORDERS, *names))
         for encoder in self.every_budget:
             require_choice(encoder, f"{prefix}every_budget", ("scratch", *self.orders))
         ok = (
@@ -168,7 +179,7 @@ class PayoffPlan:
             self.curve_labels,
         )
         require(self.curve_labels >= 0, f"{prefix}curve_labels", "an int >= 0", self.curve_labels)
-        for order in self.orders:
+        for order in dict.fromkeys((*self.orders, *names)):  # every pretraining the plan may run
             pretrain_config(self, order, self.seeds[0], Path("study"))
         finetune_config(self, EncoderConfig(random=True), 0, self.seeds[0])
         if self.segment:
@@ -228,12 +239,19 @@ def pretrain_config(plan: PayoffPlan, order: str, seed: int, folder: Path | None
     cfg.set("train.precision", plan.precision)
     cfg.set("data.data", plan.data)
     cfg.set("data.workers", plan.workers)
-    cfg.set("model.order", variant_order(order))
+    variant = plan.variant(order)
+    cfg.set("model.order", variant.order if variant else order)
     cfg.set("train.seed", seed)
-    source = str(pretrain_folder(folder or Path("study"), ORDER_SOURCE, seed) / LAST)
-    values = dict(twin=source, half=max(1, cfg.model.depth // 2), full=cfg.model.decoder_depth)
-    for assignment in VARIANTS.get(order, ()):
-        cfg.set(*parse_assignment(assignment.format(**values)))
+    values = {"half_depth": str(max(1, cfg.model.depth // 2)), "decoder_depth": str(cfg.model.decoder_depth)}
+
+    def fill(match: re.Match) -> str:
+        key = match.group(1)
+        if key.startswith("pretrained:"):
+            return str(pretrain_folder(folder or Path("study"), key[len("pretrained:") :], seed) / LAST)
+        return values[key]
+
+    for assignment in variant.assignments if variant else ():
+        cfg.set(*parse_assignment(PLACEHOLDER.sub(fill, assignment)))
     if (order, seed) == (plan.curve_order, plan.seeds[0]):  # curve (b)'s run
         cfg.set("train.keep_steps", plan.curve_steps)
     return cfg.validate()
@@ -457,7 +475,8 @@ def run_payoff(
     )
     first = set(plan.every_budget or ("scratch", *plan.orders))
     rest = set(plan.orders) - first
-    for phase in (first, rest - set(VARIANTS), rest & set(VARIANTS)):  # then the other orders, then variants
+    named = {text.partition(":")[0].strip() for text in plan.variants}
+    for phase in (first, rest - named, rest & named):  # then the other orders, then the variants
         for seed in plan.seeds:  # seed by seed: a seed's runs need only its own pretrainings
             encoders = [e for e in ("scratch", *plan.orders) if e in phase]
             budgets = plan.labels_per_class if phase is first else plan.labels_per_class[:1]
@@ -491,19 +510,20 @@ def run_seed(
         needs = []
         if encoder != "scratch":  # scratch: the initialisation, from model.yaml
             needs = [("pretrain", encoder, -1, seed)]
-            source = [("pretrain", ORDER_SOURCE, -1, seed)] if reads_twin(encoder) else []
+            variant = plan.variant(encoder)
+            source = variant.source if variant else None
             if (
                 source
             ):  # just before its reader (a deadline counts them together); the report compares its loss
                 runner.run(
-                    source[0],
-                    lambda: pretrain_run(plan, ORDER_SOURCE, seed, folder, progress),
-                    kept=lambda: pretrained(pretrain_folder(folder, ORDER_SOURCE, seed)),
+                    ("pretrain", source, -1, seed),
+                    lambda s=source: pretrain_run(plan, s, seed, folder, progress),
+                    kept=lambda s=source: pretrained(pretrain_folder(folder, s, seed)),
                 )
             runner.run(
                 needs[0],
                 lambda o=encoder: pretrain_run(plan, o, seed, folder, progress),
-                needs=source,
+                needs=[("pretrain", source, -1, seed)] if source else [],
                 kept=lambda o=encoder: pretrained(pretrain_folder(folder, o, seed)),
             )
         enc = encoder_source(plan, encoder, seed, folder)

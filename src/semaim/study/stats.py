@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import statistics
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-import torch
 
 Stats = dict[str, tuple[float, float, int]]
 """``metric -> (mean, sample std, n)``."""
@@ -73,25 +70,17 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def machine() -> str:
-    """CPU model, cores, threads and torch version, for the report."""
-    return (
-        f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
-
-
 def ran_on(rows: list[dict[str, Any]]) -> list[str]:
     """The machines the runs record (a study's sessions may each have had another), most runs first."""
     counts = Counter(r.get("machine", "not recorded") for r in rows)
-    if set(counts) <= {"not recorded"}:
-        return []
     return ["- runs' machines: " + "; ".join(f"{name}: {n}" for name, n in counts.most_common())]
 
 
 def how_it_was_run(
     command: str, rows: list[dict[str, Any]], settings: dict[str, Any], kind: str
 ) -> list[str]:
-    """The closing section of a study report: command, run time, machine, settings, where the rows are."""
+    """The closing section of a study report: command, run time, the runs' machines, settings, where the rows
+    are. Nothing in it depends on the machine that writes the report, so a report regenerates identically."""
     from ..engine.run import format_seconds
 
     wall = sum(r.get("wall_s", 0.0) for r in rows)
@@ -101,7 +90,6 @@ def how_it_was_run(
         f"- command: `{command}`",
         f"- run time: {format_seconds(wall)} summed over {len(rows)} runs, each as timed by the process that "
         "finished it (processes side by side overlap; a run resumed after a kill counts from its resume)",
-        f"- machine (this report's): {machine()}",
         *ran_on(rows),
         "- settings: " + json.dumps(settings),
         f"- per-run rows: `results.jsonl` in the study folder, copied as `{kind}-<data>.jsonl` beside this "

@@ -8,33 +8,23 @@ the same number of steps with every order (plus the image-centre control ``cente
 cls token and the average of the patch tokens; floors are raw pixels and the random encoder. The
 decoder-depth ablation reruns the best order with 1 and half the blocks.
 
-Every finished run is appended to ``results.jsonl`` in the study folder, so an interrupted study picks
-up where it stopped; a pretraining run cut off midway resumes from its checkpoint.
+Retired: ``semaim reproduce`` ran it on barely trained encoders (150 pretraining steps); the order study
+(``experiments/orders-cluttered-fashion-mnist``, ``semaim study orders``) superseded it with trained encoders
+and the paper's metrics. What is kept is the report, regenerated from the rows the command left:
+
+    python experiments/reproduce/report.py
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
+from semaim.model.orders import ORDERS
+from semaim.study.stats import cell, how_it_was_run, mean_std, paired, write_markdown
 
-from ..config import LinprobeRunConfig, Sections, require, require_choice
-from ..encoder import load_encoder, random_encoder
-from ..engine.checkpoint import KIND_PRETRAIN, load_checkpoint
-from ..engine.pretrain import pretrain
-from ..engine.run import LAST
-from ..engine.runlog import read_records
-from ..evaluate.features import POOLS, RawPixels, extract_pooled_features
-from ..evaluate.knn import knn_accuracy
-from ..evaluate.linear import train_linear_probe
-from ..model.orders import ORDERS
-from ..presets import load_preset
-from .runner import StudyRunner
-from .stats import cell, how_it_was_run, mean_std, paired, write_markdown
-
+RAN_ON = "AMD EPYC, 2 cores, 2 threads, torch 2.14.1+cu130"  # as the first report recorded it
 METRICS = ("knn_cls", "linear_cls", "knn_avg", "linear_avg")
 METRIC_NAMES = {
     "knn_cls": "k-NN@20 cls",
@@ -67,28 +57,6 @@ class StudyPlan:
     def decoder_depths(self) -> tuple[int, ...]:
         return tuple(sorted({1, max(1, self.decoder_depth // 2), self.decoder_depth}))
 
-    def validate(self, prefix: str = "study.") -> StudyPlan:
-        require(len(self.seeds) > 0, f"{prefix}seeds", "at least one seed", list(self.seeds))
-        for order in self.orders:
-            require_choice(order, f"{prefix}orders", tuple(ORDERS))
-        require(
-            self.eval_train >= 1 and self.eval_test >= 1,
-            f"{prefix}eval_train/eval_test",
-            "positive ints",
-            [self.eval_train, self.eval_test],
-        )
-        pretrain_config(
-            self, self.orders[0], self.decoder_depth, self.seeds[0]
-        )  # the model and loop validate
-        return self
-
-
-@dataclass
-class ReproduceConfig(Sections):
-    """``semaim reproduce``: the plan, stored as the study folder's ``config.yaml``."""
-
-    study: StudyPlan = field(default_factory=StudyPlan)
-
 
 def study_plan(data: str, quick: bool = False, seeds: int | None = None) -> StudyPlan:
     """The sizes used for ``data`` (full study, or the ``--quick`` smoke test)."""
@@ -112,143 +80,6 @@ def study_plan(data: str, quick: bool = False, seeds: int | None = None) -> Stud
     if seeds is not None:
         plan = replace(plan, seeds=tuple(range(seeds)))
     return plan
-
-
-def pretrain_config(plan: StudyPlan, order: str, decoder_depth: int, seed: int):
-    cfg = load_preset("cpu-tiny")
-    m, d, t = cfg.model, cfg.data, cfg.train
-    m.img_size, m.patch_size, m.embed_dim, m.depth = (
-        plan.img_size,
-        plan.patch_size,
-        plan.embed_dim,
-        plan.depth,
-    )
-    m.num_heads, m.decoder_depth, m.order = plan.num_heads, decoder_depth, order
-    d.data, d.limit, d.workers = plan.data, plan.limit, plan.workers
-    t.epochs, t.batch_size, t.seed, t.save_every_steps = plan.epochs, plan.batch_size, seed, 10**9
-    return cfg.validate()
-
-
-def run_name(order: str, decoder_depth: int, seed: int) -> str:
-    return f"{order}-dec{decoder_depth}-seed{seed}"
-
-
-# --------------------------------------------------------------------------- evaluation
-def evaluate_encoder(encoder: torch.nn.Module, plan: StudyPlan, progress: bool) -> dict[str, float]:
-    """k-NN@20 and linear-probe top-1 (%) on the cls token and the average patch token."""
-    pools = ("cls",) if isinstance(encoder, RawPixels) else POOLS  # pixels have no patch tokens
-    train, test = (
-        extract_pooled_features(
-            encoder,
-            plan.data,
-            split,
-            (plan.img_size, plan.img_size),
-            3,
-            pools,
-            256,
-            plan.workers,
-            "cpu",
-            "fp32",
-            progress=progress,
-            limit=limit,
-        )
-        for split, limit in (("train", plan.eval_train), ("test", plan.eval_test))
-    )
-    scores = {}
-    for pool in pools:
-        (train_f, train_y), (test_f, test_y) = train[pool], test[pool]
-        scores[f"knn_{pool}"] = knn_accuracy(train_f, train_y, test_f, test_y, ks=(20,))["top1"]["20"]
-        probe = train_linear_probe(
-            train_f, train_y, test_f, test_y, load_preset("cpu", LinprobeRunConfig).probe, progress=False
-        )
-        scores[f"linear_{pool}"] = probe["top1"]
-    return scores
-
-
-def pretrain_and_evaluate(
-    plan: StudyPlan, order: str, decoder_depth: int, seed: int, folder: Path, progress: bool
-) -> dict[str, Any]:
-    run_dir = folder / "runs" / run_name(order, decoder_depth, seed)
-    resume = (run_dir / LAST).is_file()
-    start = time.perf_counter()
-    summary = pretrain(
-        pretrain_config(plan, order, decoder_depth, seed),
-        run_dir,
-        resume=resume,
-        force=not resume,
-        progress=progress,
-    )
-    pretrain_s = time.perf_counter() - start
-    encoder = load_encoder(run_dir / LAST)
-    steps = int(load_checkpoint(run_dir / LAST, KIND_PRETRAIN)["step"])
-    return {
-        "order": order,
-        "decoder_depth": decoder_depth,
-        "seed": seed,
-        "steps": steps,
-        "final_loss": summary.get("final_loss"),
-        "pretrain_s": pretrain_s,
-        **evaluate_encoder(encoder, plan, progress),
-    }
-
-
-# --------------------------------------------------------------------------- the study
-def load_results(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return read_records(path)
-
-
-def run_study(
-    plan: StudyPlan,
-    folder: str | Path,
-    progress: bool = True,
-    only_seeds: tuple[int, ...] | None = None,
-    deadline: float | None = None,
-) -> list[dict[str, Any]]:
-    """Floors, every order × seed, then the decoder-depth ablation of the best order; returns all rows."""
-    folder = Path(folder)
-    runner = StudyRunner(
-        folder,
-        ReproduceConfig(plan).to_dict(),
-        ("order", "decoder_depth", "seed"),
-        only_seeds,
-        deadline=deadline,
-    )
-
-    def run(order: str, decoder_depth: int, seed: int) -> None:
-        runner.run(
-            (order, decoder_depth, seed), lambda: one_run(plan, order, decoder_depth, seed, folder, progress)
-        )
-
-    run("pixels", 0, 0)
-    for seed in plan.seeds:
-        run("random", 0, seed)
-    for seed in plan.seeds:  # seeds outermost: an interrupted study has every order at equal footing
-        for order in plan.orders:
-            run(order, plan.decoder_depth, seed)
-    if not plan.decoder_depths():
-        return runner.finish()
-    table = [(o, plan.decoder_depth, s) for s in plan.seeds for o in plan.orders]
-    if not set(table) <= {runner.key(r) for r in runner.finish()}:  # --only-seeds: the ablation on a rerun
-        return runner.rows
-    best = best_order(runner.rows, plan)
-    for depth in plan.decoder_depths():
-        for seed in plan.seeds:
-            run(best, depth, seed)
-    return runner.finish()
-
-
-def one_run(
-    plan: StudyPlan, order: str, decoder_depth: int, seed: int, folder: Path, progress: bool
-) -> dict[str, Any]:
-    """One row: a floor (raw pixels, the random encoder of a seed) or a pretraining and its scores."""
-    if order == "pixels":
-        return evaluate_encoder(RawPixels(), plan, progress)
-    if order == "random":
-        cfg = pretrain_config(plan, "semantic", plan.decoder_depth, seed).model
-        return evaluate_encoder(random_encoder(cfg, seed), plan, progress)
-    return pretrain_and_evaluate(plan, order, decoder_depth, seed, folder, progress)
 
 
 def summarise(
@@ -350,6 +181,7 @@ def write_report(
         ),
         "",
         *how_it_was_run(command, rows, asdict(plan), "reproduce"),
+        f"- where the runs ran (their rows do not record it): {RAN_ON}",
     ]
     write_markdown(path, lines, chart, "orders")
 
@@ -388,3 +220,26 @@ def plot_study(rows: list[dict[str, Any]], plan: StudyPlan, path: str | Path, dp
     fig.suptitle(f"{plan.data}: order study ({len(plan.seeds)} seeds, mean ± std)")
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+def main() -> None:
+    """Regenerate both reports (Markdown and chart) from their committed rows, beside them or in ``--out``."""
+    import argparse
+    import json
+
+    here = Path(__file__).parent
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", type=Path, default=here)
+    out = parser.parse_args().out
+    out.mkdir(parents=True, exist_ok=True)
+    for data in ("fashion-mnist", "cluttered-fashion-mnist"):
+        text = (here / f"reproduce-{data}.jsonl").read_text()
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        command = f"semaim reproduce --data {data} --report-dir benchmarks/results"
+        chart = out / f"reproduce-{data}.png"
+        plot_study(rows, study_plan(data), chart)
+        write_report(rows, study_plan(data), command, out / f"reproduce-{data}.md", chart)
+
+
+if __name__ == "__main__":
+    main()
