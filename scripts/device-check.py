@@ -52,7 +52,7 @@ STEPS = (
     "knn-random",
 )
 TARGETS = {"mfu": 0.45, "speedup": 1.5, "step_memory_ratio": 0.6}
-"""The issue's targets on an H100/H200-class GPU: ViT-B/16@224 bf16 MFU, and against the reference at the
+"""The GPU performance targets on an H100/H200-class GPU: ViT-B/16@224 bf16 MFU, and against the reference at the
 same precision, images/s ratio (at least) and step-memory ratio (at most)."""
 
 
@@ -290,7 +290,7 @@ def md_loader_and_run(s: dict) -> list[str]:
 
 
 def targets(s: dict) -> list[str]:
-    """The issue's targets, each met, missed or not measured."""
+    """The GPU performance targets, each met, missed or not measured."""
     b16 = next((r for r in s["bench"] if r["config"] == "vit-b16-224" and r["precision"] == "bf16"), None)
     ref = next((r for r in s["reference"] or [] if r["config"] == "vit-b16-224"), None)
     same = (

@@ -75,7 +75,7 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int)
     g.add_argument(
-        "--batch-size", type=int, help="effective batch per optimiser step (all ranks × accumulation)"
+        "--batch-size", type=int, help="effective batch per optimizer step (all ranks × accumulation)"
     )
     g.add_argument("--accum-steps", type=int, help="gradient accumulation steps")
     g.add_argument("--seed", type=int)
@@ -251,7 +251,7 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
         " (paper: 90 ep, batch 4096, LARS)",
     )
     p.add_argument("--epochs", type=int)
-    p.add_argument("--probe-batch-size", type=int, help="batch of the probe's optimiser")
+    p.add_argument("--probe-batch-size", type=int, help="batch of the probe's optimizer")
     p.add_argument("--blr", type=float)
     p.add_argument("--optimizer", choices=["lars", "sgd"])
     add_set_argument(p, "probe.epochs=10")
@@ -429,7 +429,18 @@ def run_visualize(args: argparse.Namespace) -> int:
     else:
         images = load_images(args.images)
     size = tuple(vit.patch_embed.img_size)
-    out = order_figure(vit, images, size, mean, std, args.out, args.pdf, what, args.seed, args.dpi)
+    out = order_figure(
+        vit,
+        images,
+        size,
+        mean=mean,
+        std=std,
+        out=args.out,
+        pdf=args.pdf,
+        title=what,
+        seed=args.seed,
+        dpi=args.dpi,
+    )
     print(f"wrote {out}" + (f" and {out.with_suffix('.pdf')}" if args.pdf else ""))
     return 0
 

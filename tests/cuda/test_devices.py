@@ -220,7 +220,7 @@ def test_a_checkpoint_resumes_on_another_device(tmp_path, fmnist, first, then):
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     ckpt = load_checkpoint(out / "checkpoint-last.pt")
     assert ckpt["step"] == 4
-    # The optimiser state travelled with the weights: AdamW counts 4 steps, not 2 since a fresh start.
+    # The optimizer state travelled with the weights: AdamW counts 4 steps, not 2 since a fresh start.
     assert {float(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {4.0}
     assert any(not torch.equal(ckpt["model"][k], saved["model"][k]) for k in saved["model"])
     # ... and the checkpoint written on one device is evaluated on the other.

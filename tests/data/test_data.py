@@ -115,5 +115,5 @@ def test_sampler_resumes_mid_epoch_and_reshuffles_each_epoch():
     assert list(s) == full[2 * 2 * 5 :] and len(s) == len(full) - 20
     s.set_epoch(2)
     assert [i for i, _ in list(s)] != [i for i, _ in full]
-    with pytest.raises(ValueError, match="fewer than one optimiser step"):
+    with pytest.raises(ValueError, match="fewer than one optimizer step"):
         EpochSampler(7, 4, 2, seed=0)

@@ -77,7 +77,7 @@ def test_image_folder_with_a_corrupt_file(tmp_path, folder, capsys):
         (["--set", "train.epochs=two"], "train.epochs: expected int"),
         (["--batch-size", "9", "--accum-steps", "2"], "not divisible by train.accum_steps"),
         (["--data", "/no/such/folder"], "data folder not found: /no/such/folder"),
-        (["--order", "spiral"], "order: expected one of"),
+        (["--order", "spiral"], "--order: invalid choice: 'spiral'"),
         (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
     ],
 )

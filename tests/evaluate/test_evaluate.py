@@ -102,7 +102,7 @@ def test_knn_agrees_with_brute_force():
     train_f, test_f = torch.randn(60, 8, generator=g), torch.randn(15, 8, generator=g)
     train_y, test_y = torch.randint(0, 4, (60,), generator=g), torch.randint(0, 4, (15,), generator=g)
     for k in (1, 5, 20):
-        fast = knn_scores(train_f, train_y, test_f, k, 4, 0.07, chunk=4)
+        fast = knn_scores(train_f, train_y, test_f, k, num_classes=4, temperature=0.07, chunk=4)
         torch.testing.assert_close(
             fast, brute_force_knn(train_f, train_y, test_f, k, 4, 0.07), rtol=1e-4, atol=1e-4
         )

@@ -144,7 +144,7 @@ def test_knn_floor_learns_from_the_subset_fine_tuning_trains_on(tmp_path, fmnist
     cfg = FeaturesConfig(data=fmnist, workers=0, labels_per_class=2, val_size=10)
     train_f, train_y, test_f, _ = split_features(cfg, enc, progress=False)
     labels = open_dataset(fmnist, "train").labels
-    expected, _ = labelled_subset(labels, 10, 0, 2, None, 0)
+    expected, _ = labelled_subset(labels, val_size=10, split_seed=0, per_class=2, fraction=None, seed=0)
     assert len(train_f) == 20 and torch.equal(train_y, labels[expected]) and len(test_f) == 20
     out = tmp_path / "knn.json"
     assert (

@@ -29,7 +29,19 @@ class CountingPixels(RawPixels):
 
 def extract(encoder: RawPixels, data: str, cache, precision: str = "fp32") -> torch.Tensor:
     return features.extract_features(
-        encoder, data, "test", (8, 8), 1, "cls", 8, 0, "cpu", precision, cache, "pixels", False
+        encoder,
+        data,
+        "test",
+        (8, 8),
+        in_chans=1,
+        pool="cls",
+        batch_size=8,
+        workers=0,
+        device="cpu",
+        precision=precision,
+        cache=cache,
+        cache_key="pixels",
+        progress=False,
     )[0]
 
 

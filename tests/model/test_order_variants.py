@@ -159,7 +159,13 @@ def test_order_source_gives_the_order_and_nothing_else(tmp_path, source):
     assert not torch.equal(from_source.argmin(1), state.model.compute_centerness(images, g3).argmin(1))
     # Targets and gradients: the model's own, for the order the source gave; the source gets none.
     forward_backward(
-        cfg, state, [(images, None, None)], torch.Generator(), torch.device("cpu"), DistInfo(), tmp_path
+        cfg,
+        state,
+        micro_batches=[(images, None, None)],
+        generator=torch.Generator(),
+        device=torch.device("cpu"),
+        info=DistInfo(),
+        out=tmp_path,
     )
     grads = {n: p.grad.clone() for n, p in state.model.named_parameters() if p.grad is not None}
     assert all(p.grad is None and not p.requires_grad for p in state.order_source.parameters())

@@ -63,7 +63,15 @@ def test_quick_study_end_to_end_then_resume_recomputes_only_the_missing_run(tmp_
     assert ran["finetune"]["precision"] == plan.precision
     ft = finetune_config(plan, EncoderConfig(random=True), 2, 0).finetune
     labels = open_dataset(f"fashion-mnist:{tmp_path}", "train").labels
-    images, _ = labelled_subset(labels, ft.val_size, ft.split_seed, 2, None, ft.seed, ft.limit)
+    images, _ = labelled_subset(
+        labels,
+        val_size=ft.val_size,
+        split_seed=ft.split_seed,
+        per_class=2,
+        fraction=None,
+        seed=ft.seed,
+        limit=ft.limit,
+    )
     assert len(images) == 20 and int(images.max()) < 200 + 30  # drawn from the limited pool, as fine-tuning
     report = (reports / "payoff-fashion-mnist.md").read_text()
     assert "fine-tuned from semantic" in report and "`semantic` − scratch" in report

@@ -279,3 +279,19 @@ def test_a_deadline_goes_by_the_runs_alike_on_this_machine_where_some_ran_here(t
     rows = study("fast").finish()  # 1000 s here: fits, and its row says where it ran
     assert rows[-1]["name"] == "d" and rows[-1]["machine"] == "fast"
     assert " threads" in machine_name()
+
+
+def test_a_run_another_process_finishes_while_this_one_looks_is_not_taken_for_a_stuck_study(tmp_path):
+    """This process saw the run missing and held; the other finished it and let go before this one tried
+    it. ``try_run`` then finds its row and returns without running: the study is not stuck."""
+    ours, theirs = (StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01) for _ in range(2))
+    ran = []
+    for runner in (ours, theirs):
+        runner.run(("finetune", "b", 0), lambda: ran.append(1) or {"value": 1})
+    seen = set(ours.done)  # ours looked: b missing, held by theirs
+    theirs.finish()  # theirs finishes b, appends its row and lets go
+    assert not ours.try_run(ours.runs[0])  # ours takes the claim, reloads and finds b done
+    ours.check_not_stuck(ours.runs, seen)  # the rows changed since ours looked: not stuck
+    with pytest.raises(ConfigError, match="wait for runs no process is doing"):
+        ours.check_not_stuck(ours.runs, set(ours.done))  # nothing changed and nobody holds it: a bug
+    assert ran == [1] and len(ours.finish()) == 1

@@ -53,7 +53,7 @@ class EpochSampler(Sampler):
     The epoch's permutation is drawn from ``seed + epoch``. Micro-step ``s`` of the epoch covers the
     global positions ``[s·G, (s+1)·G)`` with ``G = micro_batch × world``; rank ``r`` takes every
     ``world``-th of them starting at ``r``, so the ranks together see exactly what one process with the
-    same global batch would. Incomplete optimiser steps at the end of an epoch are dropped.
+    same global batch would. Incomplete optimizer steps at the end of an epoch are dropped.
     """
 
     def __init__(
@@ -65,13 +65,13 @@ class EpochSampler(Sampler):
         self.steps_per_epoch = num_samples // (self.global_micro * accum_steps)
         if self.steps_per_epoch == 0:
             raise DataError(
-                f"data: {num_samples} images are fewer than one optimiser step's batch "
+                f"data: {num_samples} images are fewer than one optimizer step's batch "
                 f"({self.global_micro * accum_steps}); lower --batch-size or use more images"
             )
         self.epoch, self.start_step = 0, 0
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """Position the sampler at optimiser step ``start_step`` of ``epoch`` (for resuming)."""
+        """Position the sampler at optimizer step ``start_step`` of ``epoch`` (for resuming)."""
         self.epoch, self.start_step = epoch, start_step
 
     def __len__(self) -> int:

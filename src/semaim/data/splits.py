@@ -79,6 +79,7 @@ def default_val_size(num_images: int) -> int:
 
 def labelled_subset(
     labels: torch.Tensor,
+    *,
     val_size: int | None,
     split_seed: int,
     per_class: int | None,

@@ -1,2 +1,2 @@
 """Running things: the pretraining loop (Algorithm 1, ``pretrain``), checkpoints, the run log, the
-optimiser pieces, torchrun plumbing, and the run-folder utilities every command shares (``run``)."""
+optimizer pieces, torchrun plumbing, and the run-folder utilities every command shares (``run``)."""

@@ -4,13 +4,13 @@ For every batch: compute the order (the model's own no-grad similarity pass, an 
 teacher's), run both streams, Eq. 12 loss, backward, AdamW with per-iteration warmup + cosine lr,
 gradient clipping, optional accumulation, mixed precision and DistributedDataParallel.
 
-Outputs in the run folder: ``config.yaml``, ``metrics.jsonl`` (one JSON object per optimiser step),
+Outputs in the run folder: ``config.yaml``, ``metrics.jsonl`` (one JSON object per optimizer step),
 TensorBoard events in ``tb/``, ``checkpoint-last.pt`` (atomic, every ``save_every_steps`` steps and at
 every epoch end) and ``checkpoint-EPOCH.pt`` every ``save_every_epochs`` epochs. A resumed run continues
 from ``checkpoint-last.pt`` exactly where it stopped, mid-epoch included, with the same losses an
 uninterrupted run would have had. The folder is locked for the run's life (:class:`.run.RunFolder`).
 
-(docs/design.md §1: Algorithm 1 → :func:`train`, :func:`forward_backward`, :func:`optimiser_step`)
+(docs/design.md §1: Algorithm 1 → :func:`train`, :func:`forward_backward`, :func:`optimizer_step`)
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from ..data.transforms import PretrainTransform
 from ..encoder import load_encoder, random_encoder
 from ..errors import ConfigError, RunDirError
 from ..model.orders import NEEDS_MAP, encoder_map
-from ..model.semaim import ENCODER_KEYS, SemAIM
+from ..model.semaim import SemAIM
 from .checkpoint import KIND_PRETRAIN, load_checkpoint, model_config_diff, save_atomic
 from .distributed import (
     DistInfo,
@@ -66,7 +66,7 @@ from .runlog import RunLog
 
 @dataclass
 class TrainState:
-    """What the loop updates and a checkpoint stores: model, EMA copy, optimiser, scaler, step."""
+    """What the loop updates and a checkpoint stores: model, EMA copy, optimizer, scaler, step."""
 
     model: SemAIM
     forward_model: torch.nn.Module  # the model as called: compiled and/or wrapped in DDP
@@ -145,7 +145,12 @@ def _pretrain(
     if info.is_main:
         folder.start(cfg.to_dict(), inputs=[cfg.model.teacher_path, t.order_source])
         log = RunLog(
-            folder.path, "pretrain", sampler.steps_per_epoch * t.epochs, state.step, folder.resume, progress
+            folder.path,
+            "pretrain",
+            total=sampler.steps_per_epoch * t.epochs,
+            step=state.step,
+            resume=folder.resume,
+            progress=progress,
         )
         print(
             f"semaim pretrain: {num_images} images from {cfg.data.data}, {sampler.steps_per_epoch} steps/epoch "
@@ -156,20 +161,22 @@ def _pretrain(
         )
     first_step, start = state.step, time.perf_counter()
     try:
-        losses, bad_images = train(cfg, state, loader, sampler, folder.path, log, device, info)
+        losses, bad_images = train(
+            cfg, state, loader=loader, sampler=sampler, out=folder.path, log=log, device=device, info=info
+        )
     finally:
         if log is not None:
             log.close()
     bad_images = all_reduce_sum(bad_images, info, device)
     summary = summarise(
         cfg,
-        state.step,
-        first_step,
-        time.perf_counter() - start,
-        losses,
-        bad_images,
-        folder.path / LAST,
-        info.is_main,
+        step=state.step,
+        first_step=first_step,
+        wall=time.perf_counter() - start,
+        losses=losses,
+        bad_images=bad_images,
+        checkpoint=folder.path / LAST,
+        verbose=info.is_main,
     )
     if info.is_main:  # written last: a folder with result.json holds a finished run (a study relies on it)
         write_text_atomic(folder.path / "result.json", json.dumps(summary, indent=2) + "\n")
@@ -210,10 +217,12 @@ def build_state(cfg: PretrainConfig, device: torch.device, info: DistInfo) -> Tr
     model = SemAIM(cfg.model).to(device)
     if t.encoder_init_depth not in (None, cfg.model.decoder_depth):  # pair a decoder-depth ablation's init
         like = ModelConfig.from_dict({**cfg.model.to_dict(), "decoder_depth": t.encoder_init_depth})
-        keys = model.load_state_dict(random_encoder(like, t.seed).state_dict(), strict=False)
-        assert not keys.unexpected_keys and all(
-            k.split(".")[0] not in ENCODER_KEYS for k in keys.missing_keys
-        )
+        encoder = random_encoder(like, t.seed).state_dict()
+        if set(encoder) != set(model.encoder_state_dict()):  # a bug, not a user's input: name it
+            raise RuntimeError(
+                f"train.encoder_init_depth: encoder keys differ: {set(encoder) ^ set(model.encoder_state_dict())}"
+            )
+        model.load_state_dict(encoder, strict=False)  # the decoder keeps this model's own initialisation
     ema = None
     if t.ema_decay is not None and cfg.model.target == "pixels":  # with a teacher, the teacher orders
         ema = copy.deepcopy(model).requires_grad_(False).eval()
@@ -312,8 +321,8 @@ def save_checkpoint(path: Path, cfg: PretrainConfig, state: TrainState, steps_pe
 
 
 # --------------------------------------------------------------------------- Algorithm 1
-def optimiser_steps(loader: Iterable, accum_steps: int) -> Iterator[list]:
-    """The loader's micro-batches, ``accum_steps`` at a time (one optimiser step each)."""
+def optimizer_steps(loader: Iterable, accum_steps: int) -> Iterator[list]:
+    """The loader's micro-batches, ``accum_steps`` at a time (one optimizer step each)."""
     group = []
     for batch in loader:
         group.append(batch)
@@ -325,6 +334,7 @@ def optimiser_steps(loader: Iterable, accum_steps: int) -> Iterator[list]:
 def forward_backward(
     cfg: PretrainConfig,
     state: TrainState,
+    *,
     micro_batches: list,
     generator: torch.Generator,
     device: torch.device,
@@ -367,7 +377,7 @@ def order_from_source(
     )
 
 
-def optimiser_step(cfg: PretrainConfig, state: TrainState) -> float:
+def optimizer_step(cfg: PretrainConfig, state: TrainState) -> float:
     """Unscale, clip, AdamW step, EMA update. Returns the gradient norm before clipping."""
     t = cfg.train
     state.scaler.unscale_(state.optimizer)
@@ -387,6 +397,7 @@ def optimiser_step(cfg: PretrainConfig, state: TrainState) -> float:
 def train(
     cfg: PretrainConfig,
     state: TrainState,
+    *,
     loader: DataLoader,
     sampler: EpochSampler,
     out: Path,
@@ -405,13 +416,21 @@ def train(
         epoch, step_in_epoch = divmod(state.step, steps_per_epoch)
         sampler.set_epoch(epoch, step_in_epoch)
         step_start = time.perf_counter()
-        for micro_batches in optimiser_steps(loader, t.accum_steps):
+        for micro_batches in optimizer_steps(loader, t.accum_steps):
             lr = lr_at(state.step, total, warmup, state.base_lr, t.min_lr)
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
             bad_images += sum(n_bad for _, _, n_bad in micro_batches)
-            loss = forward_backward(cfg, state, micro_batches, generator, device, info, out)
-            grad_norm = optimiser_step(cfg, state)
+            loss = forward_backward(
+                cfg,
+                state,
+                micro_batches=micro_batches,
+                generator=generator,
+                device=device,
+                info=info,
+                out=out,
+            )
+            grad_norm = optimizer_step(cfg, state)
             losses.append(loss)
             images_per_s = t.batch_size / (time.perf_counter() - step_start)
             if log is not None:
@@ -453,6 +472,7 @@ def save_when_due(cfg: PretrainConfig, state: TrainState, steps_per_epoch: int, 
 
 def summarise(
     cfg: PretrainConfig,
+    *,
     step: int,
     first_step: int,
     wall: float,

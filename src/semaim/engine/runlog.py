@@ -41,7 +41,15 @@ class RunLog:
     """One JSON object per line in ``metrics.jsonl``, the same scalars in TensorBoard, a tqdm bar."""
 
     def __init__(
-        self, out: Path, tag: str, total: int, step: int, resume: bool, progress: bool, name: str = "metrics"
+        self,
+        out: Path,
+        tag: str,
+        *,
+        total: int,
+        step: int,
+        resume: bool,
+        progress: bool,
+        name: str = "metrics",
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 

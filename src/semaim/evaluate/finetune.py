@@ -111,6 +111,7 @@ def eval_loader(
     base: Dataset,
     indices: list[int] | None,
     img_size: tuple[int, int],
+    *,
     in_chans: int,
     workers: int,
     mean: tuple[float, ...],
@@ -134,7 +135,13 @@ def open_splits(ft: FinetuneConfig, args: dict[str, Any]) -> Splits:
     if (base.labels < 0).any():
         raise DataError(f"data: {ft.data} has unlabeled images; fine-tuning needs class sub-folders")
     subset, val = labelled_subset(
-        base.labels, ft.val_size, ft.split_seed, ft.labels_per_class, ft.label_fraction, ft.seed, ft.limit
+        base.labels,
+        val_size=ft.val_size,
+        split_seed=ft.split_seed,
+        per_class=ft.labels_per_class,
+        fraction=ft.label_fraction,
+        seed=ft.seed,
+        limit=ft.limit,
     )
     sampler = EpochSampler(len(subset), ft.batch_size, 1, ft.seed)
     mean, std = channel_stats(base.mean, in_chans), channel_stats(base.std, in_chans)
@@ -149,7 +156,9 @@ def open_splits(ft: FinetuneConfig, args: dict[str, Any]) -> Splits:
     )
     val_loader = None
     if len(val):
-        val_loader = eval_loader(base, val.tolist(), img_size, in_chans, ft.workers, base.mean, base.std)
+        val_loader = eval_loader(
+            base, val.tolist(), img_size, in_chans=in_chans, workers=ft.workers, mean=base.mean, std=base.std
+        )
     return Splits(
         train,
         val_loader,
@@ -280,7 +289,10 @@ class FinetuneTask(SupervisedTask):
     def test_loader(self, state: SupervisedState, splits: Splits) -> DataLoader:
         ft, in_chans = state.cfg.finetune, state.args["in_chans"]
         test = open_dataset(ft.data, "test", in_chans)
-        return eval_loader(test, None, splits.img_size, in_chans, ft.workers, *splits.stats)
+        mean, std = splits.stats
+        return eval_loader(
+            test, None, splits.img_size, in_chans=in_chans, workers=ft.workers, mean=mean, std=std
+        )
 
     def result(
         self, state: SupervisedState, splits: Splits, scores: dict[str, float], test: DataLoader

@@ -20,6 +20,7 @@ def knn_scores(
     train_labels: torch.Tensor,
     test_features: torch.Tensor,
     k: int,
+    *,
     num_classes: int,
     temperature: float = 0.07,
     chunk: int = 512,
@@ -51,7 +52,9 @@ def knn_accuracy(
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     result: dict[str, dict[str, float]] = {"top1": {}, "top5": {}}
     for k in ks:
-        scores = knn_scores(train_features, train_labels, test_features, k, num_classes, temperature)
+        scores = knn_scores(
+            train_features, train_labels, test_features, k, num_classes=num_classes, temperature=temperature
+        )
         top = scores.topk(min(5, num_classes), dim=1).indices
         hit = top == test_labels[:, None]
         result["top1"][str(k)] = 100.0 * hit[:, 0].float().mean().item()

@@ -183,11 +183,11 @@ def run(
             state.restore(ckpt)
         folder.start(cfg.to_dict(), inputs=[cfg.encoder.checkpoint])
         total = splits.sampler.steps_per_epoch * section.epochs
-        log = RunLog(folder.path, task.name, total, state.step, resume, progress)
+        log = RunLog(folder.path, task.name, total=total, step=state.step, resume=resume, progress=progress)
         print(header(state, splits, source, device), file=sys.stderr)
         start = time.perf_counter()
         try:
-            train(state, splits, folder.path, log, device)
+            train(state, splits, out=folder.path, log=log, device=device)
         finally:
             log.close()
         return {
@@ -228,7 +228,7 @@ def optimizer_step(
     return loss.item(), grad_norm
 
 
-def train(state: SupervisedState, splits: Splits, out: Path, log: RunLog, device: torch.device) -> None:
+def train(state: SupervisedState, splits: Splits, *, out: Path, log: RunLog, device: torch.device) -> None:
     """Epochs from ``state.step`` on: validate and save after each, ``checkpoint-last.pt`` as configured."""
     section = state.section
     steps_per_epoch = splits.sampler.steps_per_epoch

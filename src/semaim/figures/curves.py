@@ -42,7 +42,7 @@ def metrics_figure(runs: list[str | Path], out: str | Path, smooth: int = 20, dp
         axes[1].plot(step, [r["lr"] for r in records], color=colour, label=label)
         axes[2].plot(step, [r["images_per_s"] for r in records], color=colour, label=label, linewidth=0.8)
     for ax, name in zip(axes, ("loss", "learning rate", "images / s"), strict=True):
-        ax.set_xlabel("optimiser step")
+        ax.set_xlabel("optimizer step")
         ax.set_title(name)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)

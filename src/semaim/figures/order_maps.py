@@ -104,6 +104,7 @@ def order_figure(
     vit: nn.Module,
     images: list[Image.Image],
     img_size: tuple[int, int],
+    *,
     mean: tuple[float, ...],
     std: tuple[float, ...],
     out: str | Path,

@@ -294,6 +294,7 @@ def centerness(
     kind: str,
     batch_size: int,
     grid: int | tuple[int, int],
+    *,
     similarity: torch.Tensor | None = None,
     lam: float = 0.01,
     generator: torch.Generator | None = None,

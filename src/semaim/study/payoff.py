@@ -403,6 +403,7 @@ def curve_points(plan: PayoffPlan, folder: Path) -> list[tuple[int, EncoderConfi
 
 def curve_point(
     plan: PayoffPlan,
+    *,
     step: int,
     encoder: EncoderConfig,
     finetuned: str,
@@ -468,7 +469,7 @@ def run_payoff(
         folder,
         PayoffConfig(plan).to_dict(),
         KEY,
-        only_seeds,
+        only_seeds=only_seeds,
         normalise=lambda saved: PayoffConfig.from_dict(saved).to_dict(),
         deadline=deadline,
         like=("kind", "labels"),
@@ -480,7 +481,16 @@ def run_payoff(
         for seed in plan.seeds:  # seed by seed: a seed's runs need only its own pretrainings
             encoders = [e for e in ("scratch", *plan.orders) if e in phase]
             budgets = plan.labels_per_class if phase is first else plan.labels_per_class[:1]
-            run_seed(plan, runner, folder, seed, encoders, budgets, floors=phase is first, progress=progress)
+            run_seed(
+                plan,
+                runner,
+                folder,
+                seed=seed,
+                encoders=encoders,
+                budgets=budgets,
+                floors=phase is first,
+                progress=progress,
+            )
             if phase is first and seed == plan.seeds[0] and plan.curve_steps:
                 run_curve(plan, runner, folder, progress)
     return runner.finish()
@@ -490,6 +500,7 @@ def run_seed(
     plan: PayoffPlan,
     runner: StudyRunner,
     folder: Path,
+    *,
     seed: int,
     encoders: list[str],
     budgets: tuple[int, ...],
@@ -564,7 +575,13 @@ def run_curve(plan: PayoffPlan, runner: StudyRunner, folder: Path, progress: boo
         runner.run(
             ("curve", plan.curve_order, plan.curve_labels, seed, step),
             lambda t=step, e=encoder, f=finetuned, k=frozen: curve_point(
-                plan, t, e, f, folder, progress, runner.row(k[0]) if k else None
+                plan,
+                step=t,
+                encoder=e,
+                finetuned=f,
+                folder=folder,
+                progress=progress,
+                frozen=runner.row(k[0]) if k else None,
             ),
             needs=[curve, *reused, *frozen],
         )

@@ -92,6 +92,7 @@ class StudyRunner:
         folder: Path,
         plan: dict[str, Any],
         key_fields: tuple[str, ...],
+        *,
         only_seeds: Iterable[int] | None = None,
         poll_s: float = 20.0,
         normalise: Callable[[dict], dict] | None = None,
@@ -148,6 +149,7 @@ class StudyRunner:
         self.reload()
         while True:
             todo = self.runnable()
+            seen = set(self.done)  # what this look saw: try_run reloads, so compare with this
             ready = self.done - {r.key for r in todo}  # a finished run whose files are gone is not ready
             fitting = [r for r in todo if self.fits(r, todo)]
             if todo and not fitting:  # none will fit later either
@@ -158,7 +160,7 @@ class StudyRunner:
             if not fitting:
                 return self.reload()
             if not any(self.try_run(r) for r in fitting if all(k in ready for k in r.needs)):
-                self.check_not_stuck(fitting)
+                self.check_not_stuck(fitting, seen)
                 time.sleep(self.poll_s)
             self.reload()
 
@@ -279,12 +281,11 @@ class StudyRunner:
         path = self.claim(key).path
         return path.with_name(f"{path.name}.unreproduced")
 
-    def check_not_stuck(self, todo: list[Run]) -> None:
-        """Nothing could run: fine while another process holds a run or has just finished one (the rows
-        changed since ``todo`` was built); a bug in the study's order otherwise."""
-        before = set(self.done)
+    def check_not_stuck(self, todo: list[Run], seen: set[Key]) -> None:
+        """Nothing could run: fine while another process holds a run or has finished one since ``todo`` was
+        built from the rows in ``seen``; a bug in the study's order otherwise."""
         self.reload()
-        if self.done != before:
+        if self.done != seen:
             return
         for run in todo:
             claim = self.claim(run.key)

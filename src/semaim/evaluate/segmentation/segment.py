@@ -107,7 +107,7 @@ def open_splits(sg: SegmentConfig, args: dict[str, Any]) -> SegmentSplits:
     )
 
 
-# --------------------------------------------------------------------------- model and optimiser
+# --------------------------------------------------------------------------- model and optimizer
 def build_segmenter(
     args: dict[str, Any], state: dict[str, torch.Tensor], num_classes: int, sg: SegmentConfig, source: str
 ) -> Segmenter:
