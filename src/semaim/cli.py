@@ -100,7 +100,13 @@ def add_run_folder_arguments(p: argparse.ArgumentParser | argparse._ArgumentGrou
     p.add_argument(
         "--force", action="store_true", help="start a new run in a non-empty OUT (removes its run files)"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p.add_argument(
+        "--log-interval",
+        type=seconds,
+        metavar="SECONDS",
+        help="seconds between progress lines when stderr is not a terminal (a bar otherwise) [default: 60]",
+    )
 
 
 def run_preset(args: argparse.Namespace, name: str, default: str | None) -> str | None:
@@ -184,6 +190,14 @@ SEGMENT_FLAGS = {
 }
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a number of seconds >= 0."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
 def add_set_argument(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help=f"any config field, e.g. {example}"
@@ -227,7 +241,13 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--label-fraction", type=float, help="... or from this fraction of every class")
     g.add_argument("--out", help="write the results as JSON here")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    g.add_argument(
+        "--log-interval",
+        type=seconds,
+        metavar="SECONDS",
+        help="seconds between progress lines when stderr is not a terminal (a bar otherwise) [default: 60]",
+    )
 
 
 def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
@@ -655,7 +675,13 @@ def add_study_arguments(p: argparse.ArgumentParser, kind: str, example: str) -> 
         "(the next one), YYYY-MM-DDTHH:MM), from the finished runs of the same kind; the rest on a rerun (default: none)",
     )
     add_set_argument(p, example)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, background runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
+    p.add_argument(
+        "--log-interval",
+        type=seconds,
+        metavar="SECONDS",
+        help="seconds between progress lines when stderr is not a terminal (a bar otherwise) [default: 60]",
+    )
 
 
 def run_a_study(args: argparse.Namespace, kind: str, cfg, *, run, plot, report, settle=None) -> int:
@@ -775,6 +801,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as usage:
         return usage.code if isinstance(usage.code, int) else 0
+    if getattr(args, "log_interval", None) is not None:
+        from .engine.progress import set_interval
+
+        set_interval(args.log_interval)
     try:
         return COMMANDS[args.command](args)
     except NonFiniteLossError as err:

@@ -144,6 +144,13 @@ def _pretrain(
     log = None
     if info.is_main:
         folder.start(cfg.to_dict(), inputs=[cfg.model.teacher_path, t.order_source])
+        print(
+            f"semaim pretrain: {num_images} images from {cfg.data.data}, {sampler.steps_per_epoch} steps/epoch "
+            f"× {t.epochs} epochs, batch {t.batch_size} (micro {micro} × {info.world} ranks × {t.accum_steps} "
+            f"accum), lr {state.base_lr:.3g}, {state.precision} on {device}"
+            + (f", resuming at step {state.step}" if folder.resume else ""),
+            file=sys.stderr,
+        )
         log = RunLog(
             folder.path,
             "pretrain",
@@ -151,13 +158,6 @@ def _pretrain(
             step=state.step,
             resume=folder.resume,
             progress=progress,
-        )
-        print(
-            f"semaim pretrain: {num_images} images from {cfg.data.data}, {sampler.steps_per_epoch} steps/epoch "
-            f"× {t.epochs} epochs, batch {t.batch_size} (micro {micro} × {info.world} ranks × {t.accum_steps} "
-            f"accum), lr {state.base_lr:.3g}, {state.precision} on {device}"
-            + (f", resuming at step {state.step}" if folder.resume else ""),
-            file=sys.stderr,
         )
     first_step, start = state.step, time.perf_counter()
     try:
@@ -500,4 +500,5 @@ def summarise(
             f"semaim pretrain done: {step - first_step} steps in {format_seconds(wall)} "
             f"({summary['images_per_s']:.0f} images/s), {loss_text}{skipped}; checkpoint {checkpoint}"
         )
+        print(f"evaluate it: semaim knn --checkpoint {checkpoint} --data {cfg.data.data}")
     return summary

@@ -1,14 +1,14 @@
-"""What a training run writes as it goes: metrics.jsonl, TensorBoard scalars and a progress bar."""
+"""What a training run writes as it goes: metrics.jsonl, TensorBoard scalars and its progress on stderr."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, RunDirError
+from .progress import Progress
 from .run import write_error, write_text_atomic
 
 
@@ -38,7 +38,8 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 
 class RunLog:
-    """One JSON object per line in ``metrics.jsonl``, the same scalars in TensorBoard, a tqdm bar."""
+    """One JSON object per line in ``metrics.jsonl``, the same scalars in TensorBoard, and the progress (a bar on
+    a terminal, a plain line per interval in a log file: :mod:`semaim.engine.progress`)."""
 
     def __init__(
         self,
@@ -59,13 +60,7 @@ class RunLog:
         self.file = open(self.path, "a" if resume else "w")  # noqa: SIM115
         self.writer = SummaryWriter(str(out / "tb"), purge_step=step if resume else None)
         self.tag = tag
-        self.bar = None
-        if progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0
-            )
+        self.progress = Progress(tag, total, initial=step, enabled=progress)
 
     def log(self, record: dict[str, Any], description: str = "", **postfix: str) -> None:
         try:
@@ -76,17 +71,13 @@ class RunLog:
         for key, value in record.items():
             if key not in ("step", "epoch", "time") and isinstance(value, (int, float)):
                 self.writer.add_scalar(f"{self.tag}/{key}", value, record["step"])
-        if self.bar is not None:
-            self.bar.set_description(description)
-            self.bar.set_postfix(**postfix)
-            self.bar.update(1)
+        self.progress.update(1, description, **postfix)
 
     def scalar(self, key: str, value: float, step: int) -> None:
         self.writer.add_scalar(f"{self.tag}/{key}", value, step)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.progress.close()
         self.writer.close()
         with contextlib.suppress(OSError):  # a failed write was already reported; don't mask it
             self.file.close()

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..data import open_dataset
 from ..data.sampler import AugmentedDataset, collate
 from ..data.transforms import PretrainTransform
+from ..engine.progress import track
 from ..errors import ConfigError
 
 POOLS = ("cls", "avg")
@@ -155,7 +155,7 @@ def extract_pooled_features(
     labels = []
     autocast = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == "bf16")
     try:
-        for images, y, _ in tqdm(loader, desc=f"features {split}", disable=not progress, leave=False):
+        for images, y, _ in track(loader, f"features {split}", enabled=progress):
             with autocast:
                 tokens = encoder.forward_features(images.to(device, non_blocking=True))
             for pool in pools:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 from timm.optim import Lars
 from torch import nn
-from tqdm import tqdm
 
 from ..config import LinProbeConfig
 from ..engine.optim import lr_at, scaled_lr
+from ..engine.progress import track
 from ..errors import DataError
 
 
@@ -72,7 +72,7 @@ def train_linear_probe(
     history = []
     step = 0
     g = torch.Generator().manual_seed(cfg.seed)
-    for epoch in tqdm(range(cfg.epochs), desc="linear probe", disable=not progress, leave=False):
+    for epoch in track(range(cfg.epochs), "linear probe", unit="epoch", enabled=progress):
         probe.train()
         perm = torch.randperm(n, generator=g)
         epoch_loss = 0.0

@@ -183,8 +183,8 @@ def run(
             state.restore(ckpt)
         folder.start(cfg.to_dict(), inputs=[cfg.encoder.checkpoint])
         total = splits.sampler.steps_per_epoch * section.epochs
+        print(header(state, splits, source, device), file=sys.stderr)  # before the progress starts
         log = RunLog(folder.path, task.name, total=total, step=state.step, resume=resume, progress=progress)
-        print(header(state, splits, source, device), file=sys.stderr)
         start = time.perf_counter()
         try:
             train(state, splits, out=folder.path, log=log, device=device)
