@@ -13,6 +13,7 @@ import json
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from .config import (
     PretrainConfig,
     SegmentRunConfig,
 )
-from .errors import ConfigError, NonFiniteLossError, SemAIMError
+from .errors import ConfigError, NonFiniteLossError, SemAIMError, SemAIMWarning
 from .model.orders import ORDERS
 from .presets import build_config, load_preset, preset_names
 
@@ -793,6 +794,15 @@ def user_message(err: SemAIMError) -> str:
     return text
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """semaim's own warnings as one line, ``semaim: warning: ...`` (they are about the input, not a file and
+    line of ours); any other warning as Python shows it."""
+    if issubclass(category, SemAIMWarning):
+        print(f"semaim: warning: {message}", file=file or sys.stderr)
+    else:
+        warnings._showwarning_orig(message, category, filename, lineno, file, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. A :class:`~semaim.errors.SemAIMError` (something the user can fix) prints its
     message and exits 2; a non-finite loss exits 1; any other exception is a bug and keeps its traceback.
@@ -806,7 +816,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         set_interval(args.log_interval)
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():  # the command's warnings on one line each, as long as it runs
+            warnings.showwarning = show_warning
+            return COMMANDS[args.command](args)
     except NonFiniteLossError as err:
         print(f"semaim {args.command}: stopped: {err}", file=sys.stderr)
         return 1

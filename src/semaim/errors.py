@@ -39,3 +39,12 @@ class RunDirError(SemAIMError, ValueError):
 
 class NonFiniteLossError(SemAIMError, RuntimeError):
     """The loss became NaN or infinite; the run stopped without saving the bad state."""
+
+
+class SemAIMWarning(UserWarning):
+    """Something a user asked for that works but is probably not what they want; the CLI prints it as
+    ``semaim: warning: ...`` on one line."""
+
+
+class SlowPrecisionWarning(SemAIMWarning):
+    """A precision the device only emulates (bf16 on a CPU without AVX512-BF16 or AMX)."""

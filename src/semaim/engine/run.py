@@ -14,6 +14,7 @@ import math
 import os
 import random
 import shutil
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..errors import ConfigError, NonFiniteLossError, RunDirError
+from ..errors import ConfigError, NonFiniteLossError, RunDirError, SlowPrecisionWarning
 
 LAST = "checkpoint-last.pt"
 """The checkpoint a run writes as it goes and ``--resume`` continues from."""
@@ -217,11 +218,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> ``bf16`` where the device computes it natively (:func:`native_bf16`), else ``fp32``.
 
     ``fp16`` needs a CUDA device (it trains with a gradient scaler there); elsewhere it is a
-    :class:`ConfigError`, as every command that takes ``--precision fp16`` reports it."""
+    :class:`ConfigError`, as every command that takes ``--precision fp16`` reports it. ``bf16`` where the
+    device only emulates it runs, with a :class:`SlowPrecisionWarning`."""
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"precision: fp16 needs a CUDA device, not {device}; use bf16 (or fp32) on the CPU")
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
+    if precision == "bf16" and not native_bf16(device):
+        warnings.warn(
+            f"bf16 on this {device.type} is emulated (no AVX512-BF16 or AMX): expect it to run hundreds of times "
+            "slower than fp32 (0.3 against 63 GFLOP/s in matmuls on an AVX2 CPU); use --precision fp32 or auto",
+            SlowPrecisionWarning,
+            stacklevel=2,
+        )
     return precision
 
 
