@@ -109,16 +109,16 @@ step_tests() {
 step_bench() {
   if [ "$DRY" -eq 1 ]; then
     run_step bench-b16 90 0 TERM "tiny-32 on the CPU stands in for ViT-B/16" \
-      "$PY" -m semaim bench --device cpu --precision fp32 --config tiny-32 --batch-size max --max-batch 8 \
+      "$PY" -m semaim bench --device cpu --precision fp32 --model tiny-32 --batch-size max --max-batch 8 \
       --steps 2 --warmup 1 --matmul-size 256 --no-memory --out "$OUT/bench-b16.json"
     record bench-l16 skipped 0 0 "dry run: one bench config"
     return 0
   fi
   run_step bench-b16 120 0 TERM "ViT-B/16@224 bf16, largest batch" \
-    "$PY" -m semaim bench --device cuda --precision bf16 --config vit-b16-224 --batch-size max \
+    "$PY" -m semaim bench --device cuda --precision bf16 --model vit-b16-224 --batch-size max \
     --steps 8 --warmup 2 --out "$OUT/bench-b16.json"
   run_step bench-l16 100 0 TERM "ViT-L/16@224 bf16, largest batch, fast path" \
-    "$PY" -m semaim bench --device cuda --precision bf16 --config vit-l16-224 --batch-size max --fast-only \
+    "$PY" -m semaim bench --device cuda --precision bf16 --model vit-l16-224 --batch-size max --fast-only \
     --steps 5 --warmup 2 --out "$OUT/bench-l16.json"
 }
 
@@ -181,7 +181,7 @@ step_pretrain() {
   fi
   # SIGINT at the limit: the run stops like a Ctrl-C (exit 130, timeout says 124), keeping its last checkpoint.
   run_step pretrain "$limit" "0 124" INT "ViT-S/16 on cluttered Fashion-MNIST, 2 minutes (dry run: a tiny ViT, 16 steps)" \
-    "$PY" -m semaim pretrain --preset "$OUT/pretrain-preset.yaml" --device "$device" --precision "$precision" \
+    "$PY" -m semaim pretrain --config "$OUT/pretrain-preset.yaml" --device "$device" --precision "$precision" \
     --out "$WORK/pretrain" --no-progress
   cp "$WORK/pretrain/metrics.jsonl" "$OUT/pretrain-metrics.jsonl" 2> /dev/null || true
 }
@@ -195,16 +195,16 @@ step_knn() {
   fi
   if [ "$DRY" -eq 1 ]; then
     run_step knn 60 0 TERM "k-NN of the tiny checkpoint" \
-      "$PY" -m semaim knn --checkpoint "$ckpt" --data "$DATA" --device cpu --workers 1 --batch-size 64 \
+      "$PY" -m semaim knn --checkpoint "$ckpt" --data "$DATA" --device cpu --workers 1 --extract-batch-size 64 \
       --ks 3 10 --no-progress --out "$OUT/knn.json"
     record knn-random skipped 0 0 "dry run"
     return 0
   fi
-  local common=(--data "$DATA" --device cuda --precision bf16 --workers 16 --batch-size 1024 --no-progress)
+  local common=(--data "$DATA" --device cuda --precision bf16 --workers 16 --extract-batch-size 1024 --no-progress)
   run_step knn 90 0 TERM "k-NN (cls) of the 2-minute checkpoint" \
     "$PY" -m semaim knn --checkpoint "$ckpt" "${common[@]}" --out "$OUT/knn.json"
   run_step knn-random 90 0 TERM "k-NN of the random initialisation (floor)" \
-    "$PY" -m semaim knn --random --preset "$OUT/pretrain-preset.yaml" "${common[@]}" --out "$OUT/knn-random.json"
+    "$PY" -m semaim knn --random --model-config "$OUT/pretrain-preset.yaml" "${common[@]}" --out "$OUT/knn-random.json"
 }
 
 echo "[$(date +%T)] device check ($MODE) into $OUT, budget $BUDGET s" | tee -a "$OUT/device-check.log"

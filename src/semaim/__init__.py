@@ -7,4 +7,4 @@ from .model.orders import ORDERS
 from .model.semaim import SemAIM, SemAIMOutput
 
 __all__ = ["ORDERS", "TARGETS", "ModelConfig", "SemAIM", "SemAIMOutput", "load_encoder", "orders"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

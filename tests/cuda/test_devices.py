@@ -300,7 +300,7 @@ NEEDS_DEVICE = {
     "finetune": ["finetune", "--random", "--out", "{tmp}/run", "--no-progress"],
     "knn": ["knn", "--random", "--no-progress", "--out", "{tmp}/run/knn.json"],
     "linprobe": ["linprobe", "--random", "--no-progress", "--out", "{tmp}/run/lp.json"],
-    "bench": ["bench", "--config", "tiny-32", "--no-memory", "--out", "{tmp}/run/bench.json"],
+    "bench": ["bench", "--model", "tiny-32", "--no-memory", "--out", "{tmp}/run/bench.json"],
 }
 
 

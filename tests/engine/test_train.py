@@ -72,7 +72,7 @@ def test_image_folder_with_a_corrupt_file(tmp_path, folder, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--preset", "nope"], "'nope' does not exist"),
+        (["--config", "nope"], "'nope' does not exist"),
         (["--set", "model.widht=3"], "unknown field 'model.widht'"),
         (["--set", "train.epochs=two"], "train.epochs: expected int"),
         (["--batch-size", "9", "--accum-steps", "2"], "not divisible by train.accum_steps"),

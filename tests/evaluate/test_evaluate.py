@@ -198,7 +198,7 @@ def test_knn_and_linprobe_commands(tmp_path, fmnist, pretrained, capsys):
     result = json.loads(out.read_text())
     assert set(result["top1"]) == {"3", "10"} and 0 <= result["top1"]["10"] <= 100
     assert "k-NN" in capsys.readouterr().out
-    assert main(["knn", "--pixels", "--preset", "cpu-tiny", *common, "--out", str(tmp_path / "p.json")]) == 0
+    assert main(["knn", "--pixels", "--model-config", "cpu-tiny", *common, "--out", str(tmp_path / "p.json")]) == 0
     assert (
         main(
             [
@@ -207,7 +207,7 @@ def test_knn_and_linprobe_commands(tmp_path, fmnist, pretrained, capsys):
                 *common,
                 "--epochs",
                 "2",
-                "--probe-batch-size",
+                "--batch-size",
                 "16",
                 "--out",
                 str(tmp_path / "lp.json"),

@@ -46,7 +46,7 @@ def test_a_runs_config_yaml_rebuilds_it(tmp_path, pretrained):
     assert saved.finetune.epochs == 2 and saved.finetune.blr == 1e-2  # the cpu recipe under the --set values
     again = tmp_path / "again"
     assert (
-        main(["finetune", "--recipe", str(first / "config.yaml"), "--out", str(again), "--no-progress"]) == 0
+        main(["finetune", "--config", str(first / "config.yaml"), "--out", str(again), "--no-progress"]) == 0
     )
     assert losses(again) == losses(first)
 

@@ -41,7 +41,7 @@ def run(tmp_path, folder, *extra: str) -> int:
         [
             "finetune",
             "--random",
-            "--preset",
+            "--model-config",
             str(preset),
             "--data",
             str(folder),

@@ -100,7 +100,7 @@ def test_a_bad_randaug_policy_exits_2_before_the_run_starts(tmp_path, capsys):
     argv = [
         "finetune",
         "--random",
-        "--preset",
+        "--model-config",
         str(preset),
         "--data",
         str(tmp_path / "data"),

@@ -41,7 +41,7 @@ def run(tmp_path, data, *extra: str) -> int:
         [
             "segment",
             "--random",
-            "--preset",
+            "--model-config",
             str(preset),
             "--data",
             data,
