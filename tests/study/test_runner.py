@@ -40,6 +40,7 @@ def plan_of_runs(runner: StudyRunner, log: list, lock: threading.Lock, who: int)
     runner.finish()
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # a stuck-study error
 def test_two_processes_do_every_run_once_after_what_it_needs(tmp_path):
     log, lock = [], threading.Lock()
     runners = [StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.05) for _ in range(2)]

@@ -292,6 +292,9 @@ class StudyRunner:
             if not claim.take():
                 return  # another process is working
             claim.release()
+        self.reload()  # a process may have finished a run and let go of it since the look above
+        if self.done != seen:
+            return
         raise ConfigError(
             f"study: {[r.key for r in todo]} wait for runs no process is doing (a bug in the study's order)"
         )
