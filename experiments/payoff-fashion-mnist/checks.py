@@ -1,14 +1,16 @@
-"""Issue #12: why does pretraining gain only 1-2 points at 1 % labels? The usual causes, checked.
+"""Why does pretraining gain only 1-2 points at 1 % labels? The usual causes, checked.
 
-Every check starts from the payoff study's own seed-0 runs (``--study``, default the Fashion-MNIST one):
+Every check starts from the payoff study's own seed-0 runs (``--study``, default this folder's study on
+Fashion-MNIST):
 
 - ``loading``: the fine-tuning classifier built from the semantic checkpoint computes the pretraining
   model's unmasked encoder features (max |difference|), parameter by parameter equal, and both runs
-  normalise with the same statistics. Seconds.
+  normalise with the same statistics. Its findings are kept in ``checks/loading.md``, since the
+  checkpoint it reads is not committed. Seconds.
 - ``frozen``: k-NN@20 and the linear probe on the 60 labelled images per class the 1 %-label fine-tuning
   trains on, scratch against semantic: is the frozen representation's own gap at 1 % labels larger than
   the fine-tuned one? Minutes.
-- ``grid``: the study's 1 %-label fine-tuning (its run's config.yaml, ``--recipe``) with one knob changed,
+- ``grid``: the study's 1 %-label fine-tuning (its run's config.yaml, ``--config``) with one knob changed,
   scratch and semantic: a lower lr, stronger layer decay (fine-tuning destroying the features), the cls
   token instead of the average pool, half and twice the steps (does scratch catch up with more?).
   Validation top-1 only, as for every choice; each run scores the test split once at its end, as every
@@ -18,11 +20,17 @@ Every check starts from the payoff study's own seed-0 runs (``--study``, default
   segmentation lr, first chosen on the scratch encoder alone, for the pretrained one too, and the
   ``seg-lin-lr*`` knobs the frozen linear probe's, first the fine-tuning's.
 
-``seg-steps`` (the dense issue's): segmentation fine-tuning of scratch and a pretrained encoder for 1 / 3 / 6
-epochs; does a longer fine-tuning make up the head start? Its own report, ``dense-<data>-checks.md``.
+``seg-steps``: segmentation fine-tuning of scratch and a pretrained encoder for 1 / 3 / 6 epochs; does a
+longer fine-tuning make up the pretrained head start? Its own report, ``dense-<data>-checks.md``.
 
-    python scripts/payoff-checks.py loading|frozen|grid|report [--study DIR] [--only KNOB ...]
-    python scripts/payoff-checks.py seg-steps|seg-steps-report --study DIR [--order ORDER] [--seed S]
+The reports go to the study folder (``--out``: another folder) and read committed files only: the checks'
+rows in the study's ``checks/`` (each finished run's config.yaml, eval.jsonl and result.json, the frozen
+scores, ``loading.md``) and the study's ``results.jsonl``; ``report`` and ``seg-steps-report`` run nothing.
+
+    python experiments/payoff-fashion-mnist/checks.py loading|frozen|grid|report [--study DIR]
+        [--only KNOB ...] [--out DIR]
+    python experiments/payoff-fashion-mnist/checks.py seg-steps|seg-steps-report --study DIR
+        [--order ORDER] [--seed S] [--out DIR]
 """
 
 from __future__ import annotations
@@ -47,25 +55,35 @@ from semaim.engine.runlog import read_records
 from semaim.evaluate.features import POOLS
 from semaim.evaluate.finetune import build_classifier, eval_loader
 from semaim.model.semaim import SemAIM
-from semaim.study.payoff import (
-    PayoffConfig,
-    PayoffPlan,
-    encoder_source,
-    frozen_scores,
-    labelled_features,
-    segment_config,
-)
+from semaim.study.payoff import PayoffConfig, encoder_source, frozen_scores, labelled_features, segment_config
 
+HERE = Path(__file__).resolve().parent  # the payoff study on Fashion-MNIST: the default --study
+ROOT = HERE.parents[1]  # the repository: the reports name paths from here, the same on every machine
 ARMS = ("scratch", "semantic")
+LOADING = "loading.md"  # in the study's checks/: what ``loading`` found
+
+
+def shown(path: Path) -> str:
+    """``path`` as a report names it: from the repository root when it lies inside it, else as given."""
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+SCRIPT = shown(Path(__file__))
 
 
 @dataclass(frozen=True)
 class Grid:
-    """Runs of the study's seed 0 (``run``, per arm) again, one knob changed: ``knob -> (text, --set values)``."""
+    """Runs of the study's seed 0 (``run``, per arm) again, one knob changed: ``knob -> (text, --set values)``.
+    ``kind`` and ``labels`` find the study's row of ``run`` in its results.jsonl."""
 
     command: str
     run: str
-    metric: str  # the validation score in eval.jsonl
+    kind: str
+    labels: int
+    metric: str  # the validation score in eval.jsonl (``best_<metric>`` in the study's row)
     title: str
     knobs: dict[str, tuple[str, list[str]]]
 
@@ -77,6 +95,8 @@ GRIDS = {
     "finetune": Grid(
         "finetune",
         "finetune-{arm}-K60-seed0",
+        "finetune",
+        60,
         "val_top1",
         "The 1 %-label fine-tuning, one knob at a time: validation top-1 (%)",
         {  # in the order they run (the most likely cause first)
@@ -94,6 +114,8 @@ GRIDS = {
     "segment": Grid(
         "segment",
         "segment-finetune-{arm}-seed0",
+        "segment-finetune",
+        0,
         "val_miou",
         "The segmentation fine-tuning's lr "
         "(first 2e-3, chosen on scratch alone; shipped 8e-3): validation mIoU",
@@ -111,6 +133,8 @@ GRIDS = {
     "segment-linear": Grid(
         "segment",
         "segment-linear-{arm}-seed0",
+        "segment-linear",
+        0,
         "val_miou",
         "The frozen linear segmentation "
         "probe's lr (first the fine-tuning's 2e-3; shipped `linear_lr` 3e-1): validation mIoU",
@@ -141,10 +165,12 @@ def check_loading(study: Path) -> list[str]:
     trained.eval()
     base = open_dataset(cfg.data.data, "train", cfg.model.in_chans)
     size = (cfg.model.img_size, cfg.model.img_size)
-    loader = eval_loader(base, list(range(64)), size, cfg.model.in_chans, 0, base.mean, base.std)
+    loader = eval_loader(
+        base, list(range(64)), size, in_chans=cfg.model.in_chans, workers=0, mean=base.mean, std=base.std
+    )
     images = torch.cat([batch for batch, _, _ in loader])
     state, args = encoder_from_checkpoint(path)
-    lines = [f"checkpoint `{path}`, 64 training images through the evaluation transform:", ""]
+    lines = [f"checkpoint `{shown(path)}`, 64 training images through the evaluation transform:", ""]
     with torch.no_grad():
         reference = trained.forward_features(images)
         pre_norm = trained.embed(images)
@@ -181,8 +207,7 @@ def semaim(*args: str, log: Path) -> None:
 def run_frozen(study: Path, folder: Path) -> None:
     """k-NN@20 and the linear probe of the scratch and semantic encoders of seed 0, learning from the
     1 %-label fine-tuning's own images (the study's pixel floors, with an encoder)."""
-    saved = yaml.safe_load((study / "config.yaml").read_text())["study"]
-    plan = PayoffPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    plan = PayoffConfig.from_dict(yaml.safe_load((study / "config.yaml").read_text())).study
     features = labelled_features(plan, 60, 0)
     encoders = {
         "scratch": EncoderConfig(random=True, preset=str(study / "runs/model.yaml"), init_seed=0),
@@ -208,7 +233,7 @@ def run_grid(study: Path, folder: Path, only: list[str]) -> None:
             recipe = study / "runs" / grid.run.format(arm=arm) / "config.yaml"
             semaim(
                 grid.command,
-                "--recipe",
+                "--config",
                 str(recipe),
                 *sets,
                 "--no-progress",
@@ -226,7 +251,18 @@ def last_val(run: Path, metric: str) -> str:
     return f"{read_records(run / 'eval.jsonl')[-1][metric]:.2f}"
 
 
+def study_val(rows: list[dict], grid: Grid, arm: str) -> str:
+    """The validation score of the study's own ``grid.run`` of ``arm`` (seed 0), from its row. The row records
+    the best one and the run keeps its last weights (``select: last``): the same score for every run here,
+    since the 1 %-label fine-tuning validates once, at its end, and each segmentation run's last validation
+    was its best (``seg-lr8e-3`` and ``seg-lin-lr3e-1`` repeat them, score for score)."""
+    key = (grid.kind, arm, grid.labels, 0)
+    found = [r for r in rows if (r["kind"], r["encoder"], r["labels"], r["seed"]) == key]
+    return f"{found[-1][f'best_{grid.metric}']:.2f}" if found else "not run"
+
+
 def grid_table(study: Path, folder: Path, grid: Grid) -> list[str]:
+    study_rows = read_records(study / "results.jsonl")
     lines = [
         "",
         f"## {grid.title}",
@@ -237,10 +273,10 @@ def grid_table(study: Path, folder: Path, grid: Grid) -> list[str]:
         "| recipe | scratch | semantic | mean | semantic − scratch |",
         "|---|---|---|---|---|",
     ]
-    rows = {"shipped (the study's runs)": [study / "runs" / grid.run.format(arm=arm) for arm in ARMS]}
-    rows |= {text: [folder / f"{arm}-{knob}" for arm in ARMS] for knob, (text, _) in grid.knobs.items()}
-    for text, runs in rows.items():
-        cells = [last_val(run, grid.metric) for run in runs]
+    rows = {"shipped (the study's runs)": [study_val(study_rows, grid, arm) for arm in ARMS]}
+    for knob, (text, _) in grid.knobs.items():
+        rows[text] = [last_val(folder / f"{arm}-{knob}", grid.metric) for arm in ARMS]
+    for text, cells in rows.items():
         mean = gap = ""
         if "not run" not in cells:
             scratch, semantic = map(float, cells)
@@ -288,7 +324,7 @@ def run_seg_steps(
         resume = ["--resume"] if (out / "checkpoint-last.pt").is_file() else ["--force"]
         semaim(
             "segment",
-            "--recipe",
+            "--config",
             str(recipe),
             "--no-progress",
             "--out",
@@ -298,7 +334,7 @@ def run_seg_steps(
         )
 
 
-def seg_steps_report(study: Path, folder: Path, order: str, seed: int) -> Path:
+def seg_steps_report(study: Path, folder: Path, order: str, seed: int, out_dir: Path) -> Path:
     """``dense-<data>-checks.md``: validation mIoU against the fine-tuning budget, and the 3-epoch runs'
     test mIoU against the study's rows of the same runs (a repeat must give the same number)."""
     data = yaml.safe_load((study / "config.yaml").read_text())["study"]["data"]
@@ -306,7 +342,7 @@ def seg_steps_report(study: Path, folder: Path, order: str, seed: int) -> Path:
     lines = [
         f"# Dense prediction on `{data}`: does a longer fine-tuning make up the pretrained head start?",
         "",
-        f"`python scripts/payoff-checks.py seg-steps --study {study} --order {order} --seed {seed}`: the "
+        f"`python {SCRIPT} seg-steps --study {shown(study)} --order {order} --seed {seed}`: the "
         f"study's segmentation fine-tuning (`cpu` recipe, seed {seed}) of its scratch encoder and of its "
         f"`{order}` encoder for 1, 3 (as shipped) and 6 epochs of 250 steps, warmup a tenth of them. "
         "Last validation mIoU (%): a diagnostic, no choice is made with it.",
@@ -330,22 +366,29 @@ def seg_steps_report(study: Path, folder: Path, order: str, seed: int) -> Path:
         result, row = runs[arm, 3] / "result.json", rows.get((arm, seed))
         here = f"{json.loads(result.read_text())['test_miou']:.2f}" if result.is_file() else "not run"
         lines.append(f"- `{arm}`: {here} / {row['test_miou']:.2f}" if row else f"- `{arm}`: {here} / no row")
-    out = Path("benchmarks/results") / f"dense-{data}-checks.md"
+    out = out_dir / f"dense-{data}-checks.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
     return out
 
 
-def report(study: Path, folder: Path) -> None:
+def loading_lines(study: Path, folder: Path) -> list[str]:
+    """What ``loading`` found, as it wrote it to ``checks/loading.md``."""
+    if not (folder / LOADING).is_file():
+        return [f"Not run yet: `python {SCRIPT} loading --study {shown(study)}`."]
+    return (folder / LOADING).read_text().splitlines()
+
+
+def report(study: Path, folder: Path, out_dir: Path) -> Path:
     lines = [
         "# Payoff study: why the gain at 1 % labels is small — the usual causes, checked",
         "",
-        f"`python scripts/payoff-checks.py loading|frozen|grid|report --study {study}`; every check starts "
+        f"`python {SCRIPT} loading|frozen|grid|report --study {shown(study)}`; every check starts "
         "from the study's seed-0 runs (`runs/finetune-*-K60-seed0`, `runs/pretrain-semantic-seed0`).",
         "",
         "## Loading and normalisation",
         "",
-        *check_loading(study),
+        *loading_lines(study, folder),
         "",
         "## The frozen representation at 1 % labels",
         "",
@@ -367,12 +410,13 @@ def report(study: Path, folder: Path) -> None:
     for grid in GRIDS.values():  # the grids this study ran (any knob, either arm)
         if any((folder / f"{arm}-{knob}").is_dir() for knob in grid.knobs for arm in ARMS):
             lines += grid_table(study, folder, grid)
-    out = Path("benchmarks/results") / f"{study.name}-checks.md"
+    out = out_dir / f"{study.name}-checks.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
+    return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -382,8 +426,11 @@ def main() -> None:
     parser.add_argument(
         "--study",
         type=Path,
-        help="the study folder (default: benchmarks/results/payoff-"
-        "fashion-mnist; seg-steps: required, an order study with segmentation runs)",
+        help=f"the study folder (default: {shown(HERE)}; seg-steps: required, an order study with "
+        "segmentation runs)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="where the reports go (default: the study folder, where they live)"
     )
     parser.add_argument("--only", nargs="+", default=list(GRIDS["finetune"].knobs), choices=list(KNOBS))
     parser.add_argument(
@@ -405,27 +452,32 @@ def main() -> None:
         nargs="+",
         help="seg-steps: only these encoders (scratch and/or ORDER; one process each on two cores)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.study is None:
         if args.what.startswith("seg-steps"):
             parser.error("seg-steps needs --study: the order study folder with segmentation runs")
-        args.study = Path("benchmarks/results/payoff-fashion-mnist")
+        args.study = HERE
     folder = args.study / "checks"
-    folder.mkdir(parents=True, exist_ok=True)
-    if args.what.startswith("seg-steps"):  # its own report: the dense issue's, beside dense-<data>.md
+    out_dir = args.out or args.study
+    if args.what not in ("report", "seg-steps-report"):
+        folder.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.what.startswith("seg-steps"):  # its own report, beside the study's dense-<data>.md
         if args.what == "seg-steps":
             run_seg_steps(
                 args.study, folder, args.order, args.seed, args.epochs, args.arm or ["scratch", args.order]
             )
-        seg_steps_report(args.study, folder, args.order, args.seed)
+        seg_steps_report(args.study, folder, args.order, args.seed, out_dir)
         return
     if args.what == "loading":
-        print("\n".join(check_loading(args.study)))
+        lines = check_loading(args.study)
+        (folder / LOADING).write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
     elif args.what == "frozen":
         run_frozen(args.study, folder)
     elif args.what == "grid":
         run_grid(args.study, folder, args.only)
-    report(args.study, folder)
+    report(args.study, folder, out_dir)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,30 @@
-"""Issue #12, item 2: which pretraining preset learns the most per unit of compute? A quick proxy.
+"""Which pretraining preset learns the most per unit of compute? A quick proxy, for the payoff study.
 
 Every variant changes a few knobs of ``cpu-tiny`` (never the order, the streams or the loss) and pretrains
 on Fashion-MNIST for the same compute: as many images as cost the same training FLOPs as ``BUDGET`` images
 of ``cpu-tiny`` (``semaim.bench.step_flops``, so that a cheaper variant sees more images; FLOPs, not
-minutes, because the two cores are shared while this runs). The proxy score is frozen k-NN@20 (cls token,
+minutes, since minutes on shared cores do not compare). The proxy score is frozen k-NN@20 (cls token,
 and the mean of the patch tokens) on a 5000-image validation split carved from the training split, against
-each variant's own random initialisation. Resumable across sessions: a variant with a row in ``ROWS`` is
+each variant's own random initialisation. Resumable: a variant with a row in ``ROWS`` (committed) is
 skipped; ``rescore`` adds the average-pool scores to rows written before they were measured.
 
 A proxy can mislead, so ``confirm VARIANT`` measures a proxy winner the way the payoff study measures
 ``cpu-tiny``: the study's own seed-0 semantic pretraining (its config.yaml, full budget) with the variant's
 knobs, then the study's 1 %-label fine-tuning of seed 0 from it; compared on validation top-1 with the
-study's scratch and ``cpu-tiny`` runs of the same seed (the test score is kept, not used to choose).
+study's scratch and ``cpu-tiny`` runs of the same seed, as the study's rows record them (the test score is
+kept, not used to choose).
 
-    python scripts/payoff-preset.py [run|report|rescore] [K/N]   # K/N: every N-th variant from the K-th
-                                                                 # (2 cores: two single-threaded processes)
-    python scripts/payoff-preset.py confirm "blr 2e-3"           # about 1.5 h on one core
+The report (``payoff-preset.md``, beside this script; ``--out``: another folder) reads committed files
+only: ``ROWS``, ``CONFIRMED`` and the study's ``results.jsonl``; ``report`` runs nothing.
+
+    python experiments/payoff-fashion-mnist/preset.py [run|report|rescore] [K/N] [--out DIR]
+        # K/N: every N-th variant from the K-th (two single-threaded processes on two cores: 0/2 and 1/2)
+    python experiments/payoff-fashion-mnist/preset.py confirm "blr 2e-3"   # about 1.5 h on one core
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -37,11 +42,13 @@ from semaim.evaluate.features import POOLS, extract_pooled_features
 from semaim.evaluate.knn import knn_accuracy
 from semaim.presets import load_preset
 
-FOLDER = Path("runs/payoff-preset")
-REPORT = Path("benchmarks/results/payoff-preset.md")
-ROWS = Path("benchmarks/results/payoff-preset.jsonl")  # committed: a later session skips what is there
-STUDY = Path("benchmarks/results/payoff-fashion-mnist")  # confirm: the study whose seed-0 runs it repeats
-CONFIRMED = Path("benchmarks/results/payoff-preset-confirm.jsonl")
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]  # the repository: the report names paths from here, the same on every machine
+FOLDER = HERE / "runs" / "preset"  # the run folders (ignored, as every study's runs/)
+REPORT = "payoff-preset.md"
+ROWS = HERE / "payoff-preset.jsonl"  # one row per finished variant, committed: a rerun skips them
+STUDY = HERE  # confirm: the payoff study whose seed-0 runs it repeats
+CONFIRMED = HERE / "payoff-preset-confirm.jsonl"
 BUDGET = 20000  # images of cpu-tiny (about a third of an epoch)
 ADOPT_BAR = 1.0  # validation points a confirmed variant must gain over cpu-tiny to replace it
 VARIANTS: dict[str, list[str]] = {
@@ -59,6 +66,17 @@ VARIANTS: dict[str, list[str]] = {
     "patch 8 (16 tokens)": ["model.patch_size=8"],
     "no norm-pix target": ["model.norm_pix=false"],
 }
+
+
+def shown(path: Path) -> str:
+    """``path`` as the report names it: from the repository root when it lies inside it, else as given."""
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+SCRIPT = shown(Path(__file__))
 
 
 def config(sets: list[str]):
@@ -94,7 +112,14 @@ def val_knn(encoder: EncoderConfig) -> dict[str, float]:
     token, and the mean of the patch tokens (which fine-tuning classifies; more sensitive to short pretraining)."""
     enc = choose_encoder(encoder)
     pooled = extract_pooled_features(
-        enc.module, "fashion-mnist", "train", enc.img_size, enc.in_chans, POOLS, workers=1, progress=False
+        enc.module,
+        "fashion-mnist",
+        "train",
+        enc.img_size,
+        in_chans=enc.in_chans,
+        pools=POOLS,
+        workers=1,
+        progress=False,
     )
     train, val = train_val_split(pooled["cls"][1], 5000, seed=0)
     return {
@@ -174,7 +199,7 @@ def run(name: str, sets: list[str]) -> None:
 
 
 def semaim(args: list[str], out: Path) -> None:
-    """One resumable ``semaim`` run into ``out`` (single-threaded: the other core runs a study)."""
+    """One resumable ``semaim`` run into ``out``, single-threaded (two of them share two cores)."""
     resume = ["--resume"] if (out / "checkpoint-last.pt").is_file() else ["--force"]
     cmd = [sys.executable, "-m", "semaim", *args, "--out", str(out), "--no-progress", *resume]
     print(" ".join(cmd), flush=True)
@@ -200,7 +225,7 @@ def confirm(name: str) -> None:
     semaim(
         [
             "pretrain",
-            "--preset",
+            "--config",
             str(STUDY / "runs/pretrain-semantic-seed0/config.yaml"),
             *flags,
             "--set",
@@ -211,7 +236,7 @@ def confirm(name: str) -> None:
     semaim(
         [
             "finetune",
-            "--recipe",
+            "--config",
             str(STUDY / "runs/finetune-semantic-K60-seed0/config.yaml"),
             "--set",
             f"encoder.checkpoint={pretrain / 'checkpoint-last.pt'}",
@@ -234,6 +259,16 @@ def final_loss(run: Path) -> float:
     return read_records(run / "metrics.jsonl")[-1]["loss"]
 
 
+def study_row(kind: str, encoder: str, labels: int) -> dict:
+    """The study's seed-0 row of a run (the study's run folders are not committed; its rows are)."""
+    rows = read_records(STUDY / "results.jsonl")
+    key = (kind, encoder, labels, 0)
+    found = [r for r in rows if (r["kind"], r["encoder"], r["labels"], r["seed"]) == key]
+    if not found:
+        raise SystemExit(f"{STUDY / 'results.jsonl'}: no seed-0 {kind} row of {encoder} at {labels} labels")
+    return found[-1]
+
+
 def test_top1(run: Path) -> float:
     return json.loads((run / "result.json").read_text())["test_top1"]
 
@@ -244,35 +279,38 @@ def last_val_top1(run: Path) -> float:
 
 
 def confirm_lines() -> list[str]:
+    """The confirmed variants against the study's own seed-0 runs, read from its rows. A row records the best
+    validation top-1; the study's 1 %-label fine-tuning validates once, at its end, so it is the last one,
+    as for the confirmed runs."""
     rows = confirmed_rows()
     if not rows:
         return []
-    study = {arm: STUDY / f"runs/finetune-{arm}-K60-seed0" for arm in ("scratch", "semantic")}
-    scratch = last_val_top1(study["scratch"])
+    study = {arm: study_row("finetune", arm, 60) for arm in ("scratch", "semantic")}
+    scratch, semantic = study["scratch"]["best_val_top1"], study["semantic"]["best_val_top1"]
     lines = [
         "",
         "## Confirmed at the payoff study's budget",
         "",
-        "`python scripts/payoff-preset.py confirm VARIANT`: the study's seed-0 semantic pretraining "
-        f"(`{STUDY}/runs/pretrain-semantic-seed0/config.yaml`, two epochs) with the variant's knobs, then the "
+        f"`python {SCRIPT} confirm VARIANT`: the study's seed-0 semantic pretraining "
+        f"(`{shown(STUDY)}/runs/pretrain-semantic-seed0/config.yaml`, two epochs) with the variant's knobs, then the "
         "study's 1 %-label fine-tuning of seed 0 from it. Validation top-1 (%) chooses; the test score is "
         f"shown, not used. A variant replaces cpu-tiny only if it beats it by ≥ {ADOPT_BAR:.0f} point here (one seed: the "
         "paired gains over scratch spread by about that much between seeds).",
         "",
         "| pretraining | final loss | 1 %-label fine-tuning: validation | − scratch | test |",
         "|---|---|---|---|---|",
-        f"| none (scratch, the study's run) | | {scratch:.2f} | | {test_top1(study['scratch']):.2f} |",
-        f"| cpu-tiny (the study's run) | {final_loss(STUDY / 'runs/pretrain-semantic-seed0'):.3f} "
-        f"| {last_val_top1(study['semantic']):.2f} "
-        f"| {last_val_top1(study['semantic']) - scratch:+.2f} "
-        f"| {test_top1(study['semantic']):.2f} |",
+        f"| none (scratch, the study's run) | | {scratch:.2f} | | {study['scratch']['test_top1']:.2f} |",
+        f"| cpu-tiny (the study's run) | {study_row('pretrain', 'semantic', -1)['final_loss']:.3f} "
+        f"| {semantic:.2f} "
+        f"| {semantic - scratch:+.2f} "
+        f"| {study['semantic']['test_top1']:.2f} |",
     ]
     for r in rows.values():
         lines.append(
             f"| {r['variant']} (`{' '.join(r['sets'])}`) | {r['final_loss']:.3f} | {r['val_top1']:.2f} "
             f"| {r['val_top1'] - scratch:+.2f} | {r['test_top1']:.2f} |"
         )
-    return lines + ["", verdict(rows, last_val_top1(study["semantic"]))]
+    return lines + ["", verdict(rows, semantic)]
 
 
 def verdict(rows: dict[str, dict], default: float) -> str:
@@ -288,11 +326,11 @@ def verdict(rows: dict[str, dict], default: float) -> str:
     )
 
 
-def report(rows: dict[str, dict]) -> None:
+def report(rows: dict[str, dict], out_dir: Path = HERE) -> Path:
     lines = [
-        "# Which pretraining preset learns the most per unit of compute? (issue #12, item 2)",
+        "# Which pretraining preset learns the most per unit of compute?",
         "",
-        "`python scripts/payoff-preset.py` (resumable). Each variant changes a few knobs of `cpu-tiny` and",
+        f"`python {SCRIPT}` (resumable). Each variant changes a few knobs of `cpu-tiny` and",
         f"pretrains on Fashion-MNIST (one epoch over the first N images, seed 0; two over half as many past 60000) for the training FLOPs of {BUDGET}",
         "cpu-tiny images (a cheaper variant sees more images). Proxy score: frozen k-NN@20 on 5000 validation",
         "images carved from the training split, against the variant's own random initialisation, with the cls",
@@ -319,23 +357,38 @@ def report(rows: dict[str, dict]) -> None:
             f"| {r['final_loss']:.3f} | {r['knn_init']:.2f} | {r['knn']:.2f} | {r['knn'] - r['knn_init']:+.2f} "
             f"| {avg} |"
         )
-    REPORT.write_text("\n".join(lines + confirm_lines()) + "\n")
-    print(f"wrote {REPORT}")
+    out = out_dir / REPORT
+    out.write_text("\n".join(lines + confirm_lines()) + "\n")
+    print(f"wrote {out}")
+    return out
 
 
-def main() -> None:
-    torch.set_num_threads(1)
-    what = sys.argv[1] if len(sys.argv) > 1 else "run"
-    if what == "rescore":
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("what", nargs="?", default="run", choices=("run", "report", "rescore", "confirm"))
+    parser.add_argument(
+        "arg", nargs="?", help="run: K/N (every N-th variant from the K-th); confirm: VARIANT"
+    )
+    parser.add_argument("--out", type=Path, default=HERE, help="where the report goes (default: here)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.what == "confirm":
+        if args.arg not in VARIANTS:
+            parser.error(f"confirm needs a VARIANT, one of {list(VARIANTS)}")
+        torch.set_num_threads(1)
+        confirm(args.arg)
+    elif args.what == "rescore":
+        torch.set_num_threads(1)
         rescore()
-    if what == "confirm":
-        confirm(sys.argv[2])
-        return report(done_rows())
-    k, n = (int(x) for x in (sys.argv[2] if len(sys.argv) > 2 else "0/1").split("/"))
-    for i, (name, sets) in enumerate(VARIANTS.items()):
-        if what == "run" and i % n == k:
-            run(name, sets)
-    report(done_rows())
+    elif args.what == "run":
+        torch.set_num_threads(1)
+        k, n = (int(x) for x in (args.arg or "0/1").split("/"))
+        for i, (name, sets) in enumerate(VARIANTS.items()):
+            if i % n == k:
+                run(name, sets)
+    report(done_rows(), args.out)
 
 
 if __name__ == "__main__":
