@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pytest
 
 from semaim.config import PretrainConfig, parse_assignment
+from semaim.config.overrides import Sections
 from semaim.errors import ConfigError
 from semaim.presets import load_preset, preset_names
 
@@ -81,3 +84,72 @@ def test_config_round_trip():
     assert again == cfg
     with pytest.raises(ValueError, match="unknown field"):
         PretrainConfig.from_dict({"train": {"epoks": 1}})
+
+
+@dataclass
+class _Loop:
+    steps: int = 1
+    lr: float | None = None
+    size: int | tuple[int, int] = 8
+    ks: tuple[int, ...] = (1, 2)
+
+
+@dataclass
+class _Data:
+    name: str = "toy"
+    steps: int = 0
+
+
+@dataclass
+class _Toy(Sections):
+    """A command-like config of sections the schema does not have (module level: the annotations are
+    resolved by name)."""
+
+    loop: _Loop = field(default_factory=_Loop)
+    data: _Data = field(default_factory=_Data)
+
+
+def test_overrides_work_on_any_sections():
+    """The override machinery knows no particular section: any sections get the same type checks, error
+    messages and round trip as the schema's."""
+    cfg = _Toy.default()
+    for text in ["loop.lr=1e-3", "size=[4, 6]", "ks=3,4", "data.name=7"]:
+        cfg.set(*parse_assignment(text))
+    assert (cfg.loop.lr, cfg.loop.size, cfg.loop.ks, cfg.data.name) == (1e-3, (4, 6), (3, 4), "7")
+    assert _Toy.from_dict(cfg.to_dict()) == cfg
+    assert list(cfg.to_dict()) == ["loop", "data"] and cfg.to_dict()["loop"]["ks"] == [3, 4]
+    with pytest.raises(ConfigError, match=r"loop.steps: expected int, got 'abc' \(str\)"):
+        cfg.set(*parse_assignment("loop.steps=abc"))
+    with pytest.raises(ConfigError, match=r"it is in \['loop', 'data'\]: write section.steps"):
+        cfg.set("steps", 2)
+    with pytest.raises(ConfigError, match=r"loop.size: expected int or a list"):
+        cfg.set("loop.size", 1.5)
+
+
+def test_every_name_imported_from_the_config_package_is_there():
+    """``semaim.config`` is a package (schema + overrides); what code imports from it stays importable."""
+    import semaim.config as config
+    from semaim.config import overrides, schema
+
+    imported = {
+        "PRECISIONS",
+        "SEGMENT_MODES",
+        "TARGETS",
+        "Sections",
+        "parse_assignment",
+        "to_2tuple",
+        "require",
+    }
+    imported |= {
+        "require_choice",
+        "ModelConfig",
+        "DataConfig",
+        "TrainConfig",
+        "PretrainConfig",
+        "KnnRunConfig",
+    }
+    imported |= {"EncoderConfig", "FeaturesConfig", "KnnConfig", "LinProbeConfig", "LinprobeRunConfig"}
+    imported |= {"FinetuneConfig", "FinetuneRunConfig", "SegmentConfig", "SegmentRunConfig"}
+    assert imported <= set(config.__all__) and all(hasattr(config, name) for name in config.__all__)
+    assert config.parse_assignment is overrides.parse_assignment and config.ModelConfig is schema.ModelConfig
+    assert issubclass(config.PretrainConfig, overrides.Sections)

@@ -1,4 +1,4 @@
-"""Optimiser pieces shared by pretraining and fine-tuning: parameter groups and the lr schedule."""
+"""Optimizer pieces shared by pretraining and fine-tuning: parameter groups and the lr schedule."""
 
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ def layer_decay_groups(
 
     Layer 0 is the embedding (patch, cls, position), layers ``1..L`` the blocks, ``L+1`` the final norm
     and head. Each group carries ``lr_scale``; norms, biases, cls and position take no weight decay.
+    Not timm's ``param_groups_layer_decay``: it puts the final ``norm`` in the last block's layer and counts
+    layers from the parameters present (segmentation's headless encoder: every scale ``1/decay`` times ours).
     """
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():

@@ -1,29 +1,21 @@
-"""The one typed configuration every command, preset and checkpoint shares.
+"""The schema: every configuration section, with the check that refuses an impossible value.
 
-A command's configuration is a :class:`Sections` dataclass whose fields are *sections*, themselves
-dataclasses of plain values: pretraining is ``model`` + ``data`` + ``train``, fine-tuning ``encoder`` +
-``finetune``, the linear probe ``encoder`` + ``features`` + ``probe``, k-NN ``encoder`` + ``features`` +
-``knn``. The same object is read from a YAML preset (:mod:`semaim.presets`), changed by the command's
-flags and by ``--set section.field=value`` (type-checked here), validated, written to the run folder's
-``config.yaml`` and stored in every checkpoint, so that either rebuilds the run.
-
-``validate()`` turns an impossible value into a :class:`~semaim.errors.ConfigError` that names the field,
-what it got and what it expected, before any tensor is allocated or any file written.
+A section is a dataclass of plain values (``ModelConfig``, ``TrainConfig``, ...); a command's config is a
+:class:`~semaim.config.overrides.Sections` dataclass of sections (``PretrainConfig``, ``FinetuneRunConfig``,
+...). Each ``validate()`` turns an impossible value into a :class:`~semaim.errors.ConfigError` that names
+the field, what it got and what it expected, before any tensor is allocated or any file written. How a
+value gets in (presets, flags, ``--set``, checkpoints) is :mod:`semaim.config.overrides`' business.
 """
 
 from __future__ import annotations
 
-import contextlib
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-import yaml
-
-from .checks import require, require_choice, require_crop_scale, require_positive, to_2tuple
-from .errors import ConfigError
-from .model.orders import CENTER_FILTERS, CENTER_MAPS, NEEDS_MAP, ORDERS
+from ..checks import require, require_choice, require_crop_scale, require_positive, to_2tuple
+from ..errors import ConfigError
+from ..model.orders import CENTER_FILTERS, CENTER_MAPS, NEEDS_MAP, ORDERS
+from .overrides import Sections, make_section, plain
 
 TARGETS = ("pixels", "features")
 """Prediction targets (Eq. 12): patch pixels, or a frozen teacher's patch features."""
@@ -69,6 +61,7 @@ class ModelConfig:
 
     @property
     def num_patches(self) -> int:
+        """Patches per image, ``h * w`` of :attr:`grid`."""
         h, w = self.grid
         return h * w
 
@@ -124,6 +117,7 @@ class ModelConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain dict (tuples as lists): the section as YAML and checkpoints store it, and from_dict reads it."""
         return plain(asdict(self))
 
     @classmethod
@@ -165,7 +159,7 @@ class TrainConfig:
     """The pretraining loop (Algorithm 1, Table S1)."""
 
     epochs: int = 10
-    batch_size: int = 256  # effective batch per optimiser step: all ranks x accumulation steps
+    batch_size: int = 256  # effective batch per optimizer step: all ranks x accumulation steps
     accum_steps: int = 1
     blr: float = 2e-4  # lr = blr x batch_size / 256 (Table S1)
     lr: float | None = None  # an absolute lr; overrides blr
@@ -502,70 +496,7 @@ class SegmentConfig:
         return self.linear_lr if self.mode == "linear" and self.linear_lr is not None else self.lr
 
 
-# --------------------------------------------------------------------------- the mechanism
-class Sections:
-    """Base of a command's config: a dataclass whose fields are sections (dataclasses of plain values).
-
-    ``set("section.field", value)`` type-checks against the section's annotations; a bare ``field``
-    works when exactly one section has it. ``to_dict`` / ``from_dict`` round-trip through YAML and JSON.
-    """
-
-    PRESETS: ClassVar[str] = ""  # the folder of configs/ holding this command's presets ("" = configs/)
-
-    @classmethod
-    def section_types(cls) -> dict[str, type]:
-        return {f.name: typing.get_type_hints(cls)[f.name] for f in fields(cls)}
-
-    @classmethod
-    def default(cls) -> Sections:
-        return cls(**{name: kind() for name, kind in cls.section_types().items()})
-
-    def validate(self) -> Sections:
-        for name in self.section_types():
-            section = getattr(self, name)
-            if hasattr(section, "validate"):
-                section.validate(prefix=f"{name}.")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: plain(asdict(getattr(self, name))) for name in self.section_types()}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Sections:
-        types_ = cls.section_types()
-        unknown = sorted(set(values) - set(types_))
-        if unknown:
-            raise ConfigError(f"config: unknown section(s) {unknown}; expected {list(types_)}")
-        return cls(
-            **{name: make_section(kind, values.get(name) or {}, name) for name, kind in types_.items()}
-        )
-
-    def set(self, key: str, value: Any) -> None:
-        """Set ``section.field`` (or a bare ``field`` that only one section has) with a type check."""
-        section, name = self._resolve(key)
-        target = getattr(self, section)
-        hint = typing.get_type_hints(type(target))[name]
-        setattr(target, name, coerce(value, hint, f"{section}.{name}"))
-
-    def _resolve(self, key: str) -> tuple[str, str]:
-        types_ = self.section_types()
-        if "." in key:
-            section, name = key.split(".", 1)
-            if section not in types_:
-                raise ConfigError(
-                    f"--set: unknown section {section!r} in {key!r}; expected one of {list(types_)}"
-                )
-            known = sorted(f.name for f in fields(types_[section]))
-            if name not in known:
-                raise ConfigError(f"--set: unknown field {key!r}; {section} has {known}")
-            return section, name
-        owners = [s for s, kind in types_.items() if key in {f.name for f in fields(kind)}]
-        if len(owners) != 1:
-            hint = "no section has it" if not owners else f"it is in {owners}: write section.{key}"
-            raise ConfigError(f"--set: unknown field {key!r} ({hint})")
-        return owners[0], key
-
-
+# --------------------------------------------------------------------------- commands
 @dataclass
 class PretrainConfig(Sections):
     """Everything a pretraining run needs; stored in config.yaml and in every checkpoint."""
@@ -633,88 +564,3 @@ class SegmentRunConfig(Sections):
     PRESETS: ClassVar[str] = "segment"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
-
-
-# --------------------------------------------------------------------------- values
-def plain(values: dict[str, Any]) -> dict[str, Any]:
-    """Tuples -> lists, so that YAML and JSON write plain sequences."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-
-
-def make_section(cls: type, values: dict[str, Any], name: str) -> Any:
-    """A section from a plain dict (YAML, checkpoint), every value type-checked; unknown keys refused."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{name}: unknown field(s) {unknown}; known fields are {sorted(known)}")
-    return cls(**{key: coerce(value, hints[key], f"{name}.{key}") for key, value in values.items()})
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``"train.lr=1e-3" -> ("train.lr", 0.001)``: the value is read as YAML (``null``, ``true``, ``[1, 2]``)."""
-    if "=" not in text:
-        raise ConfigError(f"--set: expected key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, str) and "," in value and not raw.strip().startswith(("'", '"')):
-        with contextlib.suppress(yaml.YAMLError):  # "0.9,0.95" is a tuple
-            value = [yaml.safe_load(v) for v in value.split(",")]
-    return key.strip(), value
-
-
-def coerce(value: Any, hint: Any, name: str) -> Any:
-    """Check ``value`` against a type hint; convert where it is unambiguous (int -> float, list -> tuple)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        arms = typing.get_args(hint)
-        if value is None and type(None) in arms:
-            return None
-        for arm in arms:
-            if arm is type(None):
-                continue
-            with contextlib.suppress(ConfigError):
-                return coerce(value, arm, name)
-        raise ConfigError(f"{name}: expected {_describe(hint)}, got {value!r}")
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected {_describe(hint)}, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(v, args[0], name) for v in value)
-        if len(value) != len(args):
-            raise ConfigError(f"{name}: expected {len(args)} values, got {value!r}")
-        return tuple(coerce(v, a, name) for v, a in zip(value, args, strict=True))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            with contextlib.suppress(ValueError):
-                return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    elif is_dataclass(hint):
-        raise ConfigError(f"{name}: set its fields one by one ({name}.FIELD=...)")
-    raise ConfigError(f"{name}: expected {_describe(hint)}, got {value!r} ({type(value).__name__})")
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    if typing.get_origin(hint) is tuple:
-        return "a list " + str(list(typing.get_args(hint))).replace("Ellipsis", "...")
-    return getattr(hint, "__name__", str(hint))
