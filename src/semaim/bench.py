@@ -1,7 +1,7 @@
 """``semaim bench``: the full pretraining step, fast path against the explicit-mask path.
 
 A step is what Algorithm 1 does per batch: the order pass (no-grad encoder), the forward of both
-streams, the backward and the optimiser update (with a gradient scaler in fp16). Both paths run on
+streams, the backward and the optimizer update (with a gradient scaler in fp16). Both paths run on
 the same model and inputs, interleaved after warm-up; the median images/s of each is reported with
 their ratio, the achieved FLOP/s (FLOPs counted analytically, see :func:`step_flops`), the model FLOP
 utilisation (MFU: against a GPU's data-sheet peak in bf16/fp16, else against a matmul measured on the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -188,7 +189,7 @@ def build(cfg: BenchConfig, device: torch.device, seed: int = 0):
 def largest_batch(cfg: BenchConfig, device: torch.device, precision: str, cap: int = 4096) -> int:
     """The largest power-of-two batch up to ``cap`` (from ``min(8, cap)``) at which one fast step fits.
 
-    One model and optimiser serve every trial, so the optimiser state is counted as in a real run. Only
+    One model and optimizer serve every trial, so the optimizer state is counted as in a real run. Only
     CUDA reports running out of memory; on CPU the cap alone bounds the search.
     """
     model, optimizer, _ = build(replace(cfg, batch_size=1), device)
@@ -278,6 +279,9 @@ def attention_profile(step: Callable[[], None], device: torch.device) -> dict:
     attention kernels that ran."""
     from torch.profiler import ProfilerActivity, profile
 
+    # The profiler's own log lines (profiler_start/stop, a failed GPU count on a CPU-only machine) say nothing
+    # about the step; they stay quiet unless the user asked for them.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         step()
@@ -321,7 +325,7 @@ def peak_memory(
     """Memory (bytes) that ``steps`` steps of one path add, measured in a fresh Python process; ``None``
     when that process fails (out of memory).
 
-    CPU: peak RSS (VmHWM) minus the RSS after imports, model, optimiser and inputs exist (VmHWM is the
+    CPU: peak RSS (VmHWM) minus the RSS after imports, model, optimizer and inputs exist (VmHWM is the
     process's own; ``ru_maxrss`` would carry the parent's peak across exec). CUDA: the allocator's peak
     minus what was allocated before the steps.
     """

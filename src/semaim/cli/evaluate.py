@@ -11,10 +11,12 @@ from pathlib import Path
 from ..config import (
     EncoderConfig,
     FeaturesConfig,
+    FinetuneConfig,
     FinetuneRunConfig,
     KnnConfig,
     KnnRunConfig,
     LinprobeRunConfig,
+    SegmentConfig,
     SegmentRunConfig,
 )
 from ..errors import ConfigError
@@ -172,11 +174,22 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     add_set(g, "finetune.mixup=0 (or mixup=0)")
     g = p.add_argument_group("data and selection")
     add_data(g, "with train/ and val/ sub-folders for a folder", ft.data)
-    g.add_argument("--limit", type=int, help="only the first N training images")
+    add_split(g, ft)
     g.add_argument(
         "--labels-per-class", type=int, help="train on K labelled images per class (stratified, seeded)"
     )
     g.add_argument("--label-fraction", type=float, help="... or on this fraction of every class, in (0, 1]")
+    g.add_argument(
+        "--pool",
+        choices=["avg", "cls"],
+        help=f"avg: mean of patch tokens + fc_norm (the official fine-tuning); cls: cls token [default: {ft.pool}]",
+    )
+    add_trained(p, ft, "--blr", "finetune")
+
+
+def add_split(g: argparse._ActionsContainer, section: FinetuneConfig | SegmentConfig) -> None:
+    """Which training images, the validation split carved from them, which weights meet the test split."""
+    g.add_argument("--limit", type=int, help="only the first N training images")
     g.add_argument(
         "--val-size",
         type=int,
@@ -185,18 +198,19 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--select",
         choices=["last", "best"],
-        help=f"weights scored on the test split, once [default: {ft.select}]",
+        help=f"weights scored on the test split, once [default: {section.select}]",
     )
-    g.add_argument(
-        "--pool",
-        choices=["avg", "cls"],
-        help=f"avg: mean of patch tokens + fc_norm (the official fine-tuning); cls: cls token [default: {ft.pool}]",
-    )
+
+
+def add_trained(
+    p: argparse.ArgumentParser, section: FinetuneConfig | SegmentConfig, lr: str, command: str
+) -> None:
+    """The training flags of an end-to-end run (its learning-rate flag: ``lr``) and its run folder."""
     g = p.add_argument_group("training")
-    add_training(g, ft, ("--epochs", "--batch-size", "--blr", "--weight-decay", "--warmup-epochs"))
-    add_seed(g, default=ft.seed)
-    add_hardware(g, ft)
-    add_run_folder(p.add_argument_group("run folder"), "finetune")
+    add_training(g, section, ("--epochs", "--batch-size", lr, "--weight-decay", "--warmup-epochs"))
+    add_seed(g, default=section.seed)
+    add_hardware(g, section)
+    add_run_folder(p.add_argument_group("run folder"), command)
 
 
 def add_segment_parser(sub: argparse._SubParsersAction) -> None:
@@ -222,22 +236,8 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> None:
         help="frozen-encoder linear probe (BN + 1x1 conv on the patch tokens) instead of fine-tuning the "
         "pyramid + Semantic FPN head end to end; its lr is segment.linear_lr when the config gives one",
     )
-    g.add_argument("--limit", type=int, help="only the first N training images")
-    g.add_argument(
-        "--val-size",
-        type=int,
-        help="validation images carved from the training split [default: 10 %%, at most 5000]",
-    )
-    g.add_argument(
-        "--select",
-        choices=["last", "best"],
-        help=f"weights scored on the test split, once [default: {sg.select}]",
-    )
-    g = p.add_argument_group("training")
-    add_training(g, sg, ("--epochs", "--batch-size", "--lr", "--weight-decay", "--warmup-epochs"))
-    add_seed(g, default=sg.seed)
-    add_hardware(g, sg)
-    add_run_folder(p.add_argument_group("run folder"), "segment")
+    add_split(g, sg)
+    add_trained(p, sg, "--lr", "segment")
 
 
 def note_seed_meaning(args: argparse.Namespace) -> None:
