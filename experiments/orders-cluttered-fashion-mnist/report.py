@@ -17,12 +17,15 @@ variants), ``payoff-<data>.md`` (scratch / semantic / raster at every label budg
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/common.py
+
+from common import study_for_report  # noqa: E402
 
 from semaim.config import EncoderConfig, SegmentRunConfig
 from semaim.study.orders import metrics, planned, plot_orders, ranking, table
@@ -32,7 +35,6 @@ from semaim.study.payoff import (
     by_seed,
     curve_rows,
     plot_payoff,
-    run_payoff,
     segment_config,
     write_payoff_report,
 )
@@ -492,16 +494,8 @@ def seed_runs(rows: list[dict[str, Any]], seed: int) -> dict[str, str]:
 def main() -> None:
     """Regenerate the three reports (Markdown and charts) from ``results.jsonl``; ``--run`` first runs what the
     plan still lacks (resumable, as ``semaim study`` is)."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", type=Path, default=HERE, help="where the reports go (default: here)")
-    parser.add_argument("--run", action="store_true", help="run the missing runs first (CPU-days)")
-    args = parser.parse_args()
-    plan = PayoffConfig.from_dict(yaml.safe_load((HERE / "config.yaml").read_text())).study
-    if args.run:
-        run_payoff(plan, HERE)
-    rows = [json.loads(line) for line in (HERE / "results.jsonl").read_text().splitlines() if line.strip()]
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{REPORT}-{plan.data}.md"
+    plan, rows, out = study_for_report(HERE, main.__doc__)
+    path = out / f"{REPORT}-{plan.data}.md"
     plot_orders(rows, plan, path.with_suffix(".png"))
     write_orders_report(rows, plan, COMMAND, path, path.with_suffix(".png"))
 

@@ -57,18 +57,12 @@ from semaim.evaluate.finetune import build_classifier, eval_loader
 from semaim.model.semaim import SemAIM
 from semaim.study.payoff import PayoffConfig, encoder_source, frozen_scores, labelled_features, segment_config
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/common.py
+from common import shown  # noqa: E402
+
 HERE = Path(__file__).resolve().parent  # the payoff study on Fashion-MNIST: the default --study
-ROOT = HERE.parents[1]  # the repository: the reports name paths from here, the same on every machine
 ARMS = ("scratch", "semantic")
 LOADING = "loading.md"  # in the study's checks/: what ``loading`` found
-
-
-def shown(path: Path) -> str:
-    """``path`` as a report names it: from the repository root when it lies inside it, else as given."""
-    try:
-        return path.resolve().relative_to(ROOT).as_posix()
-    except ValueError:
-        return str(path)
 
 
 SCRIPT = shown(Path(__file__))

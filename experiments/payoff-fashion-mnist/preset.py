@@ -42,8 +42,10 @@ from semaim.evaluate.features import POOLS, extract_pooled_features
 from semaim.evaluate.knn import knn_accuracy
 from semaim.presets import load_preset
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/common.py
+from common import shown  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]  # the repository: the report names paths from here, the same on every machine
 FOLDER = HERE / "runs" / "preset"  # the run folders (ignored, as every study's runs/)
 REPORT = "payoff-preset.md"
 ROWS = HERE / "payoff-preset.jsonl"  # one row per finished variant, committed: a rerun skips them
@@ -66,14 +68,6 @@ VARIANTS: dict[str, list[str]] = {
     "patch 8 (16 tokens)": ["model.patch_size=8"],
     "no norm-pix target": ["model.norm_pix=false"],
 }
-
-
-def shown(path: Path) -> str:
-    """``path`` as the report names it: from the repository root when it lies inside it, else as given."""
-    try:
-        return path.resolve().relative_to(ROOT).as_posix()
-    except ValueError:
-        return str(path)
 
 
 SCRIPT = shown(Path(__file__))

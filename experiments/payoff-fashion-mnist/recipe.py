@@ -28,8 +28,10 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/common.py
+from common import ROOT, shown  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]  # the repository: the report names paths from here, the same on every machine
 FOLDER = HERE / "runs" / "recipe"  # the run folders (ignored, as every study's runs/)
 REPORT = "payoff-recipe.md"
 ROWS = HERE / "payoff-recipe.jsonl"  # one row per finished run
@@ -80,14 +82,6 @@ GRID: dict[str, tuple[str, list[str]]] = {  # in the order they run (the most in
         BASE + LIGHT + ["blr=1e-3", "layer_decay=0.75"],
     ),
 }
-
-
-def shown(path: Path) -> str:
-    """``path`` as the report names it: from the repository root when it lies inside it, else as given."""
-    try:
-        return path.resolve().relative_to(ROOT).as_posix()
-    except ValueError:
-        return str(path)
 
 
 SCRIPT = shown(Path(__file__))

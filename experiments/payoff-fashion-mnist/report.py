@@ -9,13 +9,14 @@ the fine-tuning-recipe search (``recipe.py``) have their own reports beside this
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 from pathlib import Path
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/common.py
 
-from semaim.study.payoff import PayoffConfig, plot_payoff, run_payoff, write_payoff_report
+from common import study_for_report  # noqa: E402
+
+from semaim.study.payoff import plot_payoff, write_payoff_report  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 COMMAND = (
@@ -27,16 +28,8 @@ COMMAND = (
 def main() -> None:
     """Regenerate the report (Markdown and chart) from ``results.jsonl``; ``--run`` first runs what the plan
     still lacks (resumable, as ``semaim study`` is)."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", type=Path, default=HERE, help="where the report goes (default: here)")
-    parser.add_argument("--run", action="store_true", help="run the missing runs first (CPU-hours)")
-    args = parser.parse_args()
-    plan = PayoffConfig.from_dict(yaml.safe_load((HERE / "config.yaml").read_text())).study
-    if args.run:
-        run_payoff(plan, HERE)
-    rows = [json.loads(line) for line in (HERE / "results.jsonl").read_text().splitlines() if line.strip()]
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"payoff-{plan.data}.md"
+    plan, rows, out = study_for_report(HERE, main.__doc__)
+    path = out / f"payoff-{plan.data}.md"
     plot_payoff(rows, plan, path.with_suffix(".png"))
     write_payoff_report(rows, plan, COMMAND, path, path.with_suffix(".png"))
 

@@ -87,7 +87,7 @@ def planned(
 
 
 def ranking(rows: list[dict[str, Any]], plan: PayoffPlan, orders: tuple[str, ...]) -> str:
-    """Table 1's orders sorted by their mean fine-tuning score (ties and spreads are in the tables); while the
+    """The orders sorted by their mean fine-tuning score (ties and spreads are in the tables); while the
     orders stand on different numbers of seeds, each mean says how many (a 1-seed mean is not a 3-seed one)."""
     metric = metrics(plan)[0][2]
     means, counts = {}, {}

@@ -434,6 +434,14 @@ def curve_point(
     }
 
 
+def read_study(folder: str | Path) -> tuple[PayoffPlan, list[dict[str, Any]]]:
+    """The plan (``config.yaml``) and the finished runs' rows (``results.jsonl``) of a study folder."""
+    folder = Path(folder)
+    plan = PayoffConfig.from_dict(yaml.safe_load((folder / "config.yaml").read_text())).study
+    rows = read_records(folder / "results.jsonl") if (folder / "results.jsonl").is_file() else []
+    return plan, rows
+
+
 def settle_precision(plan: PayoffPlan, folder: str | Path) -> PayoffPlan:
     """``precision: auto`` becomes the study folder's recorded precision or, for a new study, what this machine
     computes natively (bf16 on CUDA and on CPUs with AVX512-BF16 / AMX, else fp32), recorded with the plan:
