@@ -93,3 +93,21 @@ def test_resume_path_and_force_are_checked(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err and not (tmp_path / "b").exists()
     assert main(["pretrain", "--resume", "--force", "--out", str(tmp_path / "c")]) == 2
     assert "--force with --resume" in capsys.readouterr().err
+
+
+def test_an_interrupted_command_says_how_to_go_on_in_its_own_terms(monkeypatch, capsys):
+    from semaim import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for command in ("study", "pretrain", "knn"):
+        monkeypatch.setitem(cli.COMMANDS, command, interrupted)
+    assert main(["study", "payoff"]) == 130
+    assert capsys.readouterr().err.strip() == (
+        "semaim study: interrupted; rerun the same command to continue (finished runs are kept)"
+    )  # a study has no --resume: rerunning it resumes
+    assert main(["pretrain"]) == 130
+    assert "continue with the same command and --resume" in capsys.readouterr().err
+    assert main(["knn", "--pixels"]) == 130
+    assert capsys.readouterr().err.strip() == "semaim knn: interrupted"

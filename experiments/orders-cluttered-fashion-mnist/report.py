@@ -322,7 +322,7 @@ def write_orders_report(
 
 ENCODERS = ("scratch", "semantic", "raster")
 TARGET_GAIN = 3.0  # mIoU points a pretrained encoder should gain over scratch
-TARGET_MINUTES = 10.0  # one fine-tuned segmentation run on this CPU
+TARGET_MINUTES = 10.0  # one fine-tuned segmentation run on 2 CPU cores
 SHOWN = (0, 1, 2, 3)  # test images in the figure
 
 
@@ -354,7 +354,7 @@ def lines_for(rows: list[dict[str, Any]], plan: PayoffPlan, pairs: list[tuple[st
 
 
 def targets(rows: list[dict[str, Any]]) -> list[str]:
-    """The issue's targets, read from the rows: +3 mIoU over scratch, one fine-tuned run within 10 minutes."""
+    """The dense study's targets, read from the rows: +3 mIoU over scratch, one fine-tuned run within 10 minutes."""
     lines = []
     for encoder in ENCODERS[1:]:
         stats = paired(

@@ -31,6 +31,13 @@ COMMANDS = {
 }
 
 
+RESUME_HINTS = {
+    **dict.fromkeys(("pretrain", "finetune", "segment"), "; continue with the same command and --resume"),
+    "study": "; rerun the same command to continue (finished runs are kept)",
+}
+"""What an interrupted command says about going on: only the commands that can continue say anything."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="semaim", description="SemAIM: semantic-aware autoregressive image modeling"
@@ -87,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"semaim {args.command}: error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"semaim {args.command}: interrupted; rerun the same command with --resume", file=sys.stderr)
+        print(f"semaim {args.command}: interrupted{RESUME_HINTS.get(args.command, '')}", file=sys.stderr)
         return 130
 
 
