@@ -37,6 +37,10 @@ class RunDirError(SemAIMError, ValueError):
     """The run folder cannot be used as asked: in use, not empty, nothing to resume, not writable."""
 
 
+class DeviceMemoryError(SemAIMError, RuntimeError):
+    """A step did not fit in the device's memory; the message names the setting that makes it fit."""
+
+
 class NonFiniteLossError(SemAIMError, RuntimeError):
     """The loss became NaN or infinite; the run stopped without saving the bad state."""
 

@@ -62,3 +62,16 @@ def test_resample_token_grid():
     out = targets.resample_token_grid(tokens, (4, 4), (2, 2))
     assert out.shape == (1, 4, 3)
     assert out[0, 0, 0] < out[0, 1, 0] < out[0, 3, 0]  # the map's gradient survives
+
+
+def test_pixel_targets_are_computed_in_fp32_under_autocast():
+    """The targets a model is graded against do not depend on the compute precision of its forward."""
+    model = tiny_model(blur_sigma=1.0)
+    images = torch.randn(2, 3, 32, 32)
+    exact = model.targets(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = model.targets(images)
+        bf16_blur = targets.pixel_targets(images, 4, True, 1.0, 9)  # what autocast alone would give
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, exact, rtol=0, atol=0)
+    assert (bf16_blur.float() - exact).abs().max() > 1e-3  # the difference the fp32 targets avoid

@@ -161,6 +161,9 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 256  # effective batch per optimizer step: all ranks x accumulation steps
     accum_steps: int = 1
+    # The most images one rank puts through one forward; more accumulation steps make up the global batch, so
+    # the same recipe runs on any number and size of devices. None: batch_size / (ranks x accum_steps).
+    micro_batch_size: int | None = None
     blr: float = 2e-4  # lr = blr x batch_size / 256 (Table S1)
     lr: float | None = None  # an absolute lr; overrides blr
     min_lr: float = 0.0
@@ -187,6 +190,8 @@ class TrainConfig:
             require(getattr(self, name) >= 1, f"{prefix}{name}", "a positive int", getattr(self, name))
         ok = self.encoder_init_depth is None or self.encoder_init_depth >= 1
         require(ok, f"{prefix}encoder_init_depth", "a positive int or null", self.encoder_init_depth)
+        ok = self.micro_batch_size is None or self.micro_batch_size >= 1
+        require(ok, f"{prefix}micro_batch_size", "a positive int or null", self.micro_batch_size)
         require(
             self.save_every_epochs >= 0, f"{prefix}save_every_epochs", "an int >= 0", self.save_every_epochs
         )

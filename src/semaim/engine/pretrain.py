@@ -35,7 +35,7 @@ from ..data import open_dataset
 from ..data.sampler import AugmentedDataset, EpochSampler, collate, sample_seed
 from ..data.transforms import PretrainTransform
 from ..encoder import load_encoder, random_encoder
-from ..errors import ConfigError, RunDirError
+from ..errors import ConfigError, DeviceMemoryError, RunDirError
 from ..model.orders import NEEDS_MAP, encoder_map
 from ..model.semaim import SemAIM
 from .checkpoint import KIND_PRETRAIN, load_checkpoint, model_config_diff, save_atomic
@@ -185,15 +185,30 @@ def _pretrain(
 
 # --------------------------------------------------------------------------- building
 def micro_batch_size(cfg: PretrainConfig, device: torch.device, info: DistInfo) -> int:
-    """Images per rank per forward: the effective batch over ranks × accumulation steps."""
+    """Images per rank per forward. The global batch is ranks × accumulation steps × micro-batch; with
+    ``train.micro_batch_size`` set, the accumulation steps grow (``cfg.train.accum_steps`` is set to them) until
+    a micro-batch fits under it, so one recipe reaches its global batch on any number of devices."""
     t = cfg.train
     if t.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision: fp16 needs a CUDA device; use bf16 (or fp32) on the CPU")
-    per_step = info.world * t.accum_steps
+    accum = t.accum_steps
+    if t.micro_batch_size is not None:  # it decides the accumulation steps, whatever accum_steps says
+        fits = [
+            a
+            for a in range(1, t.batch_size // info.world + 1)
+            if t.batch_size % (info.world * a) == 0 and t.batch_size // (info.world * a) <= t.micro_batch_size
+        ]
+        if not fits:
+            raise ConfigError(
+                f"train.micro_batch_size: no whole number of accumulation steps splits batch {t.batch_size} over "
+                f"{info.world} ranks into micro-batches of at most {t.micro_batch_size}"
+            )
+        accum = t.accum_steps = fits[0]
+    per_step = info.world * accum
     if t.batch_size % per_step:
         raise ConfigError(
             f"train.batch_size: {t.batch_size} is not divisible by world size {info.world} × "
-            f"accum steps {t.accum_steps}"
+            f"accum steps {accum}"
         )
     return t.batch_size // per_step
 
@@ -270,7 +285,8 @@ def restore_state(state: TrainState, ckpt: dict[str, Any], steps_per_epoch: int)
         )
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.scaler.load_state_dict(ckpt["scaler"])
+    if state.scaler.is_enabled() and ckpt["scaler"]:  # a bf16/fp32 run's scaler state is empty: start afresh
+        state.scaler.load_state_dict(ckpt["scaler"])
     if state.ema is not None and ckpt.get("ema") is not None:
         state.ema.load_state_dict(ckpt["ema"])
     set_rng_states(ckpt["rng"])
@@ -421,15 +437,23 @@ def train(
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
             bad_images += sum(n_bad for _, _, n_bad in micro_batches)
-            loss = forward_backward(
-                cfg,
-                state,
-                micro_batches=micro_batches,
-                generator=generator,
-                device=device,
-                info=info,
-                out=out,
-            )
+            try:
+                loss = forward_backward(
+                    cfg,
+                    state,
+                    micro_batches=micro_batches,
+                    generator=generator,
+                    device=device,
+                    info=info,
+                    out=out,
+                )
+            except torch.OutOfMemoryError as err:
+                micro = len(micro_batches[0][0])
+                raise DeviceMemoryError(
+                    f"train.micro_batch_size: a micro-batch of {micro} images does not fit in {device}'s memory; "
+                    f"set --set train.micro_batch_size={max(1, micro // 2)} (the global batch stays, reached by "
+                    "more accumulation steps); the last checkpoint is intact"
+                ) from err
             grad_norm = optimizer_step(cfg, state)
             losses.append(loss)
             images_per_s = t.batch_size / (time.perf_counter() - step_start)

@@ -246,7 +246,10 @@ class SemAIM(nn.Module):
             if teacher_tokens is None:
                 teacher_tokens = self.teacher(images)
             return teacher_tokens[:, 1:].float()
-        return pixel_targets(images, c.patch_size, c.norm_pix, c.blur_sigma, c.blur_kernel)
+        # In fp32 even under autocast: the blur and the per-patch normalisation are what the model is graded
+        # against, and bf16 would move them by up to 0.03.
+        with torch.autocast(images.device.type, enabled=False):
+            return pixel_targets(images.float(), c.patch_size, c.norm_pix, c.blur_sigma, c.blur_kernel)
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return feature_loss(pred, target) if self.teacher is not None else pixel_loss(pred, target)

@@ -1,0 +1,101 @@
+"""One recipe on any number and size of devices: a micro-batch cap reached by accumulation, a step that does
+not fit named by its setting, and checkpoints that resume under another precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from semaim.cli import main
+from semaim.config import PretrainConfig
+from semaim.engine import pretrain as pretrain_module
+from semaim.engine.checkpoint import load_checkpoint
+from semaim.engine.distributed import DistInfo
+from semaim.errors import ConfigError
+from semaim.presets import load_preset
+from tests.conftest import TINY_RUN
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("world", "cap", "micro", "accum"),
+    [(1, 256, 256, 8), (8, 256, 256, 1), (4, 256, 256, 2), (1, 300, 256, 8), (3, 256, None, None)],
+)
+def test_the_global_batch_is_reached_by_accumulation_under_the_cap(world, cap, micro, accum):
+    cfg = load_preset("paper-vit-b16")
+    cfg.train.micro_batch_size = cap
+    if micro is None:  # 2048 does not split over 3 ranks
+        with pytest.raises(ConfigError, match="train.micro_batch_size"):
+            pretrain_module.micro_batch_size(cfg, CPU, DistInfo(world=world))
+        return
+    assert pretrain_module.micro_batch_size(cfg, CPU, DistInfo(world=world)) == micro
+    assert cfg.train.accum_steps == accum and micro * accum * world == cfg.train.batch_size
+
+
+def test_the_paper_presets_cap_their_micro_batch():
+    for name in ("paper-vit-b16", "paper-vit-l16"):
+        t = load_preset(name).train
+        assert t.micro_batch_size is not None and t.micro_batch_size < t.batch_size
+
+
+def test_a_capped_micro_batch_trains_as_explicit_accumulation(tmp_path):
+    """Batch 8 with a cap of 4 is batch 8 as 2 × 4 accumulated: the same losses, step for step."""
+    runs = {}
+    base = [
+        "--limit",
+        "16",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--precision",
+        "fp32",
+        "--set",
+        "model.lam=0",
+    ]
+    for name, extra in (("accum", ["--accum-steps", "2"]), ("cap", ["--set", "train.micro_batch_size=4"])):
+        out = tmp_path / name
+        assert main(["pretrain", "--out", str(out), *base, *extra, *TINY_RUN]) == 0
+        runs[name] = load_checkpoint(out / "checkpoint-last.pt")
+    assert PretrainConfig.from_dict(runs["cap"]["config"]).train.accum_steps == 2  # recorded as it ran
+    for a, b in zip(runs["accum"]["model"].values(), runs["cap"]["model"].values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_step_that_does_not_fit_names_the_setting_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    out = tmp_path / "run"
+    argv = ["pretrain", "--out", str(out), "--limit", "16", "--batch-size", "8", "--epochs", "1", *TINY_RUN]
+    monkeypatch.setattr(pretrain_module, "forward_backward", out_of_memory)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "train.micro_batch_size: a micro-batch of 8 images does not fit" in err
+    assert "--set train.micro_batch_size=4" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_without_scaler_state_resumes_with_a_scaler():
+    """A bf16 / fp32 / CPU run saved an empty scaler; resuming it in fp16 (scaler on) starts the scaler afresh."""
+    cfg = load_preset("cpu-tiny")
+    for key, value in (
+        ("model.embed_dim", 32),
+        ("model.depth", 2),
+        ("model.num_heads", 2),
+        ("model.decoder_depth", 2),
+    ):
+        cfg.set(key, value)
+    state = pretrain_module.build_state(cfg, CPU, DistInfo())
+    saved = {
+        "steps_per_epoch": 3,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict(),  # disabled in fp32: {}
+        "rng": pretrain_module.rng_states(),
+        "step": 2,
+    }
+    assert saved["scaler"] == {}
+    state.scaler = torch.amp.GradScaler("cpu", enabled=True)
+    pretrain_module.restore_state(state, saved, 3)
+    assert state.step == 2 and state.scaler.is_enabled()
