@@ -56,8 +56,8 @@ def test_the_cache_key_holds_the_precision_and_the_normalisation(tmp_path, fmnis
     assert encoder.batches == 2 * seen
     real = features.open_dataset
 
-    def other_stats(*args):
-        base = real(*args)
+    def other_stats(*args, **kwargs):
+        base = real(*args, **kwargs)
         base.mean, base.std = (0.5,), (0.25,)
         return base
 

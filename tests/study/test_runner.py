@@ -259,6 +259,45 @@ def test_deadlines_are_read_as_durations_times_of_day_or_dates_and_a_past_date_i
             parse_deadline(bad, now)
 
 
+@pytest.mark.parametrize(
+    "bad", ["+0m", "+0h", "+0h0m", "+99999999h", "+99999999999999999999m", "+" + "9" * 5000 + "h"]
+)
+def test_a_deadline_that_is_no_later_than_now_or_past_any_date_is_refused(bad):
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    with pytest.raises(ConfigError, match=f"--deadline '{re.escape(bad[:40])}"):
+        parse_deadline(bad, now)
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_deadline_is_refused_not_read_as_none(empty):
+    with pytest.raises(ConfigError, match=f"--deadline {empty!r}: empty"):
+        parse_deadline(empty)
+
+
+def test_the_runs_a_deadline_leaves_and_an_interrupted_study_say_how_to_resume(tmp_path, capsys):
+    append_record(
+        tmp_path / "results.jsonl", {"kind": "pretrain", "name": "old", "seed": 1, "wall_s": 3000.0}
+    )
+    runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01, deadline=time.time() + 60)
+    runner.run(("pretrain", "new", 0), lambda: {})
+    runner.finish()
+    out = capsys.readouterr().out
+    assert "1 run left" in out and "rerun the same study command" in out and "--resume" not in out
+
+    def interrupted() -> dict:
+        raise KeyboardInterrupt
+
+    runner = StudyRunner(tmp_path, {"plan": 1}, KEYS, poll_s=0.01)
+    runner.run(("eval", "cut", 0), interrupted)
+    with pytest.raises(KeyboardInterrupt) as info:
+        runner.finish()
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    assert "rerun the same study command" in notes and "--resume" not in notes
+    claim = runner.claim(("eval", "cut", 0))
+    assert claim.take()  # let go of: the rerun takes it up
+    claim.release()
+
+
 def test_a_deadline_goes_by_the_runs_alike_on_this_machine_where_some_ran_here(tmp_path):
     finished = [
         {"kind": "pretrain", "name": "a", "seed": 0, "wall_s": 3000.0, "machine": "slow"},

@@ -88,7 +88,7 @@ def run_a_study(args: argparse.Namespace, kind: str, cfg, *, run, plot, report, 
     folder = Path(args.out or f"runs/{kind}-{name}{'-quick' if args.quick else ''}")
     plan = cfg.validate().study
     plan = settle(plan, folder) if settle else plan  # e.g. the precision the runs use, for the report too
-    deadline = parse_deadline(args.deadline) if args.deadline else None
+    deadline = None if args.deadline is None else parse_deadline(args.deadline)  # '' is refused by name
     rows = run(plan, folder, progress=not args.no_progress, only_seeds=args.only_seeds, deadline=deadline)
     report_dir = Path(args.report_dir or folder)
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 
 def _per_class(labels: torch.Tensor, pool: torch.Tensor, seed: int) -> dict[int, torch.Tensor]:
@@ -90,7 +90,15 @@ def labelled_subset(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(training indices, validation indices)`` as fine-tuning and the label-efficiency floors draw them:
     the validation split carved out first (``val_size``, default :func:`default_val_size`), then the first
-    ``limit`` of the rest, then the label subset. The same arguments give the same images everywhere."""
+    ``limit`` of the rest, then the label subset. The same arguments give the same images everywhere.
+
+    Labels of a single class are a :class:`DataError`: a classifier trained on them scores 100 %."""
+    classes = torch.unique(labels)
+    if len(classes) == 1:
+        raise DataError(
+            f"data: every one of the {len(labels)} labelled training images is of class {int(classes[0])}; "
+            "a classifier needs at least two classes"
+        )
     val_size = default_val_size(len(labels)) if val_size is None else val_size
     pool, val = train_val_split(labels, val_size, split_seed, prefix)
     pool = pool[:limit] if limit else pool

@@ -121,7 +121,7 @@ def extract_pooled_features(
             raise ConfigError(f"pool: expected one of {POOLS}, got {pool!r}")
     if cache is not None and Path(cache).exists() and not Path(cache).is_dir():
         raise ConfigError(f"--cache / features.cache: {cache} exists and is not a folder")
-    base = open_dataset(data, split, in_chans)
+    base = open_dataset(data, split, in_chans, classify=True)  # a one-class folder has nothing to score
     paths: dict[str, Path] = {}
     if cache is not None:
         key = [

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..data.folders import IMAGE_EXTENSIONS
+from ..data.folders import IMAGE_EXTENSIONS, open_image
 from ..data.transforms import PretrainTransform
-from ..errors import BadImageError, ConfigError, DataError, MissingFileError
+from ..errors import ConfigError, DataError, MissingFileError
 from ..model.orders import ORDERS, centerness, encoder_map
 
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
@@ -35,14 +35,7 @@ def load_images(paths: list[str | Path]) -> list[Image.Image]:
             raise MissingFileError(f"image not found: {p}")
     if not files:
         raise DataError(f"no images found in {[str(p) for p in paths]}")
-    images = []
-    for f in files:
-        try:
-            with Image.open(f) as img:
-                images.append(img.convert("RGB"))
-        except Exception as err:
-            raise BadImageError(f"corrupt or unreadable image: {f} ({type(err).__name__}: {err})") from err
-    return images
+    return [open_image(f, "RGB") for f in files]  # 16-bit images scaled, corrupt files named
 
 
 def sample_images(names: list[str] | None = None) -> list[Image.Image]:

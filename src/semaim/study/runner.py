@@ -37,6 +37,13 @@ from ..errors import ConfigError
 
 Key = tuple
 
+RESUME_HINT = (
+    "rerun the same study command to resume it: the finished runs are kept and skipped, a cut pretraining "
+    "or fine-tuning continues from its checkpoint"
+)
+"""How a study is resumed (studies have no ``--resume`` flag): said when runs are left and added as a note
+to the ``KeyboardInterrupt`` that stops a study."""
+
 
 @dataclass
 class Run:
@@ -146,6 +153,13 @@ class StudyRunner:
         """Do the runs in list order, each as soon as its needs are done and no other process holds it; wait
         (polling ``results.jsonl``) while every remaining run is held or waits; with a deadline, only the runs that
         :meth:`fits`, and stop when none does. Returns every row."""
+        try:
+            return self._finish()
+        except KeyboardInterrupt as interrupt:  # the note shows in a traceback; the CLI may print it
+            interrupt.add_note(f"study {self.folder}: {RESUME_HINT}")
+            raise
+
+    def _finish(self) -> list[dict[str, Any]]:
         self.reload()
         while True:
             todo = self.runnable()
@@ -153,8 +167,10 @@ class StudyRunner:
             ready = self.done - {r.key for r in todo}  # a finished run whose files are gone is not ready
             fitting = [r for r in todo if self.fits(r, todo)]
             if todo and not fitting:  # none will fit later either
+                runs = f"{len(todo)} run{'s' * (len(todo) != 1)}"
                 print(
-                    f"study: {len(todo)} runs left for a rerun; none is expected to end before the deadline",
+                    f"study: {runs} left for a rerun; none is expected to end before the deadline "
+                    f"({RESUME_HINT}, with a later --deadline or none)",
                     flush=True,
                 )
             if not fitting:
@@ -325,25 +341,45 @@ def check_plan(folder: Path, plan: dict[str, Any], normalise: Callable[[dict], d
 
 def parse_deadline(text: str, now: datetime | None = None) -> float:
     """``--deadline``: a duration from now (``+90m``, ``+2h30m``), a time of day (``13:15``, local time: today, or
-    tomorrow once past, as at(1) reads it) or a date and time (``2026-12-02T13:15``); returns a POSIX time. A date
-    and time already past is an error."""
+    tomorrow once past, as at(1) reads it) or a date and time (``2026-12-02T13:15``); returns a POSIX time.
+
+    A :class:`ConfigError` naming ``--deadline`` and the value, before any run: an empty value (no deadline is
+    the flag left out, not an empty one), a deadline not after now (``+0m`` would start nothing and report
+    nothing) and one past the last date Python represents (``+99999999h``)."""
     now = now or datetime.now().astimezone()
+    shown = repr(text if len(text) <= 40 else f"{text[:40]}...")
+    if not text.strip():
+        raise ConfigError(
+            f"--deadline {shown}: empty; give +90m, +2h30m, HH:MM or YYYY-MM-DDTHH:MM, or leave the flag out "
+            "for no deadline"
+        )
     relative = re.fullmatch(r"\+(?:(\d+)h)?(?:(\d+)m)?", text.strip())
-    if relative and any(relative.groups()):
-        hours, minutes = (int(g or 0) for g in relative.groups())
-        return (now + timedelta(hours=hours, minutes=minutes)).timestamp()
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        try:
-            clock = datetime.strptime(text, "%H:%M").time()
-        except ValueError:
-            raise ConfigError(
-                f"--deadline {text!r}: expected +90m, +2h30m, HH:MM or YYYY-MM-DDTHH:MM"
-            ) from None
-        when = datetime.combine(now.date(), clock, tzinfo=now.tzinfo)
-        when += timedelta(days=1) if when <= now else timedelta()  # 00:20 said at 22:00 means tonight
+        when = _deadline_time(text, relative, now)
+    except (OverflowError, ValueError):  # a date past year 9999, or more digits than int() reads
+        raise ConfigError(f"--deadline {shown}: too far in the future to represent") from None
+    if when is None:
+        raise ConfigError(f"--deadline {shown}: expected +90m, +2h30m, HH:MM or YYYY-MM-DDTHH:MM")
     when = when if when.tzinfo else when.replace(tzinfo=now.tzinfo)  # no zone given: the local one
     if when <= now:
-        raise ConfigError(f"--deadline {text!r} is already past (now {now:%Y-%m-%d %H:%M})")
+        past = "is now: it would start no run" if when == now else "is already past"
+        raise ConfigError(f"--deadline {shown} {past} (now {now:%Y-%m-%d %H:%M})")
     return when.timestamp()
+
+
+def _deadline_time(text: str, relative: re.Match | None, now: datetime) -> datetime | None:
+    """The date and time ``text`` names (:func:`parse_deadline`), ``None`` for no known form; an
+    ``OverflowError`` or ``ValueError`` for one out of range."""
+    if relative and any(relative.groups()):
+        hours, minutes = (int(g or 0) for g in relative.groups())
+        return now + timedelta(hours=hours, minutes=minutes)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    try:
+        clock = datetime.strptime(text, "%H:%M").time()
+    except ValueError:
+        return None
+    when = datetime.combine(now.date(), clock, tzinfo=now.tzinfo)
+    return when + timedelta(days=1) if when <= now else when  # 00:20 said at 22:00 means tonight

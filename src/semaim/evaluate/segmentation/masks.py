@@ -31,7 +31,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ...data.cluttered import SPEC as CLUTTERED
 from ...data.cluttered import ClutteredFashionMNIST
-from ...data.folders import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, hash_files
+from ...data.folders import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, hash_files, open_image
 from ...data.idx import FASHION_MNIST_DIR
 from ...data.transforms import channel_stats
 from ...errors import BadImageError, ConfigError, DataError, MissingFileError
@@ -114,12 +114,7 @@ class MaskFolder(Dataset):
         return values
 
     def _image(self, index: int) -> Image.Image:
-        path = self.files[index][0]
-        try:
-            with Image.open(path) as img:
-                return img.convert(self.mode)
-        except Exception as err:
-            raise BadImageError(f"corrupt or unreadable image: {path} ({type(err).__name__}: {err})") from err
+        return open_image(self.files[index][0], self.mode)  # 16-bit images scaled, corrupt files named
 
     def load_pair(self, index: int) -> tuple[Image.Image, torch.Tensor]:
         img = self._image(index)
