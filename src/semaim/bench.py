@@ -186,6 +186,16 @@ def build(cfg: BenchConfig, device: torch.device, seed: int = 0):
     return model, optimizer, images
 
 
+OUT_OF_MEMORY_SIGNS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE")
+"""How running out of device memory reads when a library other than PyTorch's allocator hits it first."""
+
+
+def out_of_memory(err: RuntimeError) -> bool:
+    """Whether ``err`` is the device running out of memory: torch's own error, or cuBLAS / cuDNN failing to
+    allocate at the memory edge with a plain RuntimeError."""
+    return isinstance(err, torch.OutOfMemoryError) or any(sign in str(err) for sign in OUT_OF_MEMORY_SIGNS)
+
+
 def largest_batch(cfg: BenchConfig, device: torch.device, precision: str, cap: int = 4096) -> int:
     """The largest power-of-two batch up to ``cap`` (from ``min(8, cap)``) at which one fast step fits.
 
@@ -199,7 +209,9 @@ def largest_batch(cfg: BenchConfig, device: torch.device, precision: str, cap: i
         try:
             make_step(model, optimizer, images, precision, "fast")()
             _sync(device)
-        except torch.cuda.OutOfMemoryError:  # = torch.OutOfMemoryError, under a name torch 2.4 has too
+        except RuntimeError as err:
+            if not out_of_memory(err):
+                raise
             break
         finally:
             del images
@@ -304,8 +316,8 @@ def measure_steps(cfg: BenchConfig, s: BenchSettings) -> tuple[dict[str, list[fl
     paths = ("fast",) if s.fast_only else ("fast", "reference")
     try:
         return *_timed_and_profiled(cfg, s, paths), None
-    except torch.cuda.OutOfMemoryError:  # = torch.OutOfMemoryError, under a name torch 2.4 has too
-        if s.fast_only:
+    except RuntimeError as err:
+        if s.fast_only or not out_of_memory(err):
             raise
     free_memory(s.device)  # outside the except clause: the traceback no longer holds the tensors
     note = f"explicit masks: out of memory at batch {cfg.batch_size}, fast path timed alone"

@@ -77,6 +77,32 @@ def test_largest_batch_stops_below_the_first_batch_that_does_not_fit(monkeypatch
     assert bench.largest_batch(TINY, torch.device("cpu"), "fp32", cap=20) == 16  # the cap bounds it too
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_NOT_ENOUGH_WORKSPACE",
+    ],
+)
+def test_a_library_running_out_of_memory_also_ends_the_search(monkeypatch, message):
+    """At the memory edge cuBLAS or cuDNN may fail first, with a plain RuntimeError; another error is a bug."""
+
+    def step_or_fail(model, optimizer, images, precision, path):
+        def step():
+            if len(images) > 16:
+                raise RuntimeError(message)
+
+        return step
+
+    monkeypatch.setattr(bench, "make_step", step_or_fail)
+    assert bench.largest_batch(TINY, torch.device("cpu"), "fp32", cap=4096) == 16
+    monkeypatch.setattr(
+        bench, "make_step", lambda *a: lambda: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
+    )
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        bench.largest_batch(TINY, torch.device("cpu"), "fp32", cap=4096)
+
+
 def test_masks_that_do_not_fit_leave_the_fast_path_timed_alone(monkeypatch):
     def timed(cfg, s, paths):
         if "reference" in paths:

@@ -403,9 +403,10 @@ def optimizer_step(cfg: PretrainConfig, state: TrainState) -> float:
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
     if state.ema is not None:
-        with torch.no_grad():
-            for e, p in zip(state.ema.parameters(), state.model.parameters(), strict=True):
-                e.lerp_(p, 1.0 - t.ema_decay)
+        with torch.no_grad():  # one fused update for every tensor, not a kernel launch per parameter
+            torch._foreach_lerp_(
+                list(state.ema.parameters()), list(state.model.parameters()), 1.0 - t.ema_decay
+            )
     state.step += 1
     return grad_norm
 
