@@ -3,6 +3,8 @@ not fit named by its setting, and checkpoints that resume under another precisio
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -99,3 +101,44 @@ def test_a_checkpoint_without_scaler_state_resumes_with_a_scaler():
     state.scaler = torch.amp.GradScaler("cpu", enabled=True)
     pretrain_module.restore_state(state, saved, 3)
     assert state.step == 2 and state.scaler.is_enabled()
+
+
+def count_reads(monkeypatch) -> list[str]:
+    """Every read of a tensor's value on the host (``.item()``, ``.tolist()``) by the training step's code (the
+    engine and the model; the data pipeline's reads are of CPU tensors in the loader's workers): on a GPU each
+    waits for the device."""
+    reads = []
+    for name in ("item", "tolist"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if "semaim/engine" in caller or "semaim/model" in caller:
+                reads.append(f"{caller}:{_name}")
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
+@pytest.mark.parametrize(("every", "reads_per_8_steps"), [(1, 8), (4, 2)])
+def test_the_loop_reads_the_device_once_per_log_interval(tmp_path, monkeypatch, every, reads_per_8_steps):
+    """8 steps of 2 accumulated micro-batches: one read per logged step, none per micro-batch or for the
+    gradient norm alone; the losses of a run logged every step stay the run's losses."""
+    argv = [
+        "pretrain",
+        "--out",
+        str(tmp_path / "run"),
+        "--limit",
+        "64",
+        "--batch-size",
+        "8",
+        "--accum-steps",
+        "2",
+    ]
+    argv += ["--epochs", "1", "--precision", "fp32", "--set", f"train.log_every_steps={every}", *TINY_RUN]
+    reads = count_reads(monkeypatch)
+    assert main(argv) == 0
+    assert len(reads) == reads_per_8_steps
+    records = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 8 // every

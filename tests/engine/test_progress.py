@@ -59,17 +59,18 @@ def test_pretrain_into_a_log_file_writes_a_few_lines_not_a_flood(tmp_path, capsy
     quiet = [a for a in TINY_RUN if a != "--no-progress"]
     out = tmp_path / "run"
     argv = ["pretrain", "--limit", "256", "--batch-size", "8", "--epochs", "2", *quiet]
-    assert main([*argv, "--out", str(out)]) == 0
+    assert main([*argv, "--out", str(out)]) == 0  # the default interval: a few lines whatever the speed
     printed = capsys.readouterr()
     steps = 64
     assert "\r" not in printed.err and len(printed.err) <= 100 * steps
-    lines = printed.err.splitlines()
-    assert lines[0].startswith("semaim pretrain: 256 images") and len(lines) == 2
-    assert lines[1].startswith(f"pretrain  step {steps}/{steps} (100%)  epoch 2/2  loss ")
     assert (
         f"evaluate it: semaim knn --checkpoint {out / 'checkpoint-last.pt'} --data fashion-mnist"
         in printed.out
     )
+    assert main([*argv, "--out", str(tmp_path / "long"), "--log-interval", "3600"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("semaim pretrain: 256 images") and len(lines) == 2
+    assert lines[1].startswith(f"pretrain  step {steps}/{steps} (100%)  epoch 2/2  loss ")
     assert main([*argv, "--out", str(tmp_path / "again"), "--log-interval", "0"]) == 0
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 + steps  # the header, then a line per step

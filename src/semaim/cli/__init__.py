@@ -79,10 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as usage:
         return usage.code if isinstance(usage.code, int) else 0
-    if getattr(args, "log_interval", None) is not None:
-        from ..engine.progress import set_interval
+    from ..engine.progress import DEFAULT_INTERVAL_S, set_interval
 
-        set_interval(args.log_interval)
+    given = getattr(args, "log_interval", None)
+    set_interval(DEFAULT_INTERVAL_S if given is None else given)  # per command, not left over from another
     try:
         with warnings.catch_warnings():  # the command's warnings on one line each, as long as it runs
             warnings.showwarning = show_warning

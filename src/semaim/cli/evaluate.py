@@ -193,7 +193,8 @@ def add_split(g: argparse._ActionsContainer, section: FinetuneConfig | SegmentCo
     g.add_argument(
         "--val-size",
         type=int,
-        help="validation images carved from the training split [default: 10 %%, at most 5000]",
+        help="validation images carved from the training split [default: "
+        + ("10 %%, at most 5000]" if section.val_size is None else f"{section.val_size}]"),
     )
     g.add_argument(
         "--select",

@@ -181,12 +181,15 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     save_every_steps: int = 200  # checkpoint-last.pt at least this often (and at every epoch end)
+    # Read the loss (and log it, and check it is finite) every N steps: each read waits for the device, so on a
+    # GPU a larger N keeps it busy; a NaN is still caught within N steps, before anything is saved.
+    log_every_steps: int = 1
     save_every_epochs: int = 0  # also keep checkpoint-EPOCH.pt every N epochs (0: only the last)
     keep_steps: tuple[int, ...] = ()  # also keep checkpoint-stepN.pt at these steps (a compute curve)
     compile: bool = False  # torch.compile the model
 
     def validate(self, prefix: str = "train.") -> TrainConfig:
-        for name in ("epochs", "batch_size", "accum_steps", "save_every_steps"):
+        for name in ("epochs", "batch_size", "accum_steps", "save_every_steps", "log_every_steps"):
             require(getattr(self, name) >= 1, f"{prefix}{name}", "a positive int", getattr(self, name))
         ok = self.encoder_init_depth is None or self.encoder_init_depth >= 1
         require(ok, f"{prefix}encoder_init_depth", "a positive int or null", self.encoder_init_depth)
@@ -534,6 +537,13 @@ class PretrainConfig(Sections):
         return self
 
 
+def require_trained_encoder(encoder: EncoderConfig) -> None:
+    """Fine-tuning and segmentation train an encoder: a checkpoint's or the initialisation (never raw pixels)."""
+    chosen = [n for n in ("checkpoint", "random", "pixels") if getattr(encoder, n)]
+    ok = not encoder.pixels and bool(encoder.checkpoint) != bool(encoder.random)
+    require(ok, "encoder.checkpoint/random", "exactly one of --checkpoint PATH or --random", chosen)
+
+
 @dataclass
 class FinetuneRunConfig(Sections):
     """``semaim finetune``: the encoder to start from and the recipe; the run folder's config.yaml."""
@@ -541,6 +551,10 @@ class FinetuneRunConfig(Sections):
     PRESETS: ClassVar[str] = "finetune"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def validate(self) -> FinetuneRunConfig:
+        require_trained_encoder(self.encoder)
+        return super().validate()
 
 
 @dataclass
@@ -569,3 +583,7 @@ class SegmentRunConfig(Sections):
     PRESETS: ClassVar[str] = "segment"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+
+    def validate(self) -> SegmentRunConfig:
+        require_trained_encoder(self.encoder)
+        return super().validate()

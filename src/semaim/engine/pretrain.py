@@ -360,10 +360,11 @@ def forward_backward(
     """Order (Eq. 2-6), both streams (Eq. 7-11), Eq. 12 loss and backward for one step's micro-batches.
 
     Gradients of the micro-batches add up (each loss divided by their number); DDP synchronises only on
-    the last one. Returns the step's loss averaged over micro-batches and ranks.
+    the last one. Returns this rank's step loss as a 0-d tensor on the device: reading it waits for the GPU,
+    so the loop reads it only every ``train.log_every_steps`` steps (:func:`train`).
     """
     t = cfg.train
-    step_loss = 0.0
+    step_loss = torch.zeros((), device=device)
     for i, (images, _, _) in enumerate(micro_batches):
         images = images.to(device, non_blocking=True)
         # The order's noise depends on (seed, step, micro-batch, rank) only: resumes repeat it.
@@ -374,10 +375,8 @@ def forward_backward(
             with autocast_context(device, state.precision):
                 centerness = order_from_source(cfg, state, images, generator)
                 output = state.forward_model(images, centerness=centerness, generator=generator)
-            loss = all_reduce_mean(output.loss.detach().float(), info).item()
-            check_finite(loss, state.step, out / LAST)
             state.scaler.scale(output.loss / t.accum_steps).backward()
-        step_loss += loss / t.accum_steps
+        step_loss += output.loss.detach().float() / t.accum_steps
     return step_loss
 
 
@@ -393,12 +392,12 @@ def order_from_source(
     )
 
 
-def optimizer_step(cfg: PretrainConfig, state: TrainState) -> float:
-    """Unscale, clip, AdamW step, EMA update. Returns the gradient norm before clipping."""
+def optimizer_step(cfg: PretrainConfig, state: TrainState) -> torch.Tensor:
+    """Unscale, clip, AdamW step, EMA update. Returns the gradient norm before clipping (a device tensor)."""
     t = cfg.train
     state.scaler.unscale_(state.optimizer)
     params = [p for p in state.model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad or math.inf).item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad or math.inf)
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
@@ -422,17 +421,22 @@ def train(
     device: torch.device,
     info: DistInfo,
 ) -> tuple[list[float], int]:
-    """Algorithm 1 from ``state.step`` to the last step; saves as configured. ``-> (losses, bad images)``."""
+    """Algorithm 1 from ``state.step`` to the last step; saves as configured. ``-> (losses, bad images)``.
+
+    The loss and gradient norm stay on the device between two reads, every ``train.log_every_steps`` steps and
+    before every save: the host waits for the device that often, not every step. A non-finite loss is caught
+    at the next read, before anything is saved, so the last checkpoint on disk is a good one.
+    """
     t = cfg.train
     steps_per_epoch = sampler.steps_per_epoch
     total, warmup = steps_per_epoch * t.epochs, round(t.warmup_epochs * steps_per_epoch)
     generator = torch.Generator(device=device)
     losses, bad_images = [], 0
+    interval = Interval(device)
     state.model.train()
     while state.step < total:
         epoch, step_in_epoch = divmod(state.step, steps_per_epoch)
         sampler.set_epoch(epoch, step_in_epoch)
-        step_start = time.perf_counter()
         for micro_batches in optimizer_steps(loader, t.accum_steps):
             lr = lr_at(state.step, total, warmup, state.base_lr, t.min_lr)
             for group in state.optimizer.param_groups:
@@ -455,44 +459,103 @@ def train(
                     f"set --set train.micro_batch_size={max(1, micro // 2)} (the global batch stays, reached by "
                     "more accumulation steps); the last checkpoint is intact"
                 ) from err
-            grad_norm = optimizer_step(cfg, state)
-            losses.append(loss)
-            images_per_s = t.batch_size / (time.perf_counter() - step_start)
-            if log is not None:
-                record = {
-                    "step": state.step,
-                    "epoch": epoch,
-                    "loss": loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "images_per_s": images_per_s,
-                    "time": time.time(),
-                }
-                log.log(
-                    record,
-                    f"epoch {epoch + 1}/{t.epochs}",
-                    loss=f"{loss:.4f}",
-                    lr=f"{lr:.2e}",
-                    img_s=f"{images_per_s:.0f}",
-                )
-            if info.is_main:
-                save_when_due(cfg, state, steps_per_epoch, out)
-            barrier(info)
-            step_start = time.perf_counter()
+            interval.add(loss, optimizer_step(cfg, state))
+            save = save_due(cfg, state.step, steps_per_epoch)
+            if save or state.step % t.log_every_steps == 0 or state.step == total:
+                mean_loss, grad_norm = interval.read(info)  # the one wait for the device
+                check_finite(mean_loss, state.step, out / LAST)
+                losses.append(mean_loss)
+                if log is not None:
+                    log_interval(
+                        log,
+                        cfg,
+                        interval,
+                        epoch=epoch,
+                        step=state.step,
+                        loss=mean_loss,
+                        lr=lr,
+                        grad_norm=grad_norm,
+                    )
+                interval.reset()
+            if save and info.is_main:
+                save_checkpoint_files(cfg, state, steps_per_epoch, out, save)
+            if save:
+                barrier(info)  # every rank saw the same schedule: the others wait for rank 0's files here
     return losses, bad_images
 
 
-def save_when_due(cfg: PretrainConfig, state: TrainState, steps_per_epoch: int, out: Path) -> None:
-    """``checkpoint-last.pt`` every ``save_every_steps`` and at each epoch end; epoch and step copies as asked."""
+class Interval:
+    """The steps since the last read: their summed loss and last gradient norm, kept on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum, self.grad_norm = (
+            torch.zeros((), device=self.device),
+            torch.zeros((), device=self.device),
+        )
+        self.steps, self.start = 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.grad_norm = grad_norm
+        self.steps += 1
+
+    def read(self, info: DistInfo) -> tuple[float, float]:
+        """``(mean loss over the steps and ranks, last gradient norm)``, in one transfer from the device."""
+        values = torch.stack([all_reduce_mean(self.loss_sum / self.steps, info), self.grad_norm.float()])
+        loss, grad_norm = values.tolist()
+        return loss, grad_norm
+
+
+def log_interval(
+    log: RunLog,
+    cfg: PretrainConfig,
+    interval: Interval,
+    *,
+    epoch: int,
+    step: int,
+    loss: float,
+    lr: float,
+    grad_norm: float,
+) -> None:
+    """One ``metrics.jsonl`` record (and TensorBoard scalars, and progress) for the steps since the last."""
     t = cfg.train
-    end_of_epoch = state.step % steps_per_epoch == 0
-    if end_of_epoch or state.step % t.save_every_steps == 0:
-        save_checkpoint(out / LAST, cfg, state, steps_per_epoch)
-    done_epochs = state.step // steps_per_epoch
+    images_per_s = t.batch_size * interval.steps / (time.perf_counter() - interval.start)
+    record = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+    record |= {"images_per_s": images_per_s, "time": time.time()}
+    description = f"epoch {epoch + 1}/{t.epochs}"
+    log.log(
+        record,
+        description,
+        steps=interval.steps,
+        loss=f"{loss:.4f}",
+        lr=f"{lr:.2e}",
+        img_s=f"{images_per_s:.0f}",
+    )
+
+
+def save_due(cfg: PretrainConfig, step: int, steps_per_epoch: int) -> list[str]:
+    """The checkpoint files due after ``step``: ``checkpoint-last.pt`` every ``save_every_steps`` and at each
+    epoch end; epoch and step copies as asked. The same on every rank."""
+    t = cfg.train
+    end_of_epoch = step % steps_per_epoch == 0
+    names = [LAST] if end_of_epoch or step % t.save_every_steps == 0 else []
+    done_epochs = step // steps_per_epoch
     if end_of_epoch and t.save_every_epochs and done_epochs % t.save_every_epochs == 0:
-        save_checkpoint(out / f"checkpoint-{done_epochs:04d}.pt", cfg, state, steps_per_epoch)
-    if state.step in t.keep_steps:
-        save_checkpoint(out / f"checkpoint-step{state.step}.pt", cfg, state, steps_per_epoch)
+        names.append(f"checkpoint-{done_epochs:04d}.pt")
+    if step in t.keep_steps:
+        names.append(f"checkpoint-step{step}.pt")
+    return names
+
+
+def save_checkpoint_files(
+    cfg: PretrainConfig, state: TrainState, steps_per_epoch: int, out: Path, names: list[str]
+) -> None:
+    for name in names:
+        save_checkpoint(out / name, cfg, state, steps_per_epoch)
 
 
 def summarise(

@@ -62,7 +62,8 @@ class RunLog:
         self.tag = tag
         self.progress = Progress(tag, total, initial=step, enabled=progress)
 
-    def log(self, record: dict[str, Any], description: str = "", **postfix: str) -> None:
+    def log(self, record: dict[str, Any], description: str = "", *, steps: int = 1, **postfix: str) -> None:
+        """Write ``record`` (the last of ``steps`` steps) and move the progress on by ``steps``."""
         try:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
@@ -71,7 +72,7 @@ class RunLog:
         for key, value in record.items():
             if key not in ("step", "epoch", "time") and isinstance(value, (int, float)):
                 self.writer.add_scalar(f"{self.tag}/{key}", value, record["step"])
-        self.progress.update(1, description, **postfix)
+        self.progress.update(steps, description, **postfix)
 
     def scalar(self, key: str, value: float, step: int) -> None:
         self.writer.add_scalar(f"{self.tag}/{key}", value, step)

@@ -27,13 +27,18 @@ class EncoderChoice:
     description: str
 
 
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """A hash of every tensor of a state dict (names, shapes, dtypes, values): equal weights, equal hash."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(state.items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def weights_fingerprint(module: nn.Module) -> str:
     """A hash of every parameter and buffer (names, shapes, values): equal weights, equal key."""
-    digest = hashlib.sha1()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return state_fingerprint(module.state_dict())
 
 
 def choose_encoder(cfg: EncoderConfig) -> EncoderChoice:
@@ -48,6 +53,26 @@ def choose_encoder(cfg: EncoderConfig) -> EncoderChoice:
         vit = random_encoder(model, cfg.init_seed)
         return EncoderChoice(vit, img, model.in_chans, weights_fingerprint(vit), f"random {cfg.preset}")
     return EncoderChoice(RawPixels(), img, model.in_chans, f"pixels:{img}", "raw pixels")
+
+
+def require_starting_encoder(cfg: EncoderConfig, command: str) -> None:
+    """Refuse, naming the flags ``command`` offers, an encoder choice a trained run cannot start from: none,
+    both, or the raw-pixel floor (which ``knn`` and ``linprobe`` offer, and fine-tuning does not)."""
+    offered = (
+        "--checkpoint PATH (a pretraining or fine-tuning checkpoint, or an exported encoder) or --random"
+    )
+    if cfg.pixels:
+        raise ConfigError(
+            f"encoder.pixels: {command} trains an encoder, raw pixels have none; give {offered}"
+        )
+    if not cfg.checkpoint and not cfg.random:
+        raise ConfigError(
+            f"encoder: {command} needs an encoder to start from: {offered} (the scratch baseline)"
+        )
+    if cfg.checkpoint and cfg.random:
+        raise ConfigError(
+            f"encoder: both --checkpoint ({cfg.checkpoint}) and --random are set; {command} starts from one"
+        )
 
 
 def starting_weights(cfg: EncoderConfig) -> tuple[dict[str, torch.Tensor], dict, str]:

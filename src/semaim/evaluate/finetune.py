@@ -33,13 +33,14 @@ from ..data.transforms import PretrainTransform, channel_stats
 from ..encoder import KIND_FINETUNE, build_vit
 from ..engine.optim import layer_decay_groups, scaled_lr
 from ..engine.run import LAST, autocast_context, format_seconds
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from .linear import top_k_accuracy
 from .trainer import (
     Splits,
     SupervisedState,
     SupervisedTask,
     best_val,
+    data_identity,
     image_size,
     optimizer_step,
     run,
@@ -129,9 +130,11 @@ def eval_loader(
 
 
 def open_splits(ft: FinetuneConfig, args: dict[str, Any]) -> Splits:
-    """The training subset (Table S2's augmentation) and the validation split of ``ft.data``'s train split."""
+    """The training subset (Table S2's augmentation) and the validation split of ``ft.data``'s train split.
+    The test split is opened too (and scored only at the end): a folder whose classes do not fit stops the
+    run before it trains, and its ``fingerprint()`` is part of the run's identity."""
     in_chans, img_size = args["in_chans"], image_size(args)
-    base = open_dataset(ft.data, "train", in_chans)
+    base = open_dataset(ft.data, "train", in_chans, classify=True)
     if (base.labels < 0).any():
         raise DataError(f"data: {ft.data} has unlabeled images; fine-tuning needs class sub-folders")
     subset, val = labelled_subset(
@@ -159,15 +162,17 @@ def open_splits(ft: FinetuneConfig, args: dict[str, Any]) -> Splits:
         val_loader = eval_loader(
             base, val.tolist(), img_size, in_chans=in_chans, workers=ft.workers, mean=base.mean, std=base.std
         )
+    test = open_dataset(ft.data, "test", in_chans, classify=True)
     return Splits(
-        train,
-        val_loader,
-        sampler,
-        len(subset),
-        len(val),
-        int(base.labels.max()) + 1,
-        img_size,
-        (base.mean, base.std),
+        train=train,
+        val=val_loader,
+        sampler=sampler,
+        num_images=len(subset),
+        num_val=len(val),
+        num_classes=int(base.labels.max()) + 1,
+        img_size=img_size,
+        stats=(base.mean, base.std),
+        data=data_identity(train=base, test=test, subset=subset, val=val),
     )
 
 
@@ -179,17 +184,26 @@ def build_classifier(
 
     ``pool="avg"`` is the official fine-tuning's head: the mean of the patch tokens through a new
     LayerNorm (``fc_norm``), the encoder's final norm dropped (timm's ``global_pool="avg"``); ``"cls"``
-    keeps the final norm and classifies the cls token.
+    keeps the final norm and classifies the cls token. A fine-tuning checkpoint's encoder (its head
+    dropped) starts one too: with ``avg`` its trained ``fc_norm`` is kept; one fine-tuned with ``avg`` has no
+    final norm left for ``cls``, which is refused by name.
     """
     torch.manual_seed(ft.seed)
     global_pool = "avg" if ft.pool == "avg" else "token"
     model = build_vit(args, num_classes=num_classes, drop_path_rate=ft.drop_path, global_pool=global_pool)
+    fresh = {"head.weight", "head.bias"}
     if ft.pool == "avg":
         state = {k: v for k, v in state.items() if not k.startswith("norm.")}
+        fresh |= {"fc_norm.weight", "fc_norm.bias"} - state.keys()
+    elif "fc_norm.weight" in state:
+        raise CheckpointError(
+            f"{source}: an encoder fine-tuned with the avg-pool head (fc_norm, no final norm) cannot "
+            "classify its cls token; fine-tune it with --pool avg, or start --pool cls from its pretraining "
+            "checkpoint"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
-    fresh = {"head.weight", "head.bias"} | ({"fc_norm.weight", "fc_norm.bias"} if ft.pool == "avg" else set())
     if unexpected or set(missing) != fresh:
-        raise DataError(f"{source}: encoder does not fit: missing {missing}, unexpected {unexpected}")
+        raise CheckpointError(f"{source}: encoder does not fit: missing {missing}, unexpected {unexpected}")
     nn.init.trunc_normal_(model.head.weight, std=2e-5)
     return model
 

@@ -8,17 +8,25 @@ last (``eval.jsonl``; a new best of the selection metric saved as ``checkpoint-b
 split scored once, at the end, with the last or the best-validation weights (``select``), into
 ``result.json``. Evaluation-level because the starting encoder comes from
 :func:`~semaim.evaluate.encoders.starting_weights`.
+
+``--resume`` continues only the run the folder holds: every checkpoint records the run's identity (its
+settings but :data:`RESUMABLE`, a hash of the starting weights, the data's ``fingerprint()`` and the images
+drawn from it), and a resume that would build another run is refused before anything is written. A kill at
+any moment leaves files that a resume makes exact: the metric and validation lines after the resumed
+checkpoint's step are dropped, and a validation line is written only once the best checkpoint it may
+select is in place.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import sys
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +40,15 @@ from ..engine.checkpoint import load_checkpoint, save_atomic
 from ..engine.distributed import resolve_device
 from ..engine.optim import lr_at
 from ..engine.run import LAST, RunFolder, append_record, check_finite, resolve_precision, write_text_atomic
-from ..engine.runlog import RunLog
-from .encoders import starting_weights
+from ..engine.runlog import RunLog, truncate_metrics
+from ..errors import CheckpointError, RunDirError
+from .encoders import require_starting_encoder, starting_weights, state_fingerprint
 
 BEST = "checkpoint-best.pt"
+EVAL = "eval.jsonl"
+RESUMABLE = ("device", "workers", "save_every_steps")
+"""The task section's settings a resume may change: they decide where and how fast the same steps are
+computed and how often they are saved, not which steps; every other setting defines the run."""
 
 RunConfig = FinetuneRunConfig | SegmentRunConfig
 
@@ -58,6 +71,22 @@ class Splits:
     num_classes: int
     img_size: tuple[int, int]
     stats: tuple[tuple[float, ...], tuple[float, ...]]  # the training split's mean and std, for every split
+    data: dict[str, str]  # what the run learns from and is scored on, by name (:func:`data_identity`)
+
+
+def data_identity(*, train: Any, test: Any, subset: torch.Tensor, val: torch.Tensor) -> dict[str, str]:
+    """The data a run's results depend on, as a resume compares it: both splits' content (their
+    ``fingerprint()``) and which images of the train split it learns from and validates on."""
+
+    def indices(idx: torch.Tensor) -> str:
+        return hashlib.sha1(idx.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+
+    return {
+        "train split": f"{len(train)} images, {train.fingerprint()[:16]}",
+        "test split": f"{len(test)} images, {test.fingerprint()[:16]}",
+        "training images": f"{len(subset)} of the train split, {indices(subset)}",
+        "validation images": f"{len(val)} of the train split, {indices(val)}",
+    }
 
 
 class SupervisedTask(ABC):
@@ -129,6 +158,7 @@ class SupervisedState:
     precision: str
     step: int = 0
     best: float = -1.0  # the best validation value of ``task.metric``
+    identity: dict[str, dict[str, Any]] = field(default_factory=dict)  # :func:`run_identity`
 
     @property
     def section(self) -> Any:
@@ -150,14 +180,93 @@ class SupervisedState:
                 "optimizer": self.optimizer.state_dict(),
                 "step": self.step,
                 self.best_key: self.best,
+                "identity": self.identity,
             },
             path,
         )
 
-    def restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+    def restore(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Continue from ``ckpt`` (read from ``path``); weights or an optimizer state that do not fit the
+        model built are a :class:`CheckpointError` (its first mismatch), not torch's list of every tensor."""
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+            detail = lines[1] if len(lines) > 1 else lines[0]
+            more = f", and {len(lines) - 2} more" if len(lines) > 2 else ""
+            raise CheckpointError(
+                f"--resume: {path} does not fit the model this run builds ({detail}{more}); it holds another "
+                "model: resume with the settings it was trained with, or start afresh in a new --out"
+            ) from err
         self.step, self.best = ckpt["step"], ckpt[self.best_key]
+
+
+def run_settings(config: dict[str, Any], section: str) -> dict[str, Any]:
+    """A run config's settings as ``{"section.field": value}``, less the ``section``'s :data:`RESUMABLE`."""
+    resumable = {f"{section}.{name}" for name in RESUMABLE}
+    flat = {f"{name}.{key}": value for name, values in config.items() for key, value in values.items()}
+    return {key: value for key, value in flat.items() if key not in resumable}
+
+
+def run_identity(
+    task: SupervisedTask, cfg: RunConfig, weights: dict[str, torch.Tensor], splits: Splits
+) -> dict[str, dict[str, Any]]:
+    """What a resume must find unchanged: ``settings`` (:func:`run_settings`, after ``task.prepare`` settled
+    them) and ``inputs`` (a hash of the starting weights' content, and :attr:`Splits.data`)."""
+    return {
+        "settings": run_settings(cfg.to_dict(), task.name),
+        "inputs": {"starting weights": state_fingerprint(weights)[:16], **splits.data},
+    }
+
+
+def resume_changes(saved: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]) -> list[str]:
+    """``"name: old in the run, now new"`` for every setting (shown as Python values) and input that
+    differs. A name only one side has (a field a newer semaim added) is not compared."""
+    changes = []
+    for kind, show in (("settings", repr), ("inputs", str)):
+        old, new = saved.get(kind, {}), now[kind]
+        changes += [
+            f"{name}: {show(old[name])} in the run, now {show(new[name])}"
+            for name in old
+            if name in new and old[name] != new[name]
+        ]
+    return changes
+
+
+def check_resume(
+    ckpt: dict[str, Any], identity: dict[str, dict[str, Any]], *, task: SupervisedTask, out: Path
+) -> None:
+    """Refuse to resume the run in ``out`` as another one: a :class:`RunDirError` naming every change. A
+    checkpoint written before runs recorded their identity is compared by its settings alone."""
+    saved = ckpt.get("identity") or {"settings": run_settings(ckpt["config"], task.name)}
+    changes = resume_changes(saved, identity)
+    if changes:
+        allowed = ", ".join(f"{task.name}.{name}" for name in RESUMABLE)
+        raise RunDirError(
+            f"--resume: {out} holds a run that these settings, starting weights or data would not "
+            "continue:\n  " + "\n  ".join(changes) + "\nResume it as it was (without --config, --resume "
+            f"reads the run's own config.yaml; only {allowed} may change), or start afresh with --force into "
+            "a new --out."
+        )
+
+
+def build(
+    task: SupervisedTask, cfg: RunConfig, device: torch.device, resume_from: Path | None
+) -> tuple[SupervisedState, Splits, str]:
+    """The run's state, splits and source description, all checked before the run folder is written; with
+    ``resume_from`` (a run folder), its last checkpoint restored, refused when it is of another run."""
+    section = getattr(cfg, task.name)
+    weights, args, source = starting_weights(cfg.encoder)
+    ckpt = load_checkpoint(resume_from / LAST, task.kind) if resume_from else None
+    splits, model, optimizer = task.prepare(section, args, weights, source, device)
+    precision = resolve_precision(section.precision, device)
+    state = SupervisedState(task, model, optimizer, cfg, args, splits.num_classes, precision)
+    state.identity = run_identity(task, cfg, weights, splits)
+    if ckpt is not None:
+        check_resume(ckpt, state.identity, task=task, out=resume_from)
+        state.restore(ckpt, resume_from / LAST)
+    return state, splits, source
 
 
 def run(
@@ -170,18 +279,15 @@ def run(
 ) -> dict[str, Any]:
     """Train ``cfg.encoder`` on ``task`` in the run folder ``out_dir``, validating as configured, and score
     the test split once at the end. Returns ``result.json``'s fields, the steps run and the wall time."""
+    require_starting_encoder(cfg.encoder, task.name)
     cfg.validate()
     section = getattr(cfg, task.name)
     device = resolve_device(section.device)
     with RunFolder(Path(out_dir), resume, force) as folder:
-        weights, args, source = starting_weights(cfg.encoder)
-        ckpt = load_checkpoint(folder.path / LAST, task.kind) if resume else None
-        splits, model, optimizer = task.prepare(section, args, weights, source, device)
-        precision = resolve_precision(section.precision, device)
-        state = SupervisedState(task, model, optimizer, cfg, args, splits.num_classes, precision)
-        if ckpt is not None:
-            state.restore(ckpt)
+        state, splits, source = build(task, cfg, device, folder.path if resume else None)
         folder.start(cfg.to_dict(), inputs=[cfg.encoder.checkpoint])
+        if resume:  # a kill after a validation and before the next checkpoint-last.pt left its line
+            truncate_metrics(folder.path / EVAL, state.step)
         total = splits.sampler.steps_per_epoch * section.epochs
         print(header(state, splits, source, device), file=sys.stderr)  # before the progress starts
         log = RunLog(folder.path, task.name, total=total, step=state.step, resume=resume, progress=progress)
@@ -260,25 +366,28 @@ def train(state: SupervisedState, splits: Splits, *, out: Path, log: RunLog, dev
 def end_of_epoch(
     state: SupervisedState, splits: Splits, out: Path, log: RunLog, device: torch.device, epoch: int
 ) -> None:
-    """Validate every ``eval_every`` epochs and after the last (append to ``eval.jsonl``; a new best of the
-    selection metric is saved as ``checkpoint-best.pt``), then save ``checkpoint-last.pt``."""
+    """Validate every ``eval_every`` epochs and after the last (a new best of the selection metric saved as
+    ``checkpoint-best.pt``, then the scores appended to ``eval.jsonl``), then save ``checkpoint-last.pt``.
+
+    The line comes after the best checkpoint, so a kill never leaves a line whose checkpoint is missing; a
+    kill before ``checkpoint-last.pt`` leaves a line that the resume drops and writes again."""
     task, section = state.task, state.section
     due = (epoch + 1) % section.eval_every == 0 or epoch + 1 == section.epochs
     if splits.val is not None and due:
         scores = task.score(state, state.model, splits.val, device)
-        for name in task.plotted:
-            log.scalar(f"val_{name}", scores[name], state.step)
+        if scores[task.metric] > state.best:
+            state.best = scores[task.metric]
+            state.save(out / BEST)
         append_record(
-            out / "eval.jsonl",
+            out / EVAL,
             {
                 "step": state.step,
                 "epoch": epoch + 1,
                 **{f"val_{name}": scores[name] for name in task.recorded},
             },
         )
-        if scores[task.metric] > state.best:
-            state.best = scores[task.metric]
-            state.save(out / BEST)
+        for name in task.plotted:
+            log.scalar(f"val_{name}", scores[name], state.step)
     state.save(out / LAST)
 
 

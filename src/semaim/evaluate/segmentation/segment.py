@@ -32,12 +32,14 @@ from ...encoder import build_vit
 from ...engine.checkpoint import load_checkpoint
 from ...engine.optim import layer_decay_groups, param_groups
 from ...engine.run import LAST, autocast_context, format_seconds
+from ...errors import ConfigError
 from ...weights import load_strict
 from ..trainer import (
     Splits,
     SupervisedState,
     SupervisedTask,
     best_val,
+    data_identity,
     image_size,
     optimizer_step,
     run,
@@ -53,7 +55,7 @@ EVAL_BATCH = 128
 # --------------------------------------------------------------------------- data
 @dataclass
 class SegmentSplits(Splits):
-    """:class:`~semaim.evaluate.supervised.Splits` with the mask classes' names."""
+    """:class:`~semaim.evaluate.trainer.Splits` with the mask classes' names."""
 
     classes: tuple[str, ...]
 
@@ -78,9 +80,9 @@ def open_splits(sg: SegmentConfig, args: dict[str, Any]) -> SegmentSplits:
     base = open_segmentation(sg.data, "train", in_chans, sg.num_classes)
     num_classes = sg.num_classes or len(base.mask_classes)
     base.check_masks(num_classes)
-    open_segmentation(sg.data, "test", in_chans, num_classes).check_masks(num_classes)
-    val_size = default_val_size(len(base)) if sg.val_size is None else sg.val_size
-    pool, val = train_val_split(base.labels, val_size, sg.split_seed, prefix="segment.")
+    test = open_segmentation(sg.data, "test", in_chans, num_classes)
+    test.check_masks(num_classes)
+    pool, val = train_val_split(base.labels, held_out(sg, len(base)), sg.split_seed, prefix="segment.")
     subset = pool[: sg.limit] if sg.limit else pool
     sampler = EpochSampler(len(subset), sg.batch_size, 1, sg.seed)
     stats = (tuple(channel_stats(base.mean, in_chans)), tuple(channel_stats(base.std, in_chans)))
@@ -95,16 +97,32 @@ def open_splits(sg: SegmentConfig, args: dict[str, Any]) -> SegmentSplits:
     )
     val_loader = eval_loader(base, val.tolist(), img_size, in_chans, sg.workers, stats) if len(val) else None
     return SegmentSplits(
-        train,
-        val_loader,
-        sampler,
-        len(subset),
-        len(val),
-        num_classes,
-        img_size,
-        stats,
-        tuple(base.mask_classes),
+        train=train,
+        val=val_loader,
+        sampler=sampler,
+        num_images=len(subset),
+        num_val=len(val),
+        num_classes=num_classes,
+        img_size=img_size,
+        stats=stats,
+        data=data_identity(train=base, test=test, subset=subset, val=val),
+        classes=tuple(base.mask_classes),
     )
+
+
+def held_out(sg: SegmentConfig, num_images: int) -> int:
+    """The validation images to carve from the ``num_images`` training images: ``sg.val_size``, or 10 % (at
+    most 5000) when unset. A size that leaves nothing to train on is a :class:`ConfigError` that says how to
+    set it: the value may come from a preset (``cpu`` holds out 1000 images) rather than from the user."""
+    if sg.val_size is None:
+        return default_val_size(num_images)
+    if sg.val_size >= num_images:
+        raise ConfigError(
+            f"segment.val_size: {sg.val_size} validation images (from --val-size, --set or the --config "
+            f"preset) do not fit the {num_images} training images of {sg.data}; pass --val-size N with "
+            f"N < {num_images} (10 % is {default_val_size(num_images)}, 0 validates nothing)"
+        )
+    return sg.val_size
 
 
 # --------------------------------------------------------------------------- model and optimizer
