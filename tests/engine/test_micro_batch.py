@@ -142,3 +142,25 @@ def test_the_loop_reads_the_device_once_per_log_interval(tmp_path, monkeypatch, 
     assert len(reads) == reads_per_8_steps
     records = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 8 // every
+
+
+def test_a_nan_between_two_reads_is_caught_before_the_next_save(tmp_path, monkeypatch, capsys):
+    """Reads every 4 steps, saves every 4: the 6th step's NaN stops the run at the 8th step's read, before its
+    save; the step-4 checkpoint stays the last one."""
+    from semaim import SemAIM
+
+    calls = {"n": 0}
+    real_loss = SemAIM.loss
+
+    def loss_that_explodes(self, pred, target):
+        calls["n"] += 1
+        value = real_loss(self, pred, target)
+        return value * float("nan") if calls["n"] == 6 else value
+
+    monkeypatch.setattr(SemAIM, "loss", loss_that_explodes)
+    out = tmp_path / "run"
+    argv = ["pretrain", "--out", str(out), "--limit", "64", "--batch-size", "8", "--epochs", "1", *TINY_RUN]
+    argv += ["--set", "train.log_every_steps=4", "--set", "train.save_every_steps=4"]
+    assert main(argv) == 1
+    assert "loss is nan at one of steps 5-8" in capsys.readouterr().err
+    assert load_checkpoint(out / "checkpoint-last.pt")["step"] == 4

@@ -50,6 +50,9 @@ class PretrainTransform:
 
     Accepts a PIL image or a ``(C, H, W)`` uint8 tensor; returns ``(in_chans, H, W)`` float32.
     ``train=False`` gives the evaluation transform: resize to the model's size, no randomness.
+    ``normalize=False`` stops before the float conversion and returns the cropped image as uint8 with its own
+    channels (a quarter of the bytes, a twelfth for greyscale, through the loader's shared memory, pinning and
+    the copy to the device); :class:`Normalize` then finishes it on the device, to the same values.
     """
 
     def __init__(
@@ -61,9 +64,10 @@ class PretrainTransform:
         scale: tuple[float, float] = (0.2, 1.0),
         hflip: bool = True,
         train: bool = True,
+        normalize: bool = True,
     ) -> None:
         self.img_size, self.in_chans, self.scale = img_size, in_chans, scale
-        self.hflip, self.train = hflip, train
+        self.hflip, self.train, self.normalize = hflip, train, normalize
         self.mean, self.std = channel_stats(mean, in_chans), channel_stats(std, in_chans)
 
     def __call__(self, img: Any, g: torch.Generator | None = None) -> torch.Tensor:
@@ -81,7 +85,23 @@ class PretrainTransform:
         elif (height, width) != tuple(self.img_size):
             img = TF.resize(img, list(self.img_size), InterpolationMode.BICUBIC, antialias=True)
         x = TF.pil_to_tensor(img) if isinstance(img, Image.Image) else img
-        x = x.float().div_(255)
-        if x.shape[0] != self.in_chans:
-            x = x.expand(self.in_chans, -1, -1)  # greyscale -> the model's channels
-        return TF.normalize(x, self.mean, self.std)
+        return to_model_input(x, self.mean, self.std, self.in_chans) if self.normalize else x
+
+
+def to_model_input(x: torch.Tensor, mean: list[float], std: list[float], in_chans: int) -> torch.Tensor:
+    """uint8 ``(..., C, H, W)`` -> normalised float32 ``(..., in_chans, H, W)``: ``(x / 255 - mean) / std``, a
+    greyscale channel repeated for the model's channels."""
+    x = x.float().div_(255)
+    if x.shape[-3] != in_chans:
+        x = x.expand(*x.shape[:-3], in_chans, *x.shape[-2:])  # greyscale -> the model's channels
+    return TF.normalize(x, mean, std)
+
+
+class Normalize:
+    """:func:`to_model_input` for a batch already on its device (after ``PretrainTransform(normalize=False)``)."""
+
+    def __init__(self, transform: PretrainTransform) -> None:
+        self.mean, self.std, self.in_chans = transform.mean, transform.std, transform.in_chans
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return to_model_input(images, self.mean, self.std, self.in_chans)

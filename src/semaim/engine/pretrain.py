@@ -21,7 +21,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from ..config import ModelConfig, PretrainConfig, to_2tuple
 from ..data import open_dataset
 from ..data.sampler import AugmentedDataset, EpochSampler, collate, sample_seed
-from ..data.transforms import PretrainTransform
+from ..data.transforms import Normalize, PretrainTransform
 from ..encoder import load_encoder, random_encoder
 from ..errors import ConfigError, DeviceMemoryError, RunDirError
 from ..model.orders import NEEDS_MAP, encoder_map
@@ -77,6 +77,9 @@ class TrainState:
     base_lr: float
     precision: str  # fp32 | bf16 | fp16: train.precision with "auto" resolved for the device
     step: int = 0
+    normalize: Callable[[torch.Tensor], torch.Tensor] = (
+        torch.nn.Identity()
+    )  # the loader's batches -> model input
 
 
 # --------------------------------------------------------------------------- entry point
@@ -140,7 +143,7 @@ def _pretrain(
     state = build_state(cfg, device, info)
     if ckpt is not None:
         restore_state(state, ckpt, sampler.steps_per_epoch)
-    loader = build_loader(cfg, base, sampler, micro, device, state.model.img_size)
+    loader, state.normalize = build_loader(cfg, base, sampler, micro, device, state.model.img_size)
     log = None
     if info.is_main:
         folder.start(cfg.to_dict(), inputs=[cfg.model.teacher_path, t.order_source])
@@ -300,13 +303,20 @@ def build_loader(
     micro: int,
     device: torch.device,
     img_size: tuple[int, int],
-) -> DataLoader:
-    """Table S1's augmentation over the sampler's shard, seeded per sample."""
+) -> tuple[DataLoader, Normalize]:
+    """Table S1's augmentation over the sampler's shard, seeded per sample; the batches leave the workers as
+    uint8 and the returned :class:`Normalize` finishes them on the device."""
     d = cfg.data
     transform = PretrainTransform(
-        img_size, d.mean or base.mean, d.std or base.std, cfg.model.in_chans, d.crop_scale, d.hflip
+        img_size,
+        d.mean or base.mean,
+        d.std or base.std,
+        cfg.model.in_chans,
+        d.crop_scale,
+        d.hflip,
+        normalize=False,
     )
-    return DataLoader(
+    loader = DataLoader(
         AugmentedDataset(base, transform, d.skip_bad_images),
         batch_size=micro,
         sampler=sampler,
@@ -315,8 +325,9 @@ def build_loader(
         pin_memory=device.type == "cuda",
         drop_last=True,
         persistent_workers=d.workers > 0,
-        prefetch_factor=4 if d.workers > 0 else None,
+        prefetch_factor=2 if d.workers > 0 else None,  # batches in flight per worker: shared memory is finite
     )
+    return loader, Normalize(transform)
 
 
 def save_checkpoint(path: Path, cfg: PretrainConfig, state: TrainState, steps_per_epoch: int) -> None:
@@ -366,7 +377,7 @@ def forward_backward(
     t = cfg.train
     step_loss = torch.zeros((), device=device)
     for i, (images, _, _) in enumerate(micro_batches):
-        images = images.to(device, non_blocking=True)
+        images = state.normalize(images.to(device, non_blocking=True))
         # The order's noise depends on (seed, step, micro-batch, rank) only: resumes repeat it.
         generator.manual_seed(sample_seed(t.seed, state.step, i * info.world + info.rank))
         last = i == len(micro_batches) - 1
@@ -463,7 +474,7 @@ def train(
             save = save_due(cfg, state.step, steps_per_epoch)
             if save or state.step % t.log_every_steps == 0 or state.step == total:
                 mean_loss, grad_norm = interval.read(info)  # the one wait for the device
-                check_finite(mean_loss, state.step, out / LAST)
+                check_finite(mean_loss, state.step, out / LAST, first=state.step - interval.steps + 1)
                 losses.append(mean_loss)
                 if log is not None:
                     log_interval(

@@ -193,11 +193,13 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         raise write_error(path, err) from err
 
 
-def check_finite(loss: float, step: int, last_checkpoint: Path) -> None:
-    """Stop a run whose loss is NaN or infinite, before the bad step is applied or saved."""
+def check_finite(loss: float, step: int, last_checkpoint: Path, *, first: int | None = None) -> None:
+    """Stop a run whose loss is NaN or infinite, before the bad step is saved. ``first``: the loss is the mean
+    of steps ``first..step`` (1-based), read together, and one of them went bad."""
     if not math.isfinite(loss):
+        where = f"step {step}" if first is None or first == step else f"one of steps {first}-{step}"
         raise NonFiniteLossError(
-            f"loss is {loss} at step {step}; stopped without saving. The last good checkpoint is "
+            f"loss is {loss} at {where}; stopped without saving. The last good checkpoint is "
             f"{last_checkpoint} (if any). Try --precision bf16 or fp32, a lower learning rate, or "
             "gradient clipping (train.clip_grad)."
         )
