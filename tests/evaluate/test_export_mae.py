@@ -1,5 +1,5 @@
-"""``semaim export --format mae``: MAE's checkpoint layout, checked against the key names detectron2's
-ViTDet and mmsegmentation's MAE backbone load, and bad input that must leave existing files alone.
+"""``semaim export --format mae``: MAE's checkpoint layout (``DIR/model.pth``), checked against the key names
+detectron2's ViTDet and mmsegmentation's MAE backbone load, and bad input that must leave existing files alone.
 
 The expected names are written out here from those projects' code and configs (not imported: neither is
 a dependency):
@@ -102,7 +102,8 @@ def beit2mmseg(keys: set[str]) -> set[str]:
 
 
 def test_mae_export_has_the_keys_vitdet_and_mmseg_load(tmp_path, pretrained):
-    weights, meta = export_encoder(pretrained, tmp_path / "encoder.pth", "mae")
+    weights, meta = export_encoder(pretrained, tmp_path / "mae", "mae")
+    assert (weights, meta) == (tmp_path / "mae" / "model.pth", tmp_path / "mae" / "config.json")
     ckpt = torch.load(weights, map_location="cpu", weights_only=True)
     assert set(ckpt) == {"model"}  # MAE's wrapper, which both loaders unwrap
     state = ckpt["model"]
@@ -121,56 +122,56 @@ def test_mae_export_has_the_keys_vitdet_and_mmseg_load(tmp_path, pretrained):
     assert converted - mmseg_mae_keys(depth) == {
         f"backbone.layers.{i}.attn.qkv.bias" for i in range(depth)
     } | {"backbone.norm.weight", "backbone.norm.bias"}
-    # The same tensors as the safetensors export, and they load strictly into a plain timm ViT.
-    safetensors, _ = export_encoder(pretrained, tmp_path / "encoder.safetensors")
+    # The same tensors as the timm export, and they load strictly into a plain timm ViT.
+    safetensors, _ = export_encoder(pretrained, tmp_path / "timm")
     reference = load_file(str(safetensors))
-    assert all(torch.equal(state[k], reference[k]) for k in reference)
+    assert set(reference) == set(state) and all(torch.equal(state[k], reference[k]) for k in reference)
     vit = VisionTransformer(**args, num_classes=0).eval()
     vit.load_state_dict(state, strict=True)
     images = torch.randn(2, 3, 32, 32)
-    expected = load_encoder(pretrained).eval().forward_features(images)
-    torch.testing.assert_close(vit.forward_features(images), expected)
-    torch.testing.assert_close(
-        load_encoder(weights).eval().forward_features(images), expected
-    )  # semaim reads it back
+    with torch.no_grad():
+        expected = load_encoder(pretrained).eval().forward_features(images)
+        assert torch.equal(vit.forward_features(images), expected)
+        for source in (weights, weights.parent):  # semaim reads it back: the file, or its folder
+            assert torch.equal(load_encoder(source).eval().forward_features(images), expected)
 
 
 def test_export_command_formats_and_default_names(tmp_path, pretrained, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["export", "--checkpoint", str(pretrained), "--format", "mae"]) == 0
-    assert (tmp_path / "encoder.pth").is_file() and (tmp_path / "encoder.json").is_file()
-    assert json.loads((tmp_path / "encoder.json").read_text())["format"] == "mae"
     assert main(["export", "--checkpoint", str(pretrained)]) == 0
-    assert (tmp_path / "encoder.safetensors").is_file()
-    assert "wrote" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "encoder").iterdir()) == ["config.json", "model.safetensors"]
+    assert "wrote encoder/model.safetensors and encoder/config.json" in capsys.readouterr().out
+    assert main(["export", "--checkpoint", str(pretrained), "--format", "mae", "--out", "mae"]) == 0
+    assert sorted(p.name for p in (tmp_path / "mae").iterdir()) == ["config.json", "model.pth"]
+    assert json.loads((tmp_path / "mae" / "config.json").read_text())["semaim"]["format"] == "mae"
+    assert main(["export", "--checkpoint", str(pretrained), "--format", "safetensors", "--out", "old"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1
+        and "semaim: warning: --format safetensors is deprecated and goes in semaim 0.3" in err
+    )
+    assert (tmp_path / "old" / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize(
     "extra, names",
     [
-        (["--format", "onnx", "--out", "encoder.pth"], "--format"),
-        (["--format", "mae", "--out", "encoder.safetensors"], "--out"),
-        (["--format", "safetensors", "--out", "encoder.pth"], "--out"),
+        (["--format", "onnx", "--out", "enc"], "--format"),
+        (["--format", "mae", "--out", "encoder.pth"], "--out"),  # an existing file
+        (["--format", "mae", "--out", "new.pth"], "--out"),  # a file name: --out is a folder
+        (["--out", "encoder.safetensors"], "--out"),
+        (["--out", "encoder.json", "--force"], "--out"),
     ],
 )
 def test_bad_export_exits_2_and_overwrites_nothing(tmp_path, pretrained, monkeypatch, capsys, extra, names):
     monkeypatch.chdir(tmp_path)
-    for name in ("encoder.pth", "encoder.safetensors", "encoder.json"):
+    kept = ("encoder.pth", "encoder.safetensors", "encoder.json")
+    for name in kept:
         (tmp_path / name).write_text("keep me")
     assert main(["export", "--checkpoint", str(pretrained), *extra]) == 2
     assert names in capsys.readouterr().err
-    assert all(
-        (tmp_path / n).read_text() == "keep me"
-        for n in ("encoder.pth", "encoder.safetensors", "encoder.json")
-    )
-    missing = [
-        "export",
-        "--checkpoint",
-        str(tmp_path / "missing.pt"),
-        "--format",
-        "mae",
-        "--out",
-        "encoder.pth",
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)  # nothing new, not even a folder
+    assert all((tmp_path / n).read_text() == "keep me" for n in kept)
+    missing = ["export", "--checkpoint", str(tmp_path / "missing.pt"), "--format", "mae", "--out", "enc"]
     assert main(missing) == 2 and "missing.pt" in capsys.readouterr().err
-    assert (tmp_path / "encoder.pth").read_text() == "keep me"
+    assert not (tmp_path / "enc").exists()

@@ -209,7 +209,7 @@ def test_frozen_probe_does_not_change_the_backbone(tmp_path, cluttered):
 def test_from_a_pretraining_checkpoint_and_its_mae_export(tmp_path, cluttered, pretrained):
     from semaim.export import export_encoder
 
-    weights, _ = export_encoder(pretrained, tmp_path / "enc" / "encoder.pth", "mae")
+    weights, _ = export_encoder(pretrained, tmp_path / "enc", "mae")
     common = [
         "--data",
         cluttered,

@@ -52,6 +52,7 @@ DEPRECATED: dict[str, str] = {
     "--batch-size (knn)": "--extract-batch-size",
     "--seed (knn/linprobe, as the --random encoder's seed)": "--init-seed",
     "--config (bench)": "--model",
+    "--format safetensors (export)": "--format timm",
 }
 """Old spellings that still work until :data:`REMOVED_IN`, and what replaces each."""
 

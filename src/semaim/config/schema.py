@@ -230,7 +230,7 @@ class TrainConfig:
 class EncoderConfig:
     """Which encoder an evaluation uses: a checkpoint, or a floor (random init of a preset's shape, pixels)."""
 
-    checkpoint: str | None = None  # pretraining / fine-tuning checkpoint or exported .safetensors
+    checkpoint: str | None = None  # pretraining / fine-tuning checkpoint or export folder
     random: bool = False  # the encoder exactly as pretraining initialises it (shape of `preset`)
     pixels: bool = False  # the normalised input image, flattened
     preset: str = "cpu-tiny"  # model shape and input size of the floors
