@@ -164,3 +164,24 @@ def test_a_nan_between_two_reads_is_caught_before_the_next_save(tmp_path, monkey
     assert main(argv) == 1
     assert "loss is nan at one of steps 5-8" in capsys.readouterr().err
     assert load_checkpoint(out / "checkpoint-last.pt")["step"] == 4
+
+
+def test_random_streams_resume_on_fewer_or_more_gpus(monkeypatch):
+    """A run saved with two visible GPUs resumes on one (and one saved with one on two): each GPU present
+    takes its saved stream, without an IndexError for the GPU that is gone."""
+    from semaim.engine import run as run_module
+
+    states = {
+        **run_module.rng_states(),
+        "cuda": [torch.zeros(4, dtype=torch.uint8), torch.ones(4, dtype=torch.uint8)],
+    }
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.__setitem__(index, state))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    run_module.set_rng_states(states)
+    assert list(restored) == [0] and torch.equal(restored[0], states["cuda"][0])
+    restored.clear()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    run_module.set_rng_states({**states, "cuda": states["cuda"][:1]})
+    assert list(restored) == [0]

@@ -257,7 +257,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state(states["numpy"])
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        # A run saved with more (or fewer) visible GPUs than it resumes on: each GPU here takes its own
+        # saved stream; a GPU the run did not have keeps its fresh one.
+        for index, state in enumerate(states["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, index)
 
 
 def format_seconds(seconds: float) -> str:

@@ -126,6 +126,7 @@ def eval_loader(
         sampler=indices,
         num_workers=workers,
         collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),  # pinned pages copy to the GPU without a host wait
     )
 
 
@@ -156,6 +157,7 @@ def open_splits(ft: FinetuneConfig, args: dict[str, Any]) -> Splits:
         collate_fn=collate,
         drop_last=True,
         persistent_workers=ft.workers > 0,
+        pin_memory=torch.cuda.is_available(),
     )
     val_loader = None
     if len(val):
@@ -232,7 +234,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, precisi
     try:
         for images, y, _ in loader:
             with autocast_context(device, precision):
-                logits.append(model(images.to(device)).float().cpu())
+                logits.append(model(images.to(device, non_blocking=True)).float().cpu())
             labels.append(y)
     finally:
         model.train(was_training)
@@ -287,7 +289,7 @@ class FinetuneTask(SupervisedTask):
         set_lr(state.optimizer, lr)
         mixup, criterion = self.objective
         images, labels, _ = batch
-        images, labels = images.to(device), labels.to(device)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         targets = labels
         if mixup is not None:
             images, targets = mixup(images, labels)

@@ -70,7 +70,12 @@ def eval_loader(
 ) -> DataLoader:
     """Resize + normalise, no flip, over ``indices`` of ``base``."""
     transform = SegmentTransform(img_size, *stats, in_chans, train=False)
-    return DataLoader(SegmentDataset(base, indices, transform), batch_size=EVAL_BATCH, num_workers=workers)
+    return DataLoader(
+        SegmentDataset(base, indices, transform),
+        batch_size=EVAL_BATCH,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),  # pinned pages copy to the GPU without a host wait
+    )
 
 
 def open_splits(sg: SegmentConfig, args: dict[str, Any]) -> SegmentSplits:
@@ -94,6 +99,7 @@ def open_splits(sg: SegmentConfig, args: dict[str, Any]) -> SegmentSplits:
         num_workers=sg.workers,
         drop_last=True,
         persistent_workers=sg.workers > 0,
+        pin_memory=torch.cuda.is_available(),  # pinned pages copy to the GPU without a host wait
     )
     val_loader = eval_loader(base, val.tolist(), img_size, in_chans, sg.workers, stats) if len(val) else None
     return SegmentSplits(
@@ -159,7 +165,7 @@ def evaluate(
     try:
         for images, masks in loader:
             with autocast_context(device, precision):
-                logits = model(images.to(device))
+                logits = model(images.to(device, non_blocking=True))
             confusion += confusion_matrix(logits.argmax(1).cpu(), masks, num_classes)
     finally:
         model.train(was_training)
@@ -208,7 +214,7 @@ class SegmentTask(SupervisedTask):
         sg = state.cfg.segment
         torch.manual_seed(sample_seed(sg.seed, state.step, 0))
         set_lr(state.optimizer, lr)
-        images, masks = (t.to(device) for t in batch)
+        images, masks = (t.to(device, non_blocking=True) for t in batch)
         with autocast_context(device, state.precision):
             logits = state.model(images)
         loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
