@@ -375,9 +375,10 @@ class FinetuneConfig:
     workers: int = 2
     seed: int = 0
     save_every_steps: int = 500
+    log_every_steps: int = 1  # read (log, check) the loss every N steps: each read waits for the device
 
     def validate(self, prefix: str = "finetune.") -> FinetuneConfig:
-        for name in ("epochs", "batch_size", "save_every_steps", "eval_every"):
+        for name in ("epochs", "batch_size", "save_every_steps", "log_every_steps", "eval_every"):
             require(getattr(self, name) >= 1, f"{prefix}{name}", "a positive int", getattr(self, name))
         require(self.limit is None or self.limit >= 1, f"{prefix}limit", "a positive int or null", self.limit)
         require(self.workers >= 0, f"{prefix}workers", "an int >= 0", self.workers)
@@ -462,9 +463,18 @@ class SegmentConfig:
     workers: int = 2
     seed: int = 0
     save_every_steps: int = 500
+    log_every_steps: int = 1  # read (log, check) the loss every N steps: each read waits for the device
 
     def validate(self, prefix: str = "segment.") -> SegmentConfig:
-        for name in ("epochs", "batch_size", "save_every_steps", "eval_every", "pyramid_dim", "head_dim"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "save_every_steps",
+            "log_every_steps",
+            "eval_every",
+            "pyramid_dim",
+            "head_dim",
+        ):
             require(getattr(self, name) >= 1, f"{prefix}{name}", "a positive int", getattr(self, name))
         require(self.limit is None or self.limit >= 1, f"{prefix}limit", "a positive int or null", self.limit)
         require(

@@ -42,7 +42,6 @@ from .checkpoint import KIND_PRETRAIN, load_checkpoint, model_config_diff, save_
 from .distributed import (
     DistInfo,
     all_agree,
-    all_reduce_mean,
     all_reduce_sum,
     barrier,
     cleanup,
@@ -61,7 +60,7 @@ from .run import (
     set_rng_states,
     write_text_atomic,
 )
-from .runlog import RunLog
+from .runlog import Interval, RunLog
 
 
 @dataclass
@@ -493,32 +492,6 @@ def train(
             if save:
                 barrier(info)  # every rank saw the same schedule: the others wait for rank 0's files here
     return losses, bad_images
-
-
-class Interval:
-    """The steps since the last read: their summed loss and last gradient norm, kept on the device."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss_sum, self.grad_norm = (
-            torch.zeros((), device=self.device),
-            torch.zeros((), device=self.device),
-        )
-        self.steps, self.start = 0, time.perf_counter()
-
-    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        self.loss_sum += loss
-        self.grad_norm = grad_norm
-        self.steps += 1
-
-    def read(self, info: DistInfo) -> tuple[float, float]:
-        """``(mean loss over the steps and ranks, last gradient norm)``, in one transfer from the device."""
-        values = torch.stack([all_reduce_mean(self.loss_sum / self.steps, info), self.grad_norm.float()])
-        loss, grad_norm = values.tolist()
-        return loss, grad_norm
 
 
 def log_interval(

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import DataError, RunDirError
+from .distributed import DistInfo, all_reduce_mean
 from .progress import Progress
 from .run import write_error, write_text_atomic
 
@@ -82,3 +86,31 @@ class RunLog:
         self.writer.close()
         with contextlib.suppress(OSError):  # a failed write was already reported; don't mask it
             self.file.close()
+
+
+class Interval:
+    """The steps since the last read: their summed loss and last gradient norm, kept on the device. Reading a
+    value waits for the device, so a training loop reads once per logged step, not per step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum, self.grad_norm = (
+            torch.zeros((), device=self.device),
+            torch.zeros((), device=self.device),
+        )
+        self.steps, self.start = 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.grad_norm = grad_norm
+        self.steps += 1
+
+    def read(self, info: DistInfo | None = None) -> tuple[float, float]:
+        """``(mean loss over the steps and ranks, last gradient norm)``, in one transfer from the device."""
+        mean = self.loss_sum / self.steps
+        values = torch.stack([all_reduce_mean(mean, info) if info else mean, self.grad_norm.float()])
+        loss, grad_norm = values.tolist()
+        return loss, grad_norm

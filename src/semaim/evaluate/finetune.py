@@ -295,7 +295,7 @@ class FinetuneTask(SupervisedTask):
             images, targets = mixup(images, labels)
         with autocast_context(device, state.precision):
             loss = criterion(state.model(images).float(), targets)
-        return optimizer_step(state, loss, state.model.parameters(), ft.clip_grad, out)
+        return optimizer_step(state, loss, state.model.parameters(), ft.clip_grad)
 
     def score(
         self, state: SupervisedState, model: nn.Module, loader: DataLoader, device: torch.device

@@ -40,13 +40,13 @@ from ..engine.checkpoint import load_checkpoint, save_atomic
 from ..engine.distributed import resolve_device
 from ..engine.optim import lr_at
 from ..engine.run import LAST, RunFolder, append_record, check_finite, resolve_precision, write_text_atomic
-from ..engine.runlog import RunLog, truncate_metrics
+from ..engine.runlog import Interval, RunLog, truncate_metrics
 from ..errors import CheckpointError, RunDirError
 from .encoders import require_starting_encoder, starting_weights, state_fingerprint
 
 BEST = "checkpoint-best.pt"
 EVAL = "eval.jsonl"
-RESUMABLE = ("device", "workers", "save_every_steps")
+RESUMABLE = ("device", "workers", "save_every_steps", "log_every_steps")
 """The task section's settings a resume may change: they decide where and how fast the same steps are
 computed and how often they are saved, not which steps; every other setting defines the run."""
 
@@ -321,17 +321,16 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def optimizer_step(
-    state: SupervisedState, loss: torch.Tensor, params: Any, clip_grad: float | None, out: Path
-) -> tuple[float, float]:
-    """Backward ``loss`` (a non-finite one stops the run) and step, the gradients of ``params`` clipped to
-    ``clip_grad`` (``None``: only measured): ``-> (loss, grad norm)``."""
-    check_finite(loss.item(), state.step, out / LAST)
+    state: SupervisedState, loss: torch.Tensor, params: Any, clip_grad: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward ``loss`` and step, the gradients of ``params`` clipped to ``clip_grad`` (``None``: only
+    measured): ``-> (loss, grad norm)`` as device tensors, read by :func:`train` once per logged step."""
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad or math.inf).item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad or math.inf)
     state.optimizer.step()
     state.step += 1
-    return loss.item(), grad_norm
+    return loss.detach().float(), grad_norm
 
 
 def train(state: SupervisedState, splits: Splits, *, out: Path, log: RunLog, device: torch.device) -> None:
@@ -341,26 +340,36 @@ def train(state: SupervisedState, splits: Splits, *, out: Path, log: RunLog, dev
     total, warmup = steps_per_epoch * section.epochs, round(section.warmup_epochs * steps_per_epoch)
     base_lr = state.task.base_lr(section)
     state.model.train()
+    interval = Interval(device)
     while state.step < total:
         epoch, in_epoch = divmod(state.step, steps_per_epoch)
         splits.sampler.set_epoch(epoch, in_epoch)
         for batch in splits.train:
-            t0, lr = time.perf_counter(), lr_at(state.step, total, warmup, base_lr, section.min_lr)
-            loss, grad_norm = state.task.train_step(state, batch, lr, device, out)
-            record = {
-                "step": state.step,
-                "epoch": epoch,
-                "loss": loss,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "images_per_s": section.batch_size / (time.perf_counter() - t0),
-                "time": time.time(),
-            }
-            log.log(record, f"epoch {epoch + 1}/{section.epochs}", loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            if state.step % steps_per_epoch == 0:
+            lr = lr_at(state.step, total, warmup, base_lr, section.min_lr)
+            interval.add(*state.task.train_step(state, batch, lr, device, out))
+            end = state.step % steps_per_epoch == 0
+            save = not end and state.step % section.save_every_steps == 0
+            if end or save or state.step % section.log_every_steps == 0:  # read the device, then save
+                log_steps(state, interval, log, out=out, epoch=epoch, lr=lr)
+            if end:
                 end_of_epoch(state, splits, out, log, device, epoch)
-            elif state.step % section.save_every_steps == 0:
+            elif save:
                 state.save(out / LAST)
+
+
+def log_steps(
+    state: SupervisedState, interval: Interval, log: RunLog, *, out: Path, epoch: int, lr: float
+) -> None:
+    """Read the steps since the last read (stopping on a non-finite loss before anything is saved) and log them."""
+    section = state.section
+    loss, grad_norm = interval.read()
+    check_finite(loss, state.step, out / LAST, first=state.step - interval.steps + 1)
+    images_per_s = section.batch_size * interval.steps / (time.perf_counter() - interval.start)
+    record = {"step": state.step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+    record |= {"images_per_s": images_per_s, "time": time.time()}
+    description = f"epoch {epoch + 1}/{section.epochs}"
+    log.log(record, description, steps=interval.steps, loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+    interval.reset()
 
 
 def end_of_epoch(

@@ -219,7 +219,7 @@ class SegmentTask(SupervisedTask):
             logits = state.model(images)
         loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
         params = [p for g in state.optimizer.param_groups for p in g["params"]]  # not a frozen encoder's
-        return optimizer_step(state, loss, params, sg.clip_grad, out)
+        return optimizer_step(state, loss, params, sg.clip_grad)
 
     def score(
         self, state: SupervisedState, model: nn.Module, loader: DataLoader, device: torch.device
