@@ -9,6 +9,9 @@ import tempfile
 from pathlib import Path
 
 from ..config import (
+    POOLS,
+    PROBE_OPTIMIZERS,
+    SELECTIONS,
     EncoderConfig,
     FeaturesConfig,
     FinetuneConfig,
@@ -95,9 +98,7 @@ def add_features(p: argparse.ArgumentParser, old_batch_size: bool) -> None:
     f = FeaturesConfig()
     g = p.add_argument_group("features")
     add_data(g, "with train/ and val/ sub-folders for a folder", f.data)
-    g.add_argument(
-        "--pool", choices=["cls", "avg"], help=f"cls token or mean of patch tokens [default: {f.pool}]"
-    )
+    g.add_argument("--pool", choices=POOLS, help=f"cls token or mean of patch tokens [default: {f.pool}]")
     g.add_argument(
         "--extract-batch-size", type=int, help=helped("--extract-batch-size", default=f.batch_size)
     )
@@ -158,7 +159,7 @@ def add_linprobe_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--probe-batch-size", dest="batch_size", type=int, action=Deprecated, instead="--batch-size"
     )
-    g.add_argument("--optimizer", choices=["lars", "sgd"], help=f"[default: {probe.optimizer}]")
+    g.add_argument("--optimizer", choices=PROBE_OPTIMIZERS, help=f"[default: {probe.optimizer}]")
     add_seed(g, "here: the probe's and the labelled subset's", probe.seed)
     add_set(g, "probe.epochs=10")
     add_features(p, old_batch_size=False)
@@ -181,7 +182,7 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--label-fraction", type=float, help="... or on this fraction of every class, in (0, 1]")
     g.add_argument(
         "--pool",
-        choices=["avg", "cls"],
+        choices=POOLS,
         help=f"avg: mean of patch tokens + fc_norm (the official fine-tuning); cls: cls token [default: {ft.pool}]",
     )
     add_trained(p, ft, "--blr", "finetune")
@@ -198,7 +199,7 @@ def add_split(g: argparse._ActionsContainer, section: FinetuneConfig | SegmentCo
     )
     g.add_argument(
         "--select",
-        choices=["last", "best"],
+        choices=SELECTIONS,
         help=f"weights scored on the test split, once [default: {section.select}]",
     )
 

@@ -22,8 +22,11 @@ sections use are re-exported here for the modules that import them from the conf
 from ..checks import require, require_choice, require_crop_scale, require_positive, to_2tuple
 from .overrides import Sections, coerce, make_section, parse_assignment, plain
 from .schema import (
+    POOLS,
     PRECISIONS,
+    PROBE_OPTIMIZERS,
     SEGMENT_MODES,
+    SELECTIONS,
     TARGETS,
     DataConfig,
     EncoderConfig,
@@ -43,7 +46,10 @@ from .schema import (
 )
 
 __all__ = [
+    "POOLS",
     "PRECISIONS",
+    "PROBE_OPTIMIZERS",
+    "SELECTIONS",
     "SEGMENT_MODES",
     "TARGETS",
     "DataConfig",

@@ -23,6 +23,15 @@ TARGETS = ("pixels", "features")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 """``auto``: bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32."""
 
+POOLS = ("cls", "avg")
+"""How an encoder's tokens become one feature: the cls token, or the mean of the patch tokens."""
+
+SELECTIONS = ("last", "best")
+"""Which weights of a trained run meet the test split: the last, or the best on validation."""
+
+PROBE_OPTIMIZERS = ("lars", "sgd")
+"""The linear probe's optimizers: LARS (MAE's recipe) or momentum SGD."""
+
 
 # --------------------------------------------------------------------------- sections
 @dataclass
@@ -268,7 +277,7 @@ class FeaturesConfig:
         return any(value is not None for value in fields_)
 
     def validate(self, prefix: str = "features.") -> FeaturesConfig:
-        require_choice(self.pool, f"{prefix}pool", ("cls", "avg"))
+        require_choice(self.pool, f"{prefix}pool", POOLS)
         require(self.batch_size >= 1, f"{prefix}batch_size", "a positive int", self.batch_size)
         require(self.workers >= 0, f"{prefix}workers", "an int >= 0", self.workers)
         require_choice(self.precision, f"{prefix}precision", ("auto", "fp32", "bf16"))
@@ -332,7 +341,7 @@ class LinProbeConfig:
         )
         require_positive(self, prefix, "blr")
         require_positive(self, prefix, "warmup_epochs", "weight_decay", allow_zero=True)
-        require_choice(self.optimizer, f"{prefix}optimizer", ("lars", "sgd"))
+        require_choice(self.optimizer, f"{prefix}optimizer", PROBE_OPTIMIZERS)
         if self.optimizer == "lars":  # timm's Lars equals MAE's only without weight decay
             require(
                 self.weight_decay == 0, f"{prefix}weight_decay", "0 with optimizer lars", self.weight_decay
@@ -408,8 +417,8 @@ class FinetuneConfig:
     def validate_data(self, prefix: str) -> None:
         """What to train, validate and select on (the sizes against the data are checked on opening it)."""
         validate_label_subset(self, prefix)
-        require_choice(self.pool, f"{prefix}pool", ("avg", "cls"))
-        require_choice(self.select, f"{prefix}select", ("last", "best"))
+        require_choice(self.pool, f"{prefix}pool", POOLS)
+        require_choice(self.select, f"{prefix}select", SELECTIONS)
         require(
             self.select == "last" or self.val_size != 0,
             f"{prefix}select",
@@ -484,7 +493,7 @@ class SegmentConfig:
         require(ok, f"{prefix}num_classes", "an int >= 2 or null", self.num_classes)
         require(self.workers >= 0, f"{prefix}workers", "an int >= 0", self.workers)
         require_choice(self.mode, f"{prefix}mode", SEGMENT_MODES)
-        require_choice(self.select, f"{prefix}select", ("last", "best"))
+        require_choice(self.select, f"{prefix}select", SELECTIONS)
         require(
             self.select == "last" or self.val_size != 0,
             f"{prefix}select",

@@ -15,13 +15,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..config import POOLS
 from ..data import open_dataset
 from ..data.sampler import AugmentedDataset, collate
 from ..data.transforms import PretrainTransform
 from ..engine.progress import track
 from ..errors import ConfigError
-
-POOLS = ("cls", "avg")
 
 
 class RawPixels(nn.Module):
