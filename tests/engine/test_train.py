@@ -216,10 +216,42 @@ def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(tmp_p
         [*cmd, "-m", "semaim", *common, "--out", str(two)], env=env, cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "micro 4 × 2 ranks" in result.stderr
+    assert "micro 4 × 2 ranks (DDP)" in result.stderr
     grads = []
     for run in (one, two):
         state = load_checkpoint(run / "checkpoint-last.pt")["optimizer"]["state"]
         grads.append(torch.cat([s["exp_avg"].flatten() for _, s in sorted(state.items())]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-8)
     assert losses(one) == pytest.approx(losses(two), rel=1e-5)
+
+
+def test_torchrun_with_one_process_runs_the_distributed_path(tmp_path):
+    """Launched by torchrun, even one process joins a process group and trains through DDP (so a one-GPU
+    machine tests the multi-GPU code path), with the losses of a plain run."""
+    common = [
+        "pretrain",
+        "--limit",
+        "16",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--precision",
+        "fp32",
+        *TINY_RUN,
+    ]
+    plain = tmp_path / "plain"
+    assert run_cli([*common, "--out", str(plain)]).wait(timeout=300) == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29518"]
+    launched = tmp_path / "launched"
+    result = subprocess.run(
+        [*cmd, "-m", "semaim", *common, "--out", str(launched)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "micro 8 × 1 ranks (DDP)" in result.stderr
+    assert losses(launched) == pytest.approx(losses(plain), rel=1e-6)

@@ -21,9 +21,11 @@ class DistInfo:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    launched: bool = False  # started by torchrun: a process group, and DDP, even at world size 1
+
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        return self.launched or self.world > 1
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
@@ -53,11 +55,13 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
 
 
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group that torchrun describes in the environment (or run alone)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Join the process group that torchrun describes in the environment (or run alone when not launched
+    by torchrun)."""
+    if "WORLD_SIZE" not in os.environ:  # not launched by torchrun
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    # Under torchrun the same code path runs at any world size (DDP, all-reduces), so one GPU tests it too.
+    info = DistInfo(rank, world, int(os.environ.get("LOCAL_RANK", "0")), launched=True)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return info

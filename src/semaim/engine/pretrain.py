@@ -148,8 +148,8 @@ def _pretrain(
         folder.start(cfg.to_dict(), inputs=[cfg.model.teacher_path, t.order_source])
         print(
             f"semaim pretrain: {num_images} images from {cfg.data.data}, {sampler.steps_per_epoch} steps/epoch "
-            f"× {t.epochs} epochs, batch {t.batch_size} (micro {micro} × {info.world} ranks × {t.accum_steps} "
-            f"accum), lr {state.base_lr:.3g}, {state.precision} on {device}"
+            f"× {t.epochs} epochs, batch {t.batch_size} (micro {micro} × {info.world} ranks{' (DDP)' * info.enabled} × "
+            f"{t.accum_steps} accum), lr {state.base_lr:.3g}, {state.precision} on {device}"
             + (f", resuming at step {state.step}" if folder.resume else ""),
             file=sys.stderr,
         )
