@@ -379,7 +379,7 @@ def run_sweep(device: str = "cpu", precision: str = "auto", steps: int = 3, warm
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     print(
-        f"{'config':12s} {'tokens':>6s} {'L':>3s} {'fast s/step':>11s} {'masks s/step':>12s} {'masks/fast':>10s} {'GFLOP/step':>10s} {'predicted s':>11s}"
+        f"{'model':12s} {'tokens':>6s} {'L':>3s} {'fast s/step':>11s} {'masks s/step':>12s} {'masks/fast':>10s} {'GFLOP/step':>10s} {'predicted s':>11s}"
     )
     rows, base = [], None
     for cfg in SWEEP:
@@ -503,7 +503,7 @@ def run_bench(
         f"\nmatmul ceiling ({s.precision}, {dev}): {s.ceiling / 1e12:.2f} TFLOP/s; threads {torch.get_num_threads()}"
     )
     print(f"MFU against {s.peak_source}")
-    header = f"{'config':12s} {'batch':>5s} {'fast img/s':>10s} {'ref img/s':>9s} {'ratio':>6s} {'TFLOP/s':>8s} {'MFU':>7s}"
+    header = f"{'model':12s} {'batch':>5s} {'fast img/s':>10s} {'ref img/s':>9s} {'ratio':>6s} {'TFLOP/s':>8s} {'MFU':>7s}"
     print(header + (f" {'fast MiB':>9s} {'ref MiB':>8s}" if memory else ""))
     rows = []
     for name in names:

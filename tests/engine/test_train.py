@@ -255,3 +255,22 @@ def test_torchrun_with_one_process_runs_the_distributed_path(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "micro 8 × 1 ranks (DDP)" in result.stderr
     assert losses(launched) == pytest.approx(losses(plain), rel=1e-6)
+
+
+def test_resume_refuses_other_settings_and_accepts_a_longer_schedule(tmp_path, capsys):
+    """A resumed pretraining is the same run: another lr, seed or data is refused by name (nothing written);
+    more epochs, another device or precision continue it."""
+    out = tmp_path / "run"
+    base = ["pretrain", "--out", str(out), "--limit", "16", "--batch-size", "8", "--epochs", "1", *TINY_RUN]
+    assert main(base) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    for extra, named in (
+        (["--lr", "0.01"], "train.lr: None in the run, now 0.01"),
+        (["--seed", "3"], "train.seed: 0 in the run, now 3"),
+        (["--data", "cluttered-fashion-mnist"], "data.data: 'fashion-mnist' in the run, now"),
+    ):
+        assert main([*base, "--resume", *extra]) == 2
+        assert named in capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert main([*base[: -len(TINY_RUN) - 2], "--epochs", "2", *TINY_RUN, "--resume"]) == 0
+    assert len(losses(out)) == 4

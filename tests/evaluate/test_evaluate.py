@@ -137,15 +137,18 @@ def test_linear_probe_separates_separable_features():
 def test_export_loads_into_timm_with_identical_features(tmp_path, pretrained):
     weights, meta = export_encoder(pretrained, tmp_path / "enc")
     args = json.loads(meta.read_text())["model_args"]
-    assert args.items() >= {
-        "img_size": 32,
-        "patch_size": 8,
-        "in_chans": 3,
-        "embed_dim": 32,
-        "depth": 2,
-        "num_heads": 2,
-        "mlp_ratio": 4.0,
-    }.items()
+    assert (
+        args.items()
+        >= {
+            "img_size": 32,
+            "patch_size": 8,
+            "in_chans": 3,
+            "embed_dim": 32,
+            "depth": 2,
+            "num_heads": 2,
+            "mlp_ratio": 4.0,
+        }.items()
+    )
     vit = VisionTransformer(**args, num_classes=0)  # the README's plain-timm recipe
     vit.load_state_dict(load_file(str(weights)), strict=True)
     ours = load_encoder(weights).eval()

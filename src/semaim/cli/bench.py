@@ -6,7 +6,7 @@ import argparse
 
 from ..config import PRECISIONS
 from .evaluate import write_json
-from .vocabulary import Deprecated, helped
+from .vocabulary import Deprecated, add_output_file, check_output_file, helped
 
 DEFAULT_MODELS = ["vit-t16-224", "vit-s16-224", "vit-t4-32"]
 
@@ -58,12 +58,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first [default: 2]")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--sweep", action="store_true", help="step time against tokens and decoder depth instead")
-    p.add_argument("--out", metavar="FILE", help=helped("--out", "a JSON file of the rows"))
+    add_output_file(p, "a JSON file of the rows")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import run_bench, run_sweep
 
+    check_output_file(args.out, inputs=[], force=args.force, suffixes=(".json",))
     if args.sweep:
         rows = run_sweep(args.device, args.precision, args.steps, args.warmup)
         write_json(args.out, {"sweep": rows})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 from ..config import (
@@ -22,18 +21,19 @@ from ..config import (
     SegmentConfig,
     SegmentRunConfig,
 )
-from ..errors import ConfigError
 from ..presets import build_config, load_preset, preset_names
 from .vocabulary import (
     Deprecated,
     add_config,
     add_data,
     add_hardware,
+    add_output_file,
     add_progress,
     add_run_folder,
     add_seed,
     add_set,
     add_training,
+    check_output_file,
     flag_values,
     helped,
     run_folder,
@@ -120,7 +120,7 @@ def add_features(p: argparse.ArgumentParser, old_batch_size: bool) -> None:
     )
     g.add_argument("--label-fraction", type=float, help="... or from this fraction of every class")
     g = p.add_argument_group("output")
-    g.add_argument("--out", metavar="FILE", help=helped("--out", "a JSON file of the scores"))
+    add_output_file(g, "a JSON file of the scores")
     add_progress(g)
 
 
@@ -267,17 +267,9 @@ def write_json(path: str | None, result: dict) -> None:
         tmp.replace(path)
 
 
-def check_writable(path: str | None) -> None:
-    """Fail before hours of feature extraction, not after, when ``--out`` cannot be written."""
-    if not path:
-        return
-    probe = Path(path).parent
-    while not probe.exists():
-        probe = probe.parent
-    try:  # really write: os.access says yes to root even where nothing can be created (/proc)
-        tempfile.TemporaryFile(dir=probe).close()
-    except OSError as err:
-        raise ConfigError(f"--out: cannot write {path} ({probe} is not a writable folder)") from err
+def features_inputs(cfg: KnnRunConfig | LinprobeRunConfig) -> list[str | None]:
+    """What a frozen-feature command reads: the encoder's file, the data folder, the feature cache."""
+    return [cfg.encoder.checkpoint, cfg.encoder.preset, cfg.features.data, cfg.features.cache]
 
 
 def run_knn(args: argparse.Namespace) -> int:
@@ -286,7 +278,7 @@ def run_knn(args: argparse.Namespace) -> int:
 
     note_seed_meaning(args)
     cfg = build_config(KnnRunConfig, None, flag_values(args, KNN_FLAGS), args.set)
-    check_writable(args.out)
+    check_output_file(args.out, inputs=features_inputs(cfg), force=args.force, suffixes=(".json",))
     enc = choose_encoder(cfg.encoder)
     train_f, train_y, test_f, test_y = split_features(cfg.features, enc, not args.no_progress)
     result = knn_accuracy(train_f, train_y, test_f, test_y, cfg.knn.ks, cfg.knn.temperature)
@@ -303,7 +295,7 @@ def run_linprobe(args: argparse.Namespace) -> int:
 
     note_seed_meaning(args)
     cfg = build_config(LinprobeRunConfig, args.config or "cpu", flag_values(args, LINPROBE_FLAGS), args.set)
-    check_writable(args.out)
+    check_output_file(args.out, inputs=features_inputs(cfg), force=args.force, suffixes=(".json",))
     enc = choose_encoder(cfg.encoder)
     train_f, train_y, test_f, test_y = split_features(cfg.features, enc, not args.no_progress)
     result = train_linear_probe(train_f, train_y, test_f, test_y, cfg.probe, progress=not args.no_progress)
@@ -326,7 +318,12 @@ def run_trained(args: argparse.Namespace, command: str, config_class: type, flag
         from ..evaluate.segmentation.segment import segment as train
     folder, resume = run_folder(args, command)
     preset = starting_config(args, folder, resume, "cpu")
-    cfg = build_config(config_class, preset, flag_values(args, flags), args.set)
+    values = flag_values(args, flags)
+    if (
+        command == "finetune" and args.epochs is not None
+    ):  # the epochs asked for, not the recipe's step budget
+        values["finetune.budget_steps"] = 0
+    cfg = build_config(config_class, preset, values, args.set)
     train(cfg, folder, resume, args.force, progress=not args.no_progress)
     return 0
 

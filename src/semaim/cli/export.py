@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .evaluate import check_writable
-from .vocabulary import REMOVED_IN, helped
+from .vocabulary import REMOVED_IN, check_writable, helped
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

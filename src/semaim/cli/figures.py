@@ -9,7 +9,7 @@ import torch
 
 from ..errors import ConfigError
 from ..presets import load_preset
-from .vocabulary import Deprecated, helped
+from .vocabulary import Deprecated, add_output_file, check_output_file, helped
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -34,13 +34,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=0,
         help=helped("--seed", "here: the random model's and the orders' noise", 0),
     )
-    p.add_argument("--out", default="figure.png", metavar="FILE", help=helped("--out", "a PNG", "figure.png"))
+    add_output_file(p, "a PNG", "figure.png")
     p.add_argument("--pdf", action="store_true", help="also write a PDF beside the PNG")
     p.add_argument("--dpi", type=int, default=110, help="resolution of the PNG [default: 110]")
 
     p = sub.add_parser("plot-metrics", help="loss, lr and throughput curves of runs")
     p.add_argument("runs", nargs="+", help="run folders (with metrics.jsonl)")
-    p.add_argument("--out", default="curves.png", metavar="FILE", help=helped("--out", "a PNG", "curves.png"))
+    add_output_file(p, "a PNG, PDF or SVG", "curves.png")
     p.add_argument("--smooth", type=int, default=20, help="moving-average window of the loss [default: 20]")
 
 
@@ -54,6 +54,8 @@ def run_visualize(args: argparse.Namespace) -> int:
     sources = sum(bool(x) for x in (args.images, args.samples is not None, args.data))
     if sources != 1:
         raise ConfigError("images: give exactly one of image paths, --samples or --data")
+    inputs = [*args.images, args.checkpoint, args.teacher, args.data]
+    check_output_file(args.out, inputs=inputs, force=args.force, suffixes=(".png",))
     if args.checkpoint:
         vit, what = load_encoder(args.checkpoint), f"checkpoint {Path(args.checkpoint).name}"
     elif args.teacher:
@@ -96,5 +98,6 @@ def run_visualize(args: argparse.Namespace) -> int:
 def run_plot_metrics(args: argparse.Namespace) -> int:
     from ..figures.curves import metrics_figure
 
+    check_output_file(args.out, inputs=args.runs, force=args.force, suffixes=(".png", ".pdf", ".svg"))
     print(f"wrote {metrics_figure(args.runs, args.out, args.smooth)}")
     return 0

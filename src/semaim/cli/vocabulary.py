@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ VOCABULARY: dict[str, str] = {
     "--data": "the data: fashion-mnist, cluttered-fashion-mnist (each optionally :DIR), or an image folder",
     "--seed": "this run's seed (its data order, augmentations, labelled subset and initialisation)",
     "--init-seed": "the seed that initialises a --random encoder (the pretraining initialisation of that seed)",
-    "--model-config": "the shape (and input size) of a --random or --pixels encoder: a pretraining preset or YAML",
+    "--model-config": "the shape (and input size) of an encoder built, not loaded (--random; --pixels' input size)",
     "--epochs": "passes over the training images",
     "--batch-size": "images per optimizer step of the model this command trains (all ranks and accumulation)",
     "--lr": "peak learning rate (overrides --blr)",
@@ -35,7 +36,7 @@ VOCABULARY: dict[str, str] = {
     "--warmup-epochs": "epochs of linear lr warmup before the cosine decay",
     "--extract-batch-size": "images per batch when extracting frozen features",
     "--device": "auto (a GPU if there is one), cpu, cuda or cuda:N",
-    "--precision": "auto (bf16 where the device computes it natively, else fp32), fp32, bf16, or fp16 (CUDA)",
+    "--precision": "auto: bf16 where the device computes it natively, else fp32 (fp16, where offered, needs CUDA)",
     "--workers": "data-loading worker processes",
     "--out": "where the results go: a folder for a command that writes several files, else the file",
     "--resume": "continue the run in --out (or in the folder, or of the checkpoint, given here)",
@@ -172,3 +173,45 @@ def starting_config(args: argparse.Namespace, folder: Path, resume: bool, defaul
     if args.config is None and resume and saved.is_file():
         return str(saved)
     return args.config or default
+
+
+def add_output_file(g: argparse._ActionsContainer, what: str, default: str | None = None) -> None:
+    """``--out FILE`` and ``--force`` of a command that writes one file."""
+    g.add_argument("--out", metavar="FILE", default=default, help=helped("--out", what, default))
+    g.add_argument(
+        "--force", action="store_true", help=helped("--force", "here: replace an existing --out file")
+    )
+
+
+def check_output_file(
+    out: str | None, *, inputs: Sequence[str | Path | None], force: bool, suffixes: Sequence[str] = ()
+) -> None:
+    """Before any work: ``--out FILE`` is no input and lies in no input folder, ends in a suffix the command
+    writes, and is no existing file unless ``--force``; its folder can be written."""
+    if not out:
+        return
+    path = Path(out).resolve()
+    for given in inputs:
+        if given is None or not Path(given).exists():
+            continue
+        source = Path(given).resolve()
+        if path == source or source.is_dir() and source in path.parents:
+            raise ConfigError(
+                f"--out {out}: that is an input of this command ({given}); write somewhere else"
+            )
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ConfigError(f"--out {out}: this command writes a {' or '.join(suffixes)} file")
+    if path.is_dir() or path.exists() and not force:
+        raise ConfigError(f"--out {out}: exists; give another file, or --force to replace it")
+    check_writable(out)
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail before hours of work, not after, when ``path`` cannot be written."""
+    probe = Path(path).parent
+    while not probe.exists():
+        probe = probe.parent
+    try:  # really write: os.access says yes to root even where nothing can be created (/proc)
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as err:
+        raise ConfigError(f"--out: cannot write {path} ({probe} is not a writable folder)") from err

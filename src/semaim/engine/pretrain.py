@@ -215,14 +215,38 @@ def micro_batch_size(cfg: PretrainConfig, device: torch.device, info: DistInfo) 
     return t.batch_size // per_step
 
 
+RESUMABLE = frozenset(
+    {"train.epochs", "train.device", "train.precision", "train.accum_steps", "train.micro_batch_size"}
+    | {"train.save_every_steps", "train.save_every_epochs", "train.keep_steps", "train.log_every_steps"}
+    | {"train.compile", "data.workers"}
+)
+"""What a resumed pretraining may change: where and how fast the same steps run, how often it saves and logs,
+and how many epochs it runs for (a longer schedule continues the same run). Anything else would make the
+saved steps and the next ones two different runs."""
+
+
 def resume_checkpoint(out: Path, cfg: PretrainConfig) -> dict[str, Any]:
-    """The run's last checkpoint, refused when it belongs to another model."""
+    """The run's last checkpoint, refused when the run it continues had other settings than these (the model,
+    the data, the optimization), each named with its value in the run and now."""
     ckpt = load_checkpoint(out / LAST, KIND_PRETRAIN)
     diff = model_config_diff(cfg.model, PretrainConfig.from_dict(ckpt["config"]).model)
     if diff:
         raise RunDirError(
             f"--resume: the checkpoint in {out} is of another model: "
             + ", ".join(f"{k}: checkpoint {b!r} vs now {a!r}" for k, (a, b) in diff.items())
+        )
+    saved, now = PretrainConfig.from_dict(ckpt["config"]).to_dict(), cfg.to_dict()
+    changed = [
+        f"{section}.{key}: {saved[section][key]!r} in the run, now {value!r}"
+        for section in ("data", "train")
+        for key, value in now[section].items()
+        if f"{section}.{key}" not in RESUMABLE and key in saved[section] and saved[section][key] != value
+    ]
+    if changed:
+        raise RunDirError(
+            f"--resume: {out} is another run's continuation with these settings: "
+            + "; ".join(changed)
+            + ". Resume with the run's own settings, or start afresh into a new --out (or --force)"
         )
     return ckpt
 

@@ -224,12 +224,14 @@ def resume_changes(saved: dict[str, dict[str, Any]], now: dict[str, dict[str, An
     """``"name: old in the run, now new"`` for every setting (shown as Python values) and input that
     differs. A name only one side has (a field a newer semaim added) is not compared."""
     changes = []
+    weights = "starting weights"  # the same weights found at another path (a moved run folder) are no change
+    moved = saved.get("inputs", {}).get(weights, "") == now["inputs"].get(weights)
     for kind, show in (("settings", repr), ("inputs", str)):
         old, new = saved.get(kind, {}), now[kind]
         changes += [
             f"{name}: {show(old[name])} in the run, now {show(new[name])}"
             for name in old
-            if name in new and old[name] != new[name]
+            if name in new and old[name] != new[name] and not (moved and name == "encoder.checkpoint")
         ]
     return changes
 
