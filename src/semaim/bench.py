@@ -193,7 +193,9 @@ OUT_OF_MEMORY_SIGNS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STA
 def out_of_memory(err: RuntimeError) -> bool:
     """Whether ``err`` is the device running out of memory: torch's own error, or cuBLAS / cuDNN failing to
     allocate at the memory edge with a plain RuntimeError."""
-    return isinstance(err, torch.OutOfMemoryError) or any(sign in str(err) for sign in OUT_OF_MEMORY_SIGNS)
+    return isinstance(err, torch.cuda.OutOfMemoryError) or any(
+        sign in str(err) for sign in OUT_OF_MEMORY_SIGNS
+    )
 
 
 def largest_batch(cfg: BenchConfig, device: torch.device, precision: str, cap: int = 4096) -> int:

@@ -117,3 +117,15 @@ def test_sampler_resumes_mid_epoch_and_reshuffles_each_epoch():
     assert [i for i, _ in list(s)] != [i for i, _ in full]
     with pytest.raises(ValueError, match="fewer than one optimizer step"):
         EpochSampler(7, 4, 2, seed=0)
+
+
+def test_device_normalisation_gives_the_workers_values():
+    """uint8 batches normalised where they land equal the transform's own float output, greyscale or RGB."""
+    from semaim.data.transforms import Normalize, PretrainTransform
+
+    for channels, mean, std in ((1, (0.3,), (0.2,)), (3, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))):
+        images = torch.randint(0, 256, (4, channels, 8, 8), dtype=torch.uint8)
+        as_uint8 = PretrainTransform((8, 8), mean, std, in_chans=3, train=False, normalize=False)
+        as_float = PretrainTransform((8, 8), mean, std, in_chans=3, train=False)
+        expected = torch.stack([as_float(image) for image in images])
+        assert torch.equal(Normalize(as_uint8)(torch.stack([as_uint8(image) for image in images])), expected)

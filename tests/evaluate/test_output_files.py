@@ -33,7 +33,7 @@ def test_figures_never_write_over_an_input_and_refuse_a_format_they_cannot_write
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0, "lr": 0.1, "images_per_s": 5.0}\n')
     given = [str(photo)] if command == "visualize" else [str(run)]
-    over = photo if command == "visualize" else run / "curves.png"
+    over = photo if command == "visualize" else run / "metrics.jsonl"
     assert main([command, *given, "--out", str(over)]) == 2
     assert "that is an input of this command" in capsys.readouterr().err
     assert photo.read_bytes() == kept

@@ -128,7 +128,7 @@ def test_plot_metrics_overlays_runs(tmp_path, capsys):
     assert main(["plot-metrics", *runs, "--out", str(out)]) == 0
     with Image.open(out) as figure:
         assert figure.size == (13 * DPI, int(3.6 * DPI))
-    assert main(["plot-metrics", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert main(["plot-metrics", str(tmp_path / "nothing"), "--out", str(tmp_path / "none.png")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
 
 

@@ -186,8 +186,9 @@ def add_output_file(g: argparse._ActionsContainer, what: str, default: str | Non
 def check_output_file(
     out: str | None, *, inputs: Sequence[str | Path | None], force: bool, suffixes: Sequence[str] = ()
 ) -> None:
-    """Before any work: ``--out FILE`` is no input and lies in no input folder, ends in a suffix the command
-    writes, and is no existing file unless ``--force``; its folder can be written."""
+    """Before any work: ``--out FILE`` is no input and no file already in an input folder (a new file there is
+    fine), ends in a suffix the command writes, and is no existing file unless ``--force``; its folder can be
+    written."""
     if not out:
         return
     path = Path(out).resolve()
@@ -195,7 +196,7 @@ def check_output_file(
         if given is None or not Path(given).exists():
             continue
         source = Path(given).resolve()
-        if path == source or source.is_dir() and source in path.parents:
+        if path == source or source.is_dir() and source in path.parents and path.exists():
             raise ConfigError(
                 f"--out {out}: that is an input of this command ({given}); write somewhere else"
             )

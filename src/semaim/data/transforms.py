@@ -102,6 +102,16 @@ class Normalize:
 
     def __init__(self, transform: PretrainTransform) -> None:
         self.mean, self.std, self.in_chans = transform.mean, transform.std, transform.in_chans
+        self.stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return to_model_input(images, self.mean, self.std, self.in_chans)
+        # mean and std made once per device: building them per batch is a blocking copy to the GPU each step
+        if images.device not in self.stats:
+            shape = (-1, 1, 1)
+            mean = torch.tensor(self.mean, device=images.device).view(shape)
+            self.stats[images.device] = mean, torch.tensor(self.std, device=images.device).view(shape)
+        mean, std = self.stats[images.device]
+        x = images.float().div_(255)
+        if x.shape[-3] != self.in_chans:
+            x = x.expand(*x.shape[:-3], self.in_chans, *x.shape[-2:])  # greyscale -> the model's channels
+        return (x - mean) / std  # what to_model_input computes, in the same order

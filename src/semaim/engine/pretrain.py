@@ -486,7 +486,8 @@ def train(
                     info=info,
                     out=out,
                 )
-            except torch.OutOfMemoryError as err:
+            # torch.cuda.OutOfMemoryError: torch.OutOfMemoryError since 2.5, under the name torch 2.4 has too
+            except torch.cuda.OutOfMemoryError as err:
                 micro = len(micro_batches[0][0])
                 raise DeviceMemoryError(
                     f"train.micro_batch_size: a micro-batch of {micro} images does not fit in {device}'s memory; "
