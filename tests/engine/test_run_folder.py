@@ -264,3 +264,22 @@ def test_torchrun_ranks_stop_together_when_the_folder_is_refused(tmp_path):
     assert "semaim/" not in "".join(
         line for line in result.stderr.splitlines() if line.lstrip().startswith("File")
     )
+
+
+def test_torchrun_ranks_stop_together_when_rank_0_cannot_start_the_run(tmp_path):
+    """Only rank 0 writes the run's files; when it cannot (here: --force would delete the order source, an
+    input, in --out), every rank stops with the reason instead of the others waiting in DDP for ever."""
+    source = tmp_path / "source"
+    assert pretrain(source) == 0
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29520"]
+    cmd += ["-m", "semaim", "pretrain", "--out", str(source), "--force", *RUN]
+    cmd += ["--set", f"train.order_source={source / 'checkpoint-last.pt'}"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0
+    assert "semaim pretrain: error:" in result.stderr and "rank 0" in result.stderr  # the other rank says so
+    assert (source / "checkpoint-last.pt").is_file()

@@ -143,24 +143,26 @@ def _pretrain(
     if ckpt is not None:
         restore_state(state, ckpt, sampler.steps_per_epoch)
     loader, state.normalize = build_loader(cfg, base, sampler, micro, device, state.model.img_size)
-    log = None
+    log, error = None, None
     if info.is_main:
-        folder.start(cfg.to_dict(), inputs=[cfg.model.teacher_path, t.order_source])
-        print(
-            f"semaim pretrain: {num_images} images from {cfg.data.data}, {sampler.steps_per_epoch} steps/epoch "
-            f"× {t.epochs} epochs, batch {t.batch_size} (micro {micro} × {info.world} ranks{' (DDP)' * info.enabled} × "
-            f"{t.accum_steps} accum), lr {state.base_lr:.3g}, {state.precision} on {device}"
-            + (f", resuming at step {state.step}" if folder.resume else ""),
-            file=sys.stderr,
-        )
-        log = RunLog(
-            folder.path,
-            "pretrain",
-            total=sampler.steps_per_epoch * t.epochs,
-            step=state.step,
-            resume=folder.resume,
-            progress=progress,
-        )
+        try:
+            log = start_run(
+                cfg,
+                state,
+                folder,
+                num_images=num_images,
+                sampler=sampler,
+                micro=micro,
+                info=info,
+                device=device,
+                progress=progress,
+            )
+        except Exception as err:  # the other ranks must hear of it, or they wait in DDP forever
+            error = err
+    if not all_agree(error is None, info, device):
+        if error is not None:
+            raise error
+        raise RunDirError(f"--out: rank 0 could not start the run in {folder.path}; rank 0 says why")
     first_step, start = state.step, time.perf_counter()
     try:
         losses, bad_images = train(
@@ -223,6 +225,34 @@ RESUMABLE = frozenset(
 """What a resumed pretraining may change: where and how fast the same steps run, how often it saves and logs,
 and how many epochs it runs for (a longer schedule continues the same run). Anything else would make the
 saved steps and the next ones two different runs."""
+
+
+def start_run(
+    cfg: PretrainConfig,
+    state: TrainState,
+    folder: RunFolder,
+    *,
+    num_images: int,
+    sampler: EpochSampler,
+    micro: int,
+    info: DistInfo,
+    device: torch.device,
+    progress: bool,
+) -> RunLog:
+    """Rank 0: write the run's config into its folder, print the header, open the run log."""
+    t = cfg.train
+    folder.start(cfg.to_dict(), inputs=[cfg.model.teacher_path, t.order_source])
+    print(
+        f"semaim pretrain: {num_images} images from {cfg.data.data}, {sampler.steps_per_epoch} steps/epoch "
+        f"× {t.epochs} epochs, batch {t.batch_size} (micro {micro} × {info.world} ranks{' (DDP)' * info.enabled} × "
+        f"{t.accum_steps} accum), lr {state.base_lr:.3g}, {state.precision} on {device}"
+        + (f", resuming at step {state.step}" if folder.resume else ""),
+        file=sys.stderr,
+    )
+    total = sampler.steps_per_epoch * t.epochs
+    return RunLog(
+        folder.path, "pretrain", total=total, step=state.step, resume=folder.resume, progress=progress
+    )
 
 
 def resume_checkpoint(out: Path, cfg: PretrainConfig) -> dict[str, Any]:
