@@ -81,10 +81,10 @@ def installed_version(dist: str, path: list[str] | None = None) -> str | None:
 
 
 def carried_wheel(root: Path, dist: str = "timm") -> Path | None:
-    """The newest ``wheels/<dist>-*.whl`` under ``root`` that meets semaim's minimum, if one was carried."""
-    wheels = [
-        w for w in (root / "wheels").glob(f"{dist}-*.whl") if at_least(w.name.split("-")[1], MINIMUM[dist])
-    ]
+    """The newest ``<dist>-*.whl`` in ``$SEMAIM_WHEELS`` (default ``root/wheels``) that meets semaim's minimum,
+    if one was carried."""
+    folder = Path(os.environ.get("SEMAIM_WHEELS", root / "wheels"))
+    wheels = [w for w in folder.glob(f"{dist}-*.whl") if at_least(w.name.split("-")[1], MINIMUM[dist])]
     return max(wheels, key=lambda w: version_tuple(w.name.split("-")[1]), default=None)
 
 

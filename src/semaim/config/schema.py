@@ -556,24 +556,25 @@ class PretrainConfig(Sections):
         return self
 
 
-def require_trained_encoder(encoder: EncoderConfig) -> None:
-    """Fine-tuning and segmentation train an encoder: a checkpoint's or the initialisation (never raw pixels)."""
-    chosen = [n for n in ("checkpoint", "random", "pixels") if getattr(encoder, n)]
-    ok = not encoder.pixels and bool(encoder.checkpoint) != bool(encoder.random)
-    require(ok, "encoder.checkpoint/random", "exactly one of --checkpoint PATH or --random", chosen)
+class TrainedEncoderRun(Sections):
+    """A run that trains an encoder (fine-tuning, segmentation): it starts from a checkpoint's or from the
+    initialisation, never from raw pixels, and says so before its sections are checked."""
+
+    def validate(self) -> Sections:
+        e = self.encoder
+        chosen = [n for n in ("checkpoint", "random", "pixels") if getattr(e, n)]
+        ok = not e.pixels and bool(e.checkpoint) != bool(e.random)
+        require(ok, "encoder.checkpoint/random", "exactly one of --checkpoint PATH or --random", chosen)
+        return super().validate()
 
 
 @dataclass
-class FinetuneRunConfig(Sections):
+class FinetuneRunConfig(TrainedEncoderRun):
     """``semaim finetune``: the encoder to start from and the recipe; the run folder's config.yaml."""
 
     PRESETS: ClassVar[str] = "finetune"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-
-    def validate(self) -> FinetuneRunConfig:
-        require_trained_encoder(self.encoder)
-        return super().validate()
 
 
 @dataclass
@@ -596,13 +597,9 @@ class KnnRunConfig(Sections):
 
 
 @dataclass
-class SegmentRunConfig(Sections):
+class SegmentRunConfig(TrainedEncoderRun):
     """``semaim segment``: the encoder to start from and the recipe; the run folder's config.yaml."""
 
     PRESETS: ClassVar[str] = "segment"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
-
-    def validate(self) -> SegmentRunConfig:
-        require_trained_encoder(self.encoder)
-        return super().validate()
