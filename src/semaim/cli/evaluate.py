@@ -63,8 +63,9 @@ KNN_FLAGS |= {"temperature": "knn.temperature"}
 LINPROBE_FLAGS = {**ENCODER_FLAGS, **FEATURE_FLAGS, "seed": ("probe.seed", "features.subset_seed")}
 LINPROBE_FLAGS |= {f: f"probe.{f}" for f in ("epochs", "batch_size", "blr", "weight_decay", "warmup_epochs")}
 LINPROBE_FLAGS |= {"optimizer": "probe.optimizer"}
-TRAINED = {f: f for f in ("epochs", "batch_size", "lr", "blr", "weight_decay", "warmup_epochs", "seed")}
-TRAINED |= {f: f for f in ("data", "limit", "val_size", "select", "device", "precision", "workers")}
+TRAINED = ("epochs", "batch_size", "lr", "blr", "weight_decay", "warmup_epochs", "seed")
+TRAINED += ("data", "limit", "val_size", "select", "device", "precision", "workers")
+"""The flags a finetune or segment run maps onto the same-named field of its task section."""
 FINETUNE_FLAGS = {k: v for k, v in ENCODER_FLAGS.items() if k != "pixels"}
 FINETUNE_FLAGS |= {f: f"finetune.{f}" for f in TRAINED if f != "lr"}
 FINETUNE_FLAGS |= {f: f"finetune.{f}" for f in ("labels_per_class", "label_fraction", "pool")}
